@@ -1,0 +1,1 @@
+"""Flax modules: generators, discriminators, face-recognition backbones and their heads."""
