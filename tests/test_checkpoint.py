@@ -1,0 +1,69 @@
+"""Checkpoints round-trip, refuse other configs, and open without gmia."""
+
+import json
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gmia.checkpoint import Checkpointer, abstract_like, check_config_matches
+
+
+def _state():
+  return {"params": {"dense": {"kernel": jnp.arange(12.0).reshape(3, 4)}}, "step": jnp.int32(7)}
+
+
+def test_round_trip_and_keep_last(tmp_path):
+  ckpt = Checkpointer(str(tmp_path), max_to_keep=2)
+  for step in (1, 2, 3):
+    ckpt.save(step, _state(), {"config": {"width": 4}, "step": step})
+  ckpt.wait()
+  assert ckpt.all_steps() == [2, 3]
+  state, meta = ckpt.restore(None, abstract_like(_state()))
+  np.testing.assert_array_equal(state["params"]["dense"]["kernel"], np.arange(12.0).reshape(3, 4))
+  assert meta == {"config": {"width": 4}, "step": 3}
+
+
+def test_restore_into_other_shapes_names_the_problem(tmp_path):
+  ckpt = Checkpointer(str(tmp_path))
+  ckpt.save(1, _state(), {})
+  ckpt.wait()
+  other = {"params": {"dense": {"kernel": jnp.zeros((5, 4))}}, "step": jnp.int32(0)}
+  with pytest.raises(ValueError, match="does not match"):
+    ckpt.restore(1, abstract_like(other))
+
+
+def test_empty_workdir_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    Checkpointer(str(tmp_path)).restore_meta()
+
+
+def test_config_mismatch_names_the_key():
+  check_config_matches({"model": {"resolution": 32}}, {"model": {"resolution": 32}},
+                       ["model.resolution"])
+  with pytest.raises(ValueError, match="model.resolution is 32 there but 64 now"):
+    check_config_matches({"model": {"resolution": 32}}, {"model": {"resolution": 64}},
+                         ["model.resolution"])
+
+
+def test_plain_orbax_reads_it_without_gmia(tmp_path):
+  ckpt = Checkpointer(str(tmp_path))
+  ckpt.save(4, _state(), {"config": {"width": 4}})
+  ckpt.wait()
+  code = f"""
+import json, sys
+import orbax.checkpoint as ocp
+mngr = ocp.CheckpointManager({ckpt.directory!r}, item_names=("state", "meta"))
+restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+    state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+assert "gmia" not in sys.modules
+print(json.dumps({{"kernel": restored.state["params"]["dense"]["kernel"].tolist(),
+                  "meta": restored.meta}}))
+"""
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=str(tmp_path))
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  np.testing.assert_array_equal(result["kernel"], np.arange(12.0).reshape(3, 4))
+  assert result["meta"] == {"config": {"width": 4}}
