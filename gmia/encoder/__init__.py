@@ -1,0 +1,1 @@
+"""Identity encoder: preprocessing and embedding, face alignment, ArcFace training and evaluation."""
