@@ -1,0 +1,292 @@
+"""StyleGAN2 generator and discriminator (Karras et al. 2020) in flax.linen, NHWC.
+
+A port of the mathematics of NVIDIA's stylegan2-ada-pytorch `training/networks.py` (unconditional,
+fp32): mapping network with a tracked average w, synthesis network with the `skip` architecture,
+discriminator with the `resnet` (or `orig`) architecture. Submodule and parameter names follow
+NVIDIA's (`mapping/fc0/weight`, `synthesis/b8/conv0/affine/bias`, `b4/out/weight`, ...).
+Variables live in two collections: `params` (trained) and `buffers` (`w_avg`, `noise_const`).
+Layouts differ from PyTorch: conv weights [kh, kw, in, out], dense weights [in, out], `const`
+[4, 4, C], and the discriminator's `b4/fc` flattens [H, W, C] rather than [C, H, W].
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmia.models import stylegan_ops as ops
+
+NOISE_MODES = ("random", "const", "none")
+
+
+def check_resolution(resolution: int) -> int:
+  """Returns log2(resolution); raises for anything but a power of two >= 8."""
+  if not isinstance(resolution, (int, np.integer)) or resolution < 8 or resolution & (resolution - 1):
+    raise ValueError(f"resolution must be a power of two >= 8, got {resolution!r}")
+  return int(resolution).bit_length() - 1
+
+
+def num_ws(resolution: int) -> int:
+  """Number of w vectors the synthesis network consumes: two per block, one for b4's conv and one
+  for the last toRGB."""
+  return 2 * check_resolution(resolution) - 2
+
+
+def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
+  """Feature maps at a given resolution: min(channel_base // res, channel_max)."""
+  return min(channel_base // resolution, channel_max)
+
+
+def normalize_2nd_moment(x: jax.Array, eps: float = 1e-8) -> jax.Array:
+  """x / sqrt(mean(x^2) + eps) over the last axis."""
+  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+
+
+def style_mix(key: jax.Array, ws: jax.Array, ws_mix: jax.Array, prob: float) -> jax.Array:
+  """With probability `prob`, replaces ws[:, cutoff:] by ws_mix[:, cutoff:], cutoff ~ U{1..num_ws-1}.
+
+  One cutoff per batch, as NVIDIA's loss.run_G. ws, ws_mix: f32[B, num_ws, w_dim].
+  """
+  k_cut, k_mix = jax.random.split(key)
+  n = ws.shape[1]
+  cutoff = jax.random.randint(k_cut, (), 1, n)
+  cutoff = jnp.where(jax.random.uniform(k_mix) < prob, cutoff, n)
+  return jnp.where((jnp.arange(n) < cutoff)[None, :, None], ws, ws_mix)
+
+
+class MappingNetwork(nn.Module):
+  """z f32[B, z_dim] -> ws f32[B, num_ws, w_dim]: normalised z through an lrelu MLP.
+
+  `update_w_avg=True` (in training, with `buffers` mutable) moves `w_avg` towards the batch mean
+  with momentum w_avg_beta; truncation pulls the first `truncation_cutoff` ws (all when None)
+  towards `w_avg` by `truncation_psi`.
+  """
+  w_dim: int
+  num_ws: int
+  num_layers: int = 8
+  layer_features: int | None = None
+  lr_multiplier: float = 0.01
+  w_avg_beta: float = 0.995
+
+  @nn.compact
+  def __call__(self, z: jax.Array, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+               update_w_avg: bool = False) -> jax.Array:
+    if z.ndim != 2:
+      raise ValueError(f"mapping network expects z f32[B, z_dim], got shape {z.shape}")
+    x = normalize_2nd_moment(z.astype(jnp.float32))
+    for idx in range(self.num_layers):
+      features = self.w_dim if idx == self.num_layers - 1 else (self.layer_features or self.w_dim)
+      x = ops.Dense(features, activation="lrelu", lr_multiplier=self.lr_multiplier,
+                    name=f"fc{idx}")(x)
+    w_avg = self.variable("buffers", "w_avg", jnp.zeros, (self.w_dim,))
+    if update_w_avg and self.is_mutable_collection("buffers"):
+      batch_mean = jnp.mean(jax.lax.stop_gradient(x), axis=0)
+      w_avg.value = batch_mean + self.w_avg_beta * (w_avg.value - batch_mean)
+    ws = jnp.broadcast_to(x[:, None, :], (x.shape[0], self.num_ws, self.w_dim))
+    if truncation_psi != 1.0:
+      cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
+      truncated = w_avg.value + truncation_psi * (ws - w_avg.value)
+      ws = jnp.where((jnp.arange(self.num_ws) < cutoff)[None, :, None], truncated, ws)
+    return ws
+
+
+class SynthesisLayer(nn.Module):
+  """Modulated 3x3 conv (optionally upsampling) + per-pixel noise + bias + lrelu."""
+  features: int
+  resolution: int
+  up: int = 1
+  use_noise: bool = True
+  fused_modconv: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, w: jax.Array, noise_mode: str = "random") -> jax.Array:
+    cin = x.shape[-1]
+    styles = ops.Dense(cin, bias_init=1.0, name="affine")(w)
+    weight = self.param("weight", jax.nn.initializers.normal(1.0), (3, 3, cin, self.features))
+    x = ops.modulated_conv2d(x, weight, styles, up=self.up, padding=1, fused=self.fused_modconv)
+    if self.use_noise:
+      res = self.resolution
+      noise_const = self.variable(
+          "buffers", "noise_const", lambda: jax.random.normal(self.make_rng("params"), (res, res)))
+      strength = self.param("noise_strength", jax.nn.initializers.zeros, ())
+      if noise_mode == "random":
+        x = x + jax.random.normal(self.make_rng("noise"), (x.shape[0], res, res, 1)) * strength
+      elif noise_mode == "const":
+        x = x + noise_const.value[None, :, :, None] * strength
+    bias = self.param("bias", jax.nn.initializers.zeros, (self.features,))
+    return ops.bias_act(x, bias, "lrelu")
+
+
+class ToRGBLayer(nn.Module):
+  """Modulated 1x1 conv without demodulation to image channels."""
+  features: int
+  fused_modconv: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, w: jax.Array) -> jax.Array:
+    cin = x.shape[-1]
+    styles = ops.Dense(cin, bias_init=1.0, name="affine")(w) * (1.0 / np.sqrt(cin))
+    weight = self.param("weight", jax.nn.initializers.normal(1.0), (1, 1, cin, self.features))
+    x = ops.modulated_conv2d(x, weight, styles, demodulate=False, fused=self.fused_modconv)
+    return x + self.param("bias", jax.nn.initializers.zeros, (self.features,))
+
+
+class SynthesisBlock(nn.Module):
+  """One resolution of the skip generator: [const | conv0 (up)] -> conv1 -> toRGB added to the
+  upsampled image. Consumes ws f32[B, 3, w_dim] (b4: [B, 2, w_dim]); the toRGB w is shared with
+  the next block's conv0, as NVIDIA's block_ws."""
+  features: int
+  resolution: int
+  img_channels: int
+  fused_modconv: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array | None, img: jax.Array | None, ws: jax.Array,
+               noise_mode: str) -> tuple[jax.Array, jax.Array]:
+    layer = dict(features=self.features, resolution=self.resolution,
+                 fused_modconv=self.fused_modconv)
+    if x is None:
+      const = self.param("const", jax.nn.initializers.normal(1.0),
+                         (self.resolution, self.resolution, self.features))
+      x = jnp.broadcast_to(const[None], (ws.shape[0],) + const.shape)
+      w_idx = 0
+    else:
+      x = SynthesisLayer(up=2, name="conv0", **layer)(x, ws[:, 0], noise_mode)
+      w_idx = 1
+    x = SynthesisLayer(name="conv1", **layer)(x, ws[:, w_idx], noise_mode)
+    y = ToRGBLayer(self.img_channels, self.fused_modconv, name="torgb")(x, ws[:, w_idx + 1])
+    img = y if img is None else ops.upsample2d(img) + y
+    return x, img
+
+
+class SynthesisNetwork(nn.Module):
+  """ws f32[B, num_ws, w_dim] -> images f32[B, R, R, img_channels] (about [-1, 1])."""
+  img_resolution: int
+  img_channels: int = 3
+  channel_base: int = 32768
+  channel_max: int = 512
+  fused_modconv: bool = True
+
+  @nn.compact
+  def __call__(self, ws: jax.Array, noise_mode: str = "random") -> jax.Array:
+    log2 = check_resolution(self.img_resolution)
+    if noise_mode not in NOISE_MODES:
+      raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+    if ws.ndim != 3 or ws.shape[1] != num_ws(self.img_resolution):
+      raise ValueError(f"synthesis at {self.img_resolution} px expects ws f32[B, "
+                       f"{num_ws(self.img_resolution)}, w_dim], got shape {ws.shape}")
+    x = img = None
+    w_idx = 0
+    for res in (2 ** i for i in range(2, log2 + 1)):
+      block_ws = ws[:, w_idx:w_idx + (2 if res == 4 else 3)]
+      w_idx += 1 if res == 4 else 2
+      x, img = SynthesisBlock(channels_at(res, self.channel_base, self.channel_max), res,
+                              self.img_channels, self.fused_modconv, name=f"b{res}")(
+                                  x, img, block_ws, noise_mode)
+    return img
+
+
+class Generator(nn.Module):
+  """z f32[B, z_dim] -> images f32[B, R, R, 3]: `mapping` then `synthesis`.
+
+  Call `map` and `synthesize` through `apply(..., method=...)` to work in w space.
+  Random noise needs the `noise` rng; w_avg tracking needs `buffers` mutable.
+  """
+  z_dim: int = 512
+  w_dim: int = 512
+  img_resolution: int = 256
+  img_channels: int = 3
+  mapping_layers: int = 8
+  mapping_lr_multiplier: float = 0.01
+  w_avg_beta: float = 0.995
+  channel_base: int = 32768
+  channel_max: int = 512
+  fused_modconv: bool = True
+
+  def setup(self):
+    self.num_ws = num_ws(self.img_resolution)
+    self.mapping = MappingNetwork(self.w_dim, self.num_ws, self.mapping_layers,
+                                  lr_multiplier=self.mapping_lr_multiplier,
+                                  w_avg_beta=self.w_avg_beta)
+    self.synthesis = SynthesisNetwork(self.img_resolution, self.img_channels, self.channel_base,
+                                      self.channel_max, self.fused_modconv)
+
+  def map(self, z: jax.Array, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+          update_w_avg: bool = False) -> jax.Array:
+    """z f32[B, z_dim] -> ws f32[B, num_ws, w_dim]."""
+    if z.ndim != 2 or z.shape[1] != self.z_dim:
+      raise ValueError(f"generator expects z f32[B, {self.z_dim}], got shape {z.shape}")
+    return self.mapping(z, truncation_psi, truncation_cutoff, update_w_avg)
+
+  def synthesize(self, ws: jax.Array, noise_mode: str = "random") -> jax.Array:
+    """ws f32[B, num_ws, w_dim] -> images f32[B, R, R, 3]."""
+    return self.synthesis(ws, noise_mode)
+
+  def __call__(self, z: jax.Array, truncation_psi: float = 1.0,
+               truncation_cutoff: int | None = None, noise_mode: str = "random") -> jax.Array:
+    return self.synthesize(self.map(z, truncation_psi, truncation_cutoff), noise_mode)
+
+
+class DiscriminatorBlock(nn.Module):
+  """fromRGB (first block only) -> conv0 -> conv1 (down 2), with a 1x1 down skip (resnet)."""
+  tmp_features: int
+  features: int
+  architecture: str = "resnet"
+
+  @nn.compact
+  def __call__(self, x: jax.Array | None, img: jax.Array) -> jax.Array:
+    if x is None:
+      x = ops.Conv2d(self.tmp_features, 1, "lrelu", name="fromrgb")(img)
+    if self.architecture == "resnet":
+      y = ops.Conv2d(self.features, 1, use_bias=False, down=2, name="skip")(x, np.sqrt(0.5))
+      x = ops.Conv2d(self.tmp_features, 3, "lrelu", name="conv0")(x)
+      x = ops.Conv2d(self.features, 3, "lrelu", down=2, name="conv1")(x, np.sqrt(0.5))
+      return x + y
+    x = ops.Conv2d(self.tmp_features, 3, "lrelu", name="conv0")(x)
+    return ops.Conv2d(self.features, 3, "lrelu", down=2, name="conv1")(x)
+
+
+class DiscriminatorEpilogue(nn.Module):
+  """4x4 features -> minibatch std -> conv -> fc -> out: logits f32[B]."""
+  features: int
+  mbstd_group_size: int = 4
+  mbstd_num_channels: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.mbstd_num_channels > 0:
+      x = ops.minibatch_std(x, self.mbstd_group_size, self.mbstd_num_channels)
+    x = ops.Conv2d(self.features, 3, "lrelu", name="conv")(x)
+    x = ops.Dense(self.features, activation="lrelu", name="fc")(x.reshape(x.shape[0], -1))
+    return ops.Dense(1, name="out")(x)[:, 0]
+
+
+class Discriminator(nn.Module):
+  """images f32[B, R, R, 3] in [-1, 1] -> logits f32[B] (real > 0)."""
+  img_resolution: int = 256
+  img_channels: int = 3
+  architecture: str = "resnet"
+  channel_base: int = 32768
+  channel_max: int = 512
+  mbstd_group_size: int = 4
+  mbstd_num_channels: int = 1
+
+  @nn.compact
+  def __call__(self, img: jax.Array) -> jax.Array:
+    log2 = check_resolution(self.img_resolution)
+    if self.architecture not in ("resnet", "orig"):
+      raise ValueError(f"discriminator architecture must be 'resnet' or 'orig', got "
+                       f"{self.architecture!r}")
+    expected = (self.img_resolution, self.img_resolution, self.img_channels)
+    if img.ndim != 4 or img.shape[1:] != expected:
+      raise ValueError(f"discriminator expects images f32[B, {', '.join(map(str, expected))}], "
+                       f"got shape {img.shape}")
+    x = None
+    for res in (2 ** i for i in range(log2, 2, -1)):
+      x = DiscriminatorBlock(channels_at(res, self.channel_base, self.channel_max),
+                             channels_at(res // 2, self.channel_base, self.channel_max),
+                             self.architecture, name=f"b{res}")(x, img)
+    return DiscriminatorEpilogue(channels_at(4, self.channel_base, self.channel_max),
+                                 self.mbstd_group_size, self.mbstd_num_channels, name="b4")(x)
