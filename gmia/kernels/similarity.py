@@ -1,0 +1,535 @@
+"""Identity distances between embeddings, streamed so that no queries x references matrix exists.
+
+Queries (generated samples) pass through `jax.lax.scan` in chunks; each chunk meets the references
+in one matmul, f32[chunk, R], and is reduced at once, so memory is O(chunk x R). `top_k` can also
+scan over blocks of references with a running top-k merge, which bounds memory by O(chunk x block)
+when the reference set is huge.
+
+Metrics: "cosine" (the dot product of unit-norm embeddings) and "sqeuclidean" (squared L2,
+||q||^2 + ||r||^2 - 2 q.r, which is 2 - 2 cos for unit vectors). Internally every kernel ranks by
+*closeness* (cosine, or minus the squared distance) so that larger is always nearer; results are
+given back in the metric's own units: similarities in descending order, distances in ascending
+order.
+
+Inputs may be float32 or bfloat16; products always accumulate in float32.
+
+Every kernel is written once for any layout: `Layout` says where a call's queries and references
+sit in the global arrays and over which mesh axes they are split, and the kernel combines across
+those axes itself (`gmia.kernels.sharded` runs the same functions under `jax.shard_map`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Metric = Literal["cosine", "sqeuclidean"]
+METRICS = ("cosine", "sqeuclidean")
+# Queries per scan step. 512 x 20,000 f32 scores is 40 MB: big enough to keep the matmul efficient,
+# small enough for any accelerator (bench/bench_topk.py measures the choice).
+DEFAULT_CHUNK_SIZE = 512
+# Unit-norm tolerance for the cosine metric: bfloat16 rounding moves ||x||^2 by up to about 1e-2.
+_UNIT_NORM_TOLERANCE = 2e-2
+_NO_INDEX = -1
+
+
+class Layout(NamedTuple):
+  """Where the queries and references of one call sit in the global arrays.
+
+  num_queries / num_refs: global counts; rows at or past them are padding and never match.
+  query_offset / ref_offset: global index of this call's first row (traced inside shard_map).
+  data_axis / ref_axis: mesh axes the queries / references are split over, or None.
+  """
+  num_queries: Any
+  num_refs: Any
+  query_offset: Any = 0
+  ref_offset: Any = 0
+  data_axis: str | None = None
+  ref_axis: str | None = None
+
+  @classmethod
+  def whole(cls, queries: jax.Array, refs: jax.Array) -> "Layout":
+    """Everything on one device: global and local arrays coincide."""
+    return cls(num_queries=queries.shape[0], num_refs=refs.shape[0])
+
+  def varying(self, tree: Any, *, over_refs: bool) -> Any:
+    """Marks a scan's initial carry as differing across the devices its updates differ across.
+
+    Inside shard_map a carry fed by local queries varies over the data axis, and over the
+    reference axis too unless it was already reduced across it (`over_refs=False`).
+    """
+    axes = tuple(a for a in (self.data_axis, self.ref_axis if over_refs else None) if a is not None)
+    return jax.tree.map(lambda x: lax.pcast(x, axes, to="varying"), tree) if axes else tree
+
+
+# ------------------------------------------------------------------------------------------------
+# The one loop and the building blocks every kernel shares.
+
+
+def stream_queries(queries: jax.Array, chunk_size: int, init: Any,
+                   step_fn: Callable[[Any, jax.Array, jax.Array], tuple[Any, Any]]) -> tuple[Any, Any]:
+  """Scans the rows of `queries` f[Q,D] in chunks of at most `chunk_size`.
+
+  `step_fn(carry, chunk f[C,D], rows int32[C]) -> (carry, per_row)` sees the local row indices of
+  its chunk; rows >= Q are padding added to fill the last chunk. Returns the final carry and the
+  per-row outputs stacked to a leading Q with the padding dropped (None if the step emits none).
+  The chunk is chosen to divide Q as evenly as possible, so padding is under one row per chunk.
+  """
+  num_queries, dim = queries.shape
+  num_chunks = -(-num_queries // max(1, min(chunk_size, num_queries)))
+  chunk = -(-num_queries // num_chunks)
+  padded = jnp.pad(queries, ((0, num_chunks * chunk - num_queries), (0, 0)))
+  starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk
+
+  def body(carry, xs):
+    chunk_queries, start = xs
+    return step_fn(carry, chunk_queries, start + jnp.arange(chunk, dtype=jnp.int32))
+
+  carry, per_row = lax.scan(body, init, (padded.reshape(num_chunks, chunk, dim), starts))
+  per_row = jax.tree.map(lambda x: x.reshape(num_chunks * chunk, *x.shape[2:])[:num_queries], per_row)
+  return carry, per_row
+
+
+def _precision(dtype) -> lax.Precision:
+  # float32 inputs get full float32 products on every backend (GPUs and TPUs otherwise round to
+  # tf32 / bf16 passes); bfloat16 inputs are already rounded.
+  return lax.Precision.HIGHEST if dtype == jnp.float32 else lax.Precision.DEFAULT
+
+
+def _sqnorms(x: jax.Array) -> jax.Array:
+  return jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1)
+
+
+def _closeness(queries: jax.Array, refs: jax.Array, ref_sqnorms: jax.Array | None,
+               metric: Metric) -> jax.Array:
+  """f32[C,R], larger is nearer: cosine similarity, or minus the squared L2 distance."""
+  dots = lax.dot_general(queries, refs, (((1,), (1,)), ((), ())), precision=_precision(queries.dtype),
+                         preferred_element_type=jnp.float32)
+  if metric == "cosine":
+    return dots
+  return 2.0 * dots - _sqnorms(queries)[:, None] - ref_sqnorms[None, :]
+
+
+def from_closeness(closeness: jax.Array, metric: Metric) -> jax.Array:
+  """Closeness back to the metric's units (distances clipped at 0 against rounding)."""
+  return closeness if metric == "cosine" else jnp.maximum(-closeness, 0.0)
+
+
+def to_closeness(value: jax.Array, metric: Metric) -> jax.Array:
+  return value if metric == "cosine" else -value
+
+
+def _ref_sqnorms(refs: jax.Array, metric: Metric) -> jax.Array | None:
+  return _sqnorms(refs) if metric == "sqeuclidean" else None
+
+
+def _valid_queries(rows: jax.Array, layout: Layout) -> jax.Array:
+  return layout.query_offset + rows < layout.num_queries
+
+
+def _global_refs(num_local: int, layout: Layout) -> tuple[jax.Array, jax.Array]:
+  """Global indices int32[R_local] of this call's references and whether each is real."""
+  index = layout.ref_offset + jnp.arange(num_local, dtype=jnp.int32)
+  return index, index < layout.num_refs
+
+
+def _merge_top_k(values: jax.Array, indices: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """Top k along the last axis of candidate values, carrying their indices.
+
+  lax.top_k puts the lower position first among equal values, so candidates laid out in global
+  index order resolve ties to the smallest index, like a stable sort.
+  """
+  top_values, position = lax.top_k(values, k)
+  return top_values, jnp.take_along_axis(indices, position, axis=-1)
+
+
+def _empty_top_k(shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+  return jnp.full(shape, -jnp.inf, jnp.float32), jnp.full(shape, _NO_INDEX, jnp.int32)
+
+
+def _identity_closeness(chunk: jax.Array, refs: jax.Array, ref_sqnorms: jax.Array | None,
+                        ref_identity: jax.Array, num_identities: int, metric: Metric,
+                        layout: Layout) -> jax.Array:
+  """f32[I,C]: each sample's closeness to each identity's nearest photo (-inf without photos)."""
+  closeness = _closeness(chunk, refs, ref_sqnorms, metric)
+  _, real = _global_refs(refs.shape[0], layout)
+  closeness = jnp.where(real[None, :], closeness, -jnp.inf)
+  per_identity = jax.ops.segment_max(closeness.T, ref_identity, num_segments=num_identities)
+  if layout.ref_axis is not None:
+    per_identity = lax.pmax(per_identity, layout.ref_axis)
+  return per_identity
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels: pure functions of local arrays and a Layout (jit them with static ints and metric).
+
+
+def top_k_kernel(queries, refs, *, k: int, chunk_size: int, ref_chunk_size: int | None,
+                 metric: Metric, layout: Layout) -> tuple[jax.Array, jax.Array]:
+  """Nearest `k` references per query: (closeness f32[Q,k], global ref index int32[Q,k])."""
+  num_refs, dim = refs.shape
+  block = num_refs if ref_chunk_size is None else min(ref_chunk_size, num_refs)
+  num_blocks = -(-num_refs // block)
+  pad = num_blocks * block - num_refs
+  ref_index, real = _global_refs(num_refs, layout)
+  ref_blocks = jnp.pad(refs, ((0, pad), (0, 0))).reshape(num_blocks, block, dim)
+  index_blocks = jnp.pad(ref_index, (0, pad), constant_values=_NO_INDEX).reshape(num_blocks, block)
+  real_blocks = jnp.pad(real, (0, pad)).reshape(num_blocks, block)
+  sqnorm_blocks = (None if metric == "cosine" else
+                   jnp.pad(_sqnorms(refs), (0, pad)).reshape(num_blocks, block))
+
+  def step(carry, chunk, rows):
+    def merge_block(best, xs):
+      block_refs, block_index, block_real, block_sqnorms = xs
+      closeness = jnp.where(block_real[None, :],
+                            _closeness(chunk, block_refs, block_sqnorms, metric), -jnp.inf)
+      candidates = jnp.concatenate([best[0], closeness], axis=1)
+      indices = jnp.concatenate(
+          [best[1], jnp.broadcast_to(block_index, closeness.shape)], axis=1)
+      return _merge_top_k(candidates, indices, k), None
+
+    best, _ = lax.scan(merge_block, layout.varying(_empty_top_k((rows.shape[0], k)), over_refs=True),
+                       (ref_blocks, index_blocks, real_blocks, sqnorm_blocks))
+    return carry, best
+
+  _, (closeness, index) = stream_queries(queries, chunk_size, None, step)
+  if layout.ref_axis is not None:
+    closeness, index = _merge_across(closeness, index, k, layout.ref_axis)
+  return closeness, index
+
+
+def _gather_same_everywhere(x: jax.Array, axis_name: str) -> jax.Array:
+  """All devices' x along `axis_name`, stacked in device order: [devices, *x.shape].
+
+  A psum of one filled slot per device: an all_gather whose result shard_map knows to be
+  identical on every device, so it can leave the map replicated.
+  """
+  slots = jnp.zeros((lax.axis_size(axis_name),) + x.shape, x.dtype)
+  return lax.psum(slots.at[lax.axis_index(axis_name)].set(x), axis_name)
+
+
+def _merge_across(values, indices, k, axis_name):
+  """Top k of the candidates [..., k] of all devices along `axis_name`, in device order."""
+  def gather(x):
+    stacked = _gather_same_everywhere(x, axis_name)
+    return jnp.moveaxis(stacked, 0, -2).reshape(*x.shape[:-1], -1)
+  return _merge_top_k(gather(values), gather(indices), k)
+
+
+def best_match_kernel(queries, refs, ref_identity, *, num_identities: int, chunk_size: int,
+                      metric: Metric, layout: Layout) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Closest (sample, photo) pair per identity: (closeness f32[I], query int32[I], ref int32[I]).
+
+  A running maximum per reference photo over query chunks, then one segment maximum over each
+  identity's photos. Ties go to the smallest query index, then the smallest reference index.
+  """
+  ref_sqnorms = _ref_sqnorms(refs, metric)
+  _, real = _global_refs(refs.shape[0], layout)
+
+  def step(best, chunk, rows):
+    closeness = _closeness(chunk, refs, ref_sqnorms, metric)
+    closeness = jnp.where(_valid_queries(rows, layout)[:, None], closeness, -jnp.inf)
+    chunk_best = jnp.max(closeness, axis=0)
+    chunk_query = layout.query_offset + rows[jnp.argmax(closeness, axis=0)]
+    better = chunk_best > best[0]  # strict: earlier chunks (smaller indices) keep ties
+    return (jnp.where(better, chunk_best, best[0]), jnp.where(better, chunk_query, best[1])), None
+
+  init = layout.varying(_empty_top_k(real.shape), over_refs=True)
+  (per_ref, per_ref_query), _ = stream_queries(queries, chunk_size, init, step)
+  per_ref = jnp.where(real, per_ref, -jnp.inf)
+  if layout.data_axis is not None:
+    per_ref, per_ref_query = _argmax_across(per_ref, per_ref_query, layout.data_axis)
+  if layout.ref_axis is not None:
+    per_ref, per_ref_query, ref_identity = (
+        _gather_same_everywhere(x, layout.ref_axis).reshape(-1)
+        for x in (per_ref, per_ref_query, ref_identity))
+  return _best_per_identity(per_ref, per_ref_query, ref_identity, num_identities)
+
+
+def _argmax_across(best, index, axis_name):
+  """Elementwise maximum over devices; among equal maxima the smallest index wins."""
+  overall = lax.pmax(best, axis_name)
+  candidate = jnp.where(best == overall, index, jnp.iinfo(jnp.int32).max)
+  return overall, lax.pmin(candidate, axis_name)
+
+
+def _best_per_identity(per_ref, per_ref_query, ref_identity, num_identities):
+  """Segment argmax over global reference positions (padding holds -inf and never wins).
+
+  Among an identity's photos at its maximum, the smallest query index wins, then the smallest
+  reference index: the first maximum of the identity's queries x photos block in row-major order.
+  """
+  never = jnp.iinfo(jnp.int32).max
+  segment_min = functools.partial(jax.ops.segment_min, segment_ids=ref_identity,
+                                  num_segments=num_identities)
+  best = jax.ops.segment_max(per_ref, ref_identity, num_segments=num_identities)
+  at_best = (per_ref == best[ref_identity]) & jnp.isfinite(per_ref)
+  best_query = segment_min(jnp.where(at_best, per_ref_query, never))
+  at_best &= per_ref_query == best_query[ref_identity]
+  best_ref = segment_min(jnp.where(at_best, jnp.arange(per_ref.shape[0], dtype=jnp.int32), never))
+  found = best_ref < never
+  return best, jnp.where(found, best_query, _NO_INDEX), jnp.where(found, best_ref, _NO_INDEX)
+
+
+def top_k_per_identity_kernel(queries, refs, ref_identity, *, num_identities: int, k: int,
+                              chunk_size: int, metric: Metric,
+                              layout: Layout) -> tuple[jax.Array, jax.Array]:
+  """The k samples nearest to each identity's photos: (closeness f32[I,k], query int32[I,k])."""
+  ref_sqnorms = _ref_sqnorms(refs, metric)
+
+  def step(best, chunk, rows):
+    closeness = _identity_closeness(chunk, refs, ref_sqnorms, ref_identity, num_identities, metric,
+                                    layout)
+    closeness = jnp.where(_valid_queries(rows, layout)[None, :], closeness, -jnp.inf)
+    query = jnp.broadcast_to(layout.query_offset + rows, closeness.shape)
+    return _merge_top_k(jnp.concatenate([best[0], closeness], axis=1),
+                        jnp.concatenate([best[1], query], axis=1), k), None
+
+  init = layout.varying(_empty_top_k((num_identities, k)), over_refs=False)
+  best, _ = stream_queries(queries, chunk_size, init, step)
+  if layout.data_axis is not None:
+    best = _merge_across(*best, k, layout.data_axis)
+  return best
+
+
+def count_above_kernel(queries, refs, ref_identity, threshold, *, num_identities: int,
+                       chunk_size: int, metric: Metric, layout: Layout) -> jax.Array:
+  """int32[I]: samples strictly closer to an identity's nearest photo than `threshold`."""
+  ref_sqnorms = _ref_sqnorms(refs, metric)
+  limit = to_closeness(jnp.asarray(threshold, jnp.float32), metric)
+
+  def step(count, chunk, rows):
+    closeness = _identity_closeness(chunk, refs, ref_sqnorms, ref_identity, num_identities, metric,
+                                    layout)
+    near = (closeness > limit) & _valid_queries(rows, layout)[None, :]
+    return count + jnp.sum(near, axis=1, dtype=jnp.int32), None
+
+  init = layout.varying(jnp.zeros(num_identities, jnp.int32), over_refs=False)
+  count, _ = stream_queries(queries, chunk_size, init, step)
+  if layout.data_axis is not None:
+    count = lax.psum(count, layout.data_axis)
+  return count
+
+
+def top_k_identities_kernel(queries, refs, ref_identity, *, num_identities: int, k: int,
+                            chunk_size: int, metric: Metric,
+                            layout: Layout) -> tuple[jax.Array, jax.Array]:
+  """The k identities nearest each sample: (closeness f32[Q,k], identity int32[Q,k])."""
+  ref_sqnorms = _ref_sqnorms(refs, metric)
+  identities = jnp.arange(num_identities, dtype=jnp.int32)
+
+  def step(carry, chunk, rows):
+    closeness = _identity_closeness(chunk, refs, ref_sqnorms, ref_identity, num_identities, metric,
+                                    layout)
+    return carry, _merge_top_k(closeness.T, jnp.broadcast_to(identities, (rows.shape[0], num_identities)), k)
+
+  return stream_queries(queries, chunk_size, None, step)[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# Boundary checks shared by the single-device and the sharded entry points.
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_embeddings(queries, refs, metric: str) -> None:
+  """Raises ValueError for empty sets, wrong ranks or dtypes, mismatched D, NaN, non-unit cosine."""
+  if metric not in METRICS:
+    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+  for name, x in (("queries", queries), ("refs", refs)):
+    if np.ndim(x) != 2:
+      raise ValueError(f"{name} must be a 2-D array [N, D] of embeddings, got shape {np.shape(x)}")
+    if x.shape[0] == 0:
+      raise ValueError(f"{name} is empty: need at least one embedding")
+    if jnp.dtype(x.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+      raise ValueError(f"{name} must be float32 or bfloat16, got {x.dtype}")
+  if queries.shape[1] != refs.shape[1]:
+    raise ValueError(f"queries have dimension {queries.shape[1]} but refs have {refs.shape[1]}")
+  if queries.dtype != refs.dtype:
+    raise ValueError(f"queries ({queries.dtype}) and refs ({refs.dtype}) must share a dtype")
+  for name, x in (("queries", queries), ("refs", refs)):
+    if not _is_concrete(x):
+      continue
+    sqnorms = _sqnorms(jnp.asarray(x))
+    if bool(jnp.any(jnp.isnan(sqnorms))):
+      raise ValueError(f"{name} contain NaN (first bad row {int(jnp.argmax(jnp.isnan(sqnorms)))})")
+    if metric == "cosine":
+      error = jnp.abs(sqnorms - 1.0)
+      if bool(jnp.any(error > _UNIT_NORM_TOLERANCE)):
+        row = int(jnp.argmax(error))
+        raise ValueError(f"metric 'cosine' needs unit-norm embeddings: {name} row {row} has norm "
+                         f"{float(jnp.sqrt(sqnorms[row])):.4g}; normalise them first")
+
+
+def check_identities(ref_identity, num_refs: int, num_identities: int) -> None:
+  """Raises ValueError unless ref_identity is int[R] with values in [0, num_identities)."""
+  if not isinstance(num_identities, (int, np.integer)) or num_identities < 1:
+    raise ValueError(f"num_identities must be a positive int, got {num_identities!r}")
+  if np.shape(ref_identity) != (num_refs,):
+    raise ValueError(f"ref_identity must have shape ({num_refs},) like refs' rows, "
+                     f"got {np.shape(ref_identity)}")
+  if not jnp.issubdtype(ref_identity.dtype, jnp.integer):
+    raise ValueError(f"ref_identity must be integers, got {ref_identity.dtype}")
+  if _is_concrete(ref_identity):
+    low, high = int(jnp.min(ref_identity)), int(jnp.max(ref_identity))
+    if low < 0 or high >= num_identities:
+      raise ValueError(f"ref_identity values must lie in [0, {num_identities}), got [{low}, {high}]")
+
+
+def _check_k(k, available: int, what: str) -> None:
+  if not isinstance(k, (int, np.integer)) or not 1 <= k <= available:
+    raise ValueError(f"k must be an int in [1, {available}] (the number of {what}), got {k!r}")
+
+
+def _check_chunk_size(name: str, size) -> None:
+  if size is not None and (not isinstance(size, (int, np.integer)) or size < 1):
+    raise ValueError(f"{name} must be a positive int, got {size!r}")
+
+
+def check_inputs(queries, refs, *, metric: str, chunk_size: int, ref_chunk_size: int | None = None,
+                 ref_identity=None, num_identities: int | None = None, k: int | None = None,
+                 k_counts: Literal["references", "queries", "identities"] | None = None):
+  """Validates a kernel call; returns (queries, refs, ref_identity int32 or None) as jax arrays.
+
+  `k_counts` names what `k` selects among, which bounds it.
+  """
+  queries, refs = _as_array(queries), _as_array(refs)
+  check_embeddings(queries, refs, metric)
+  _check_chunk_size("chunk_size", chunk_size)
+  _check_chunk_size("ref_chunk_size", ref_chunk_size)
+  if ref_identity is not None:
+    ref_identity = _as_array(ref_identity)
+    check_identities(ref_identity, refs.shape[0], num_identities)
+    ref_identity = ref_identity.astype(jnp.int32)
+  if k_counts is not None:
+    available = {"references": refs.shape[0], "queries": queries.shape[0],
+                 "identities": num_identities}[k_counts]
+    _check_k(k, available, k_counts)
+  return queries, refs, ref_identity
+
+
+def check_threshold(threshold) -> jax.Array:
+  if np.ndim(threshold) != 0 or not np.isfinite(float(threshold)):
+    raise ValueError(f"threshold must be a finite scalar, got {threshold!r}")
+  return jnp.float32(threshold)
+
+
+def _as_array(x) -> jax.Array:
+  return x if isinstance(x, jax.Array) else jnp.asarray(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public single-device entry points.
+
+
+def finish(outputs, metric: Metric):
+  """Kernel outputs in user units: kernels that rank return their closeness first."""
+  if isinstance(outputs, tuple):
+    return (from_closeness(outputs[0], metric), *outputs[1:])
+  return outputs
+
+
+@functools.partial(jax.jit, static_argnames=("kernel", "options"))
+def _run_whole(arrays, *, kernel, options):
+  options = dict(options)
+  outputs = kernel(*arrays, layout=Layout.whole(arrays[0], arrays[1]), **options)
+  return finish(outputs, options["metric"])
+
+
+def static_options(**options) -> tuple:
+  """Kernel keyword arguments as a hashable, canonical jit static argument."""
+  return tuple(sorted((name, int(value) if isinstance(value, (int, np.integer)) else value)
+                      for name, value in options.items()))
+
+
+def top_k(queries: jax.Array, refs: jax.Array, k: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+          ref_chunk_size: int | None = None,
+          metric: Metric = "cosine") -> tuple[jax.Array, jax.Array]:
+  """The `k` references nearest to each query.
+
+  queries: f32|bf16[Q,D], refs: f32|bf16[R,D] (unit-norm for "cosine").
+  chunk_size: queries per scan step; ref_chunk_size: references per inner scan step with a
+  running top-k merge (None: all references at once). Memory O(chunk_size x ref block).
+  Returns (values f32[Q,k], indices int32[Q,k]): cosine similarities in descending order or
+  squared distances in ascending order; ties go to the smaller reference index.
+  """
+  queries, refs, _ = check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
+                                  ref_chunk_size=ref_chunk_size, k=k, k_counts="references")
+  return _run_whole((queries, refs), kernel=top_k_kernel, options=static_options(
+      k=k, chunk_size=chunk_size, ref_chunk_size=ref_chunk_size, metric=metric))
+
+
+def best_match_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
+                            num_identities: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                            metric: Metric = "cosine") -> tuple[jax.Array, jax.Array, jax.Array]:
+  """For every reference identity, its nearest (sample, photo) pair.
+
+  queries: f32|bf16[Q,D] samples; refs: f32|bf16[R,D] photos; ref_identity: int[R] in
+  [0, num_identities). Returns (best f32[I], best_query int32[I], best_ref int32[I]); an identity
+  without photos gets -inf similarity (+inf distance) and index -1. Ties go to the smallest query,
+  then the smallest reference index.
+  """
+  queries, refs, ref_identity = check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
+                                             ref_identity=ref_identity,
+                                             num_identities=num_identities)
+  return _run_whole((queries, refs, ref_identity), kernel=best_match_kernel, options=static_options(
+      num_identities=num_identities, chunk_size=chunk_size, metric=metric))
+
+
+def top_k_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
+                       num_identities: int, k: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                       metric: Metric = "cosine") -> tuple[jax.Array, jax.Array]:
+  """For every identity, the `k` samples nearest to any of its photos.
+
+  A sample's similarity to an identity is its similarity to that identity's nearest photo.
+  Returns (values f32[I,k], query int32[I,k]) in rank order (the "mean of top-k" score averages
+  values over k); identities without photos get -inf (+inf distance) and index -1.
+  """
+  queries, refs, ref_identity = check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
+                                             ref_identity=ref_identity,
+                                             num_identities=num_identities, k=k,
+                                             k_counts="queries")
+  return _run_whole((queries, refs, ref_identity), kernel=top_k_per_identity_kernel,
+                    options=static_options(num_identities=num_identities, k=k,
+                                           chunk_size=chunk_size, metric=metric))
+
+
+def count_above(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
+                num_identities: int, threshold: float, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                metric: Metric = "cosine") -> jax.Array:
+  """int32[I]: per identity, the samples that match one of its photos beyond `threshold`.
+
+  "Match beyond" means cosine similarity > threshold, or squared distance < threshold: the number
+  of samples a verifier at that threshold would accept as the person. `threshold` is traced, so
+  sweeping it does not recompile.
+  """
+  queries, refs, ref_identity = check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
+                                             ref_identity=ref_identity,
+                                             num_identities=num_identities)
+  return _run_whole((queries, refs, ref_identity, check_threshold(threshold)),
+                    kernel=count_above_kernel, options=static_options(
+                        num_identities=num_identities, chunk_size=chunk_size, metric=metric))
+
+
+def top_k_identities(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
+                     num_identities: int, k: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                     metric: Metric = "cosine") -> tuple[jax.Array, jax.Array]:
+  """For every sample, the `k` nearest identities (each by its nearest photo).
+
+  The "this person probably exists" view. Returns (values f32[Q,k], identity int32[Q,k]); ties go
+  to the smaller identity.
+  """
+  queries, refs, ref_identity = check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
+                                             ref_identity=ref_identity,
+                                             num_identities=num_identities, k=k,
+                                             k_counts="identities")
+  return _run_whole((queries, refs, ref_identity), kernel=top_k_identities_kernel,
+                    options=static_options(num_identities=num_identities, k=k,
+                                           chunk_size=chunk_size, metric=metric))
