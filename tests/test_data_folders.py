@@ -1,0 +1,100 @@
+"""Local photo collections: identity folders, LFW, VGGFace2 and CelebA on fake on-disk copies."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import gmia.data
+from gmia.data import folders
+
+
+def _write_photo(path, size=(40, 50), seed=0):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+  Image.fromarray(pixels).save(path)
+  return pixels
+
+
+def test_identity_folder_with_a_corrupt_file(tmp_path, caplog):
+  root = tmp_path / "people"
+  for person, count in {"carol": 2, "alice": 3, "bob": 1}.items():
+    for k in range(count):
+      _write_photo(str(root / person / f"{k}.png"), seed=hash(person) % 1000 + k)
+  (root / "bob" / "broken.jpg").write_bytes(b"this is not a jpeg")
+  (root / "notes.txt").write_text("ignored: not a folder of photos")
+  with caplog.at_level(logging.WARNING):
+    arrays = gmia.data.load("identity_folder", data_dir=str(tmp_path / "tfds"),
+                            manual_dir=str(root), resolution=16)
+  assert "broken.jpg" in caplog.text
+  assert arrays.images.shape == (6, 16, 16, 3)
+  names = folders.identity_names("identity_folder", str(root))
+  assert names == ["alice", "bob", "carol"]
+  counts = {names[i]: int(c) for i, c in zip(*np.unique(arrays.identity, return_counts=True))}
+  assert counts == {"alice": 3, "bob": 1, "carol": 2}
+  assert len(set(arrays.photo_id.tolist())) == 6
+
+
+def test_decoding_matches_pillow_resize(tmp_path):
+  pixels = _write_photo(str(tmp_path / "p" / "x" / "a.png"), size=(30, 20))
+  decoded = folders.load_photo(str(tmp_path / "p" / "x" / "a.png"), 8, None)
+  expected = np.asarray(Image.fromarray(pixels[:, 5:25]).resize((8, 8), Image.LANCZOS))
+  np.testing.assert_array_equal(decoded, expected)
+
+
+def test_lfw_layout_maps_names_to_ids(tmp_path):
+  root = tmp_path / "lfw_download"
+  for name in ("Zed_Zulu", "Ann_Able"):
+    for k in (1, 2):
+      _write_photo(str(root / "lfw" / name / f"{name}_{k:04d}.jpg"), size=(25, 25), seed=k)
+  arrays = gmia.data.load("lfw", data_dir=str(tmp_path / "tfds"), manual_dir=str(root),
+                          resolution=16)
+  assert folders.identity_names("lfw", str(root)) == ["Ann_Able", "Zed_Zulu"]
+  assert sorted(arrays.identity.tolist()) == [0, 0, 1, 1]
+
+
+def test_vggface2_merges_train_and_test(tmp_path):
+  root = tmp_path / "vgg"
+  _write_photo(str(root / "train" / "n000002" / "0001_01.jpg"))
+  _write_photo(str(root / "train" / "n000002" / "0002_01.jpg"))
+  _write_photo(str(root / "test" / "n000009" / "0001_01.jpg"))
+  arrays = gmia.data.load("vggface2", data_dir=str(tmp_path / "tfds"), manual_dir=str(root),
+                          resolution=16)
+  assert sorted(arrays.identity.tolist()) == [0, 0, 1]
+
+
+def test_celeb_a_reads_identity_file_and_crops_the_face(tmp_path):
+  root = tmp_path / "celeba"
+  written = {f"{k:06d}.jpg": _write_photo(str(root / "img_align_celeba" / f"{k:06d}.jpg"),
+                                          size=(178, 218), seed=k) for k in (1, 2, 3)}
+  (root / "identity_CelebA.txt").write_text("000001.jpg 2880\n000002.jpg 17\n000003.jpg 2880\n")
+  arrays = gmia.data.load("celeb_a", data_dir=str(tmp_path / "tfds"), manual_dir=str(root),
+                          resolution=16)
+  by_photo = dict(zip(arrays.photo_id.tolist(), arrays.identity.tolist()))
+  assert by_photo == {0: 1, 1: 0, 2: 1}  # Names sorted as strings: "17" < "2880".
+  expected = folders.load_photo(str(root / "img_align_celeba" / "000002.jpg"), 16,
+                                folders.CROP_BOXES["celeb_a"])
+  np.testing.assert_array_equal(arrays.images[arrays.photo_id == 1][0], expected)
+  assert written  # Photos really were on disk.
+
+
+def test_celeb_a_bad_identity_line(tmp_path):
+  root = tmp_path / "celeba"
+  _write_photo(str(root / "img_align_celeba" / "000001.jpg"))
+  (root / "identity_CelebA.txt").write_text("000001.jpg\n")
+  with pytest.raises(ValueError, match="identity_CelebA.txt:1"):
+    folders.list_photos("celeb_a", str(root))
+
+
+@pytest.mark.parametrize("name", ["identity_folder", "lfw", "vggface2", "celeb_a"])
+def test_missing_manual_dir_gives_instructions(tmp_path, name):
+  with pytest.raises(FileNotFoundError, match="manual_dir"):
+    gmia.data.load(name, data_dir=str(tmp_path), manual_dir=str(tmp_path / "absent"))
+
+
+def test_folder_without_photos(tmp_path):
+  (tmp_path / "empty" / "someone").mkdir(parents=True)
+  with pytest.raises(ValueError, match="no photos"):
+    gmia.data.load("identity_folder", data_dir=str(tmp_path), manual_dir=str(tmp_path / "empty"))
