@@ -21,12 +21,15 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def grid(images: np.ndarray, ncols: int, labels: Sequence[str] | None = None,
-         pad: int = 2) -> np.ndarray:
+         pad: int = 2, upscale: int = 1) -> np.ndarray:
   """Tiles images: u8[N,H,W,3] (or f32 in [-1,1]) -> u8[rows*(H+pad+label), ncols*(W+pad), 3].
 
-  With `labels`, each tile gets a caption strip under it.
+  With `labels`, each tile gets a caption strip under it; `upscale` enlarges small faces
+  (nearest neighbour, so pixels stay honest).
   """
   images = to_uint8(images)
+  if upscale > 1:
+    images = images.repeat(upscale, axis=1).repeat(upscale, axis=2)
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f"expected images of shape [N, H, W, 3], got {images.shape}")
   if len(images) == 0:
@@ -63,6 +66,6 @@ def save_png(path: str, image: np.ndarray) -> None:
 
 
 def save_grid(path: str, images: np.ndarray, ncols: int,
-              labels: Sequence[str] | None = None) -> None:
+              labels: Sequence[str] | None = None, upscale: int = 1) -> None:
   """Tiles `images` (see `grid`) and writes the PNG atomically."""
-  save_png(path, grid(images, ncols, labels))
+  save_png(path, grid(images, ncols, labels, upscale=upscale))
