@@ -1,0 +1,1 @@
+"""The attacks as pure functions from embeddings and models to scores."""

@@ -1,0 +1,94 @@
+"""Identity membership attack: streamed evidence equals a brute-force computation."""
+
+import numpy as np
+import pytest
+
+from gmia.attacks import identity_membership as im
+
+
+def _unit(x):
+  return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _setup(seed=0, dim=16, members=4, non_members=3, photos=3, samples=50):
+  rng = np.random.default_rng(seed)
+  centres = _unit(rng.normal(size=(members + non_members, dim)))
+  photo_identity = np.repeat(np.arange(members + non_members), photos) + 100
+  noise = lambda n, scale: scale / np.sqrt(dim) * rng.normal(size=(n, dim))
+  ref_embeddings = _unit(centres[photo_identity - 100] + noise(len(photo_identity), 0.6))
+  # Generated samples: half near member centres (a leaky generator), half random.
+  near = centres[rng.integers(0, members, samples // 2)]
+  sample_embeddings = _unit(np.concatenate([near + noise(len(near), 0.8),
+                                            rng.normal(size=(samples - samples // 2, dim))]))
+  refs = im.make_references(ref_embeddings, photo_identity, np.arange(len(photo_identity)) + 7,
+                            np.arange(members) + 100, np.arange(members, members + non_members) + 100)
+  return refs, sample_embeddings
+
+
+def test_streamed_evidence_equals_brute_force():
+  refs, samples = _setup()
+  threshold = 0.3
+  evidence = im.Evidence.empty(refs.num_identities, k=4)
+  views = []
+  for start in range(0, len(samples), 17):  # Chunks that do not divide 50.
+    evidence, view = im.observe(evidence, samples[start:start + 17], refs, threshold=threshold,
+                                chunk_size=8)
+    views.append(view)
+  sim = samples @ refs.embeddings.T  # [S, R] brute force.
+  per_identity = np.stack([sim[:, refs.identity == i].max(axis=1)
+                           for i in range(refs.num_identities)], axis=1)  # [S, I]
+  np.testing.assert_allclose(evidence.best, per_identity.max(axis=0), atol=1e-5)
+  np.testing.assert_array_equal(evidence.best_sample, per_identity.argmax(axis=0))
+  for i in range(refs.num_identities):
+    assert refs.identity[evidence.best_photo[i]] == i
+    np.testing.assert_allclose(sim[evidence.best_sample[i], evidence.best_photo[i]],
+                               evidence.best[i], atol=1e-5)
+  np.testing.assert_allclose(im.scores(evidence, "topk_mean"),
+                             -np.sort(-per_identity, axis=0)[:4].mean(axis=0), atol=1e-5)
+  np.testing.assert_array_equal(im.scores(evidence, "count"), (per_identity > threshold).sum(axis=0))
+  assert int(evidence.num_samples) == 50
+  view_identity = np.concatenate([v.identity for v in views])
+  np.testing.assert_array_equal(view_identity[:, 0], per_identity.argmax(axis=1))
+  np.testing.assert_allclose(np.concatenate([v.similarity for v in views])[:, 0],
+                             per_identity.max(axis=1), atol=1e-5)
+
+
+def test_leaky_generator_scores_members_higher():
+  refs, samples = _setup(dim=64, samples=400)
+  evidence, _ = im.observe(im.Evidence.empty(refs.num_identities, k=5), samples, refs,
+                           threshold=0.5)
+  best = im.scores(evidence, "best")
+  assert best[refs.is_member].min() > best[~refs.is_member].max()
+
+
+def test_evidence_round_trips_through_arrays():
+  refs, samples = _setup()
+  evidence, _ = im.observe(im.Evidence.empty(refs.num_identities, k=2), samples, refs,
+                           threshold=0.1)
+  again = im.Evidence.from_arrays(evidence.to_arrays())
+  for name, value in evidence.to_arrays().items():
+    np.testing.assert_array_equal(getattr(again, name), value)
+
+
+def test_impostor_threshold_matches_the_false_accept_rate():
+  refs, _ = _setup(photos=20)
+  threshold = im.impostor_threshold(refs, 0.05, max_pairs=200_000)
+  sim = refs.embeddings @ refs.embeddings.T
+  impostor = sim[refs.identity[:, None] != refs.identity[None, :]]
+  assert abs((impostor > threshold).mean() - 0.05) < 0.01
+
+
+def test_bad_input_is_named():
+  refs, samples = _setup()
+  with pytest.raises(ValueError, match="sample embeddings must be"):
+    im.observe(im.Evidence.empty(refs.num_identities, 2), samples[:, :5], refs, threshold=0.0)
+  with pytest.raises(ValueError, match="unknown score variant"):
+    im.scores(im.Evidence.empty(3, 2), "median")
+  with pytest.raises(ValueError, match="needs at least 2 samples"):
+    im.scores(im.Evidence.empty(3, 2), "topk_mean")
+  with pytest.raises(ValueError, match="members and non-members"):
+    im.make_references(samples[:3], np.array([1, 1, 1]), np.arange(3), np.array([1]), np.array([]))
+  with pytest.raises(ValueError, match="without reference photos"):
+    im.make_references(samples[:3], np.array([1, 1, 1]), np.arange(3), np.array([1]), np.array([2]))
+  with pytest.raises(ValueError, match="false_accept_rate"):
+    im.impostor_threshold(refs, 1.5)
