@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from gmia.files import write_atomic
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -58,11 +59,9 @@ def grid(images: np.ndarray, ncols: int, labels: Sequence[str] | None = None,
 
 def save_png(path: str, image: np.ndarray) -> None:
   """Writes a u8[H,W,3] image as PNG without ever leaving a partial file at `path`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=directory, suffix=".png", delete=False) as handle:
-    Image.fromarray(image).save(handle, format="PNG")
-  os.replace(handle.name, path)
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  write_atomic(path, buffer.getvalue())
 
 
 def save_grid(path: str, images: np.ndarray, ncols: int,

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 
 import numpy as np
 
 from gmia.data.arrays import FaceArrays
+from gmia.files import write_atomic
 
 GROUPS = ("members", "non_members", "shadow", "encoder")
 TARGET_GROUPS = ("members", "non_members", "shadow")
@@ -91,11 +90,7 @@ class IdentitySplit:
 
   def save(self, path: str) -> None:
     """Writes the JSON atomically: a reader never sees half a split."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".json", delete=False) as handle:
-      json.dump(self.to_json(), handle)
-    os.replace(handle.name, path)
+    write_atomic(path, json.dumps(self.to_json()))
 
   @classmethod
   def load(cls, path: str) -> IdentitySplit:

@@ -1,0 +1,76 @@
+"""Report files of a membership attack: report.json, scores.csv, roc.png, matches.png.
+
+Every file is written to a temporary name and renamed, so an interrupted run never leaves a
+half-written report behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only: no display is needed or wanted.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gmia import metrics, viz  # noqa: E402
+from gmia.files import write_atomic  # noqa: E402
+
+
+def write_scores_csv(path: str, columns: Mapping[str, Sequence]) -> None:
+  """One row per target identity; `columns` maps header -> values (all the same length)."""
+  lengths = {len(v) for v in columns.values()}
+  if len(lengths) != 1:
+    raise ValueError(f"columns of different lengths: { {k: len(v) for k, v in columns.items()} }")
+  buffer = io.StringIO()
+  writer = csv.writer(buffer)
+  writer.writerow(list(columns))
+  writer.writerows(zip(*columns.values()))
+  write_atomic(path, buffer.getvalue())
+
+
+def plot_roc(path: str, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str) -> None:
+  """ROC curves, linear and log-FPR side by side (low-FPR behaviour is what matters).
+
+  curves: label -> (scores f64[N], labels bool[N]); members are positives.
+  """
+  figure, (linear, log) = plt.subplots(1, 2, figsize=(10, 4.4))
+  for label, (scores, labels) in curves.items():
+    fpr, tpr, _ = metrics.roc_curve(scores, labels)
+    name = f"{label} (AUC {metrics.auc(scores, labels):.3f})"
+    linear.plot(fpr, tpr, label=name)
+    log.step(np.maximum(fpr, 1e-4), tpr, where="post", label=name)
+  for axes in (linear, log):
+    axes.plot([1e-4, 1], [1e-4, 1], color="grey", linestyle=":", label="chance")
+    axes.set_xlabel("false positive rate (non-members called members)")
+    axes.set_ylabel("true positive rate (members found)")
+    axes.grid(alpha=0.3)
+  log.set_xscale("log")
+  log.set_xlim(1e-3, 1)
+  linear.legend(loc="lower right", fontsize=8)
+  figure.suptitle(title)
+  figure.tight_layout()
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=110)
+  plt.close(figure)
+  write_atomic(path, buffer.getvalue())
+
+
+def save_matches(path: str, generated: np.ndarray, photos: np.ndarray, captions: Sequence[str],
+                 photo_captions: Sequence[Sequence[str]]) -> None:
+  """Rows of a generated face followed by its nearest real photos, captioned.
+
+  generated: u8|f32[M, H, W, 3]; photos: u8[M, k, H, W, 3]; captions: M strings;
+  photo_captions: M lists of k strings (identity and similarity).
+  """
+  m, k = photos.shape[:2]
+  if len(generated) != m or len(captions) != m or len(photo_captions) != m:
+    raise ValueError("generated faces, photos and captions must have the same number of rows")
+  tiles = np.concatenate([viz.to_uint8(generated)[:, None], photos], axis=1)
+  labels = [text for row in range(m) for text in [captions[row], *photo_captions[row]]]
+  upscale = max(1, 96 // generated.shape[1])
+  viz.save_grid(path, tiles.reshape((-1,) + tiles.shape[2:]), ncols=k + 1, labels=labels,
+                upscale=upscale)
