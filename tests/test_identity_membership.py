@@ -92,3 +92,30 @@ def test_bad_input_is_named():
     im.make_references(samples[:3], np.array([1, 1, 1]), np.arange(3), np.array([1]), np.array([2]))
   with pytest.raises(ValueError, match="false_accept_rate"):
     im.impostor_threshold(refs, 1.5)
+
+
+def test_stream_resumes_to_the_same_result(tmp_path):
+  refs, samples = _setup(samples=60)
+  chunks = lambda c: samples[c * 20:(c + 1) * 20]
+  options = dict(threshold=0.3, k=3, fingerprint={"seed": 1})
+  whole, view = im.stream(chunks, 3, refs, state_dir=str(tmp_path / "a"), **options)
+
+  class Killed(Exception):
+    pass
+
+  def kill_after_two(done, _):
+    if done == 2:
+      raise Killed
+  with pytest.raises(Killed):
+    im.stream(chunks, 3, refs, state_dir=str(tmp_path / "b"), on_chunk=kill_after_two, **options)
+  seen = []
+  resumed, resumed_view = im.stream(chunks, 3, refs, state_dir=str(tmp_path / "b"),
+                                    on_chunk=lambda done, _: seen.append(done), **options)
+  assert seen == [3]  # Only the missing chunk was computed.
+  for name, value in whole.to_arrays().items():
+    np.testing.assert_array_equal(getattr(resumed, name), value)
+  np.testing.assert_array_equal(resumed_view.identity, view.identity)
+  assert view.identity.shape == (60, 3)
+  with pytest.raises(ValueError, match="another attack configuration"):
+    im.stream(chunks, 3, refs, state_dir=str(tmp_path / "b"), threshold=0.3, k=3,
+              fingerprint={"seed": 2})

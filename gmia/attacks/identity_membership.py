@@ -20,10 +20,13 @@ chunk boundary. Score variants, all from one pass:
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from gmia import kernels
+from gmia import files, kernels
 
 VARIANTS = ("best", "topk_mean", "count")
 
@@ -185,3 +188,44 @@ def scores(evidence: Evidence, variant: str) -> np.ndarray:
   if variant == "count":
     return evidence.count.astype(np.float64)
   raise ValueError(f"unknown score variant {variant!r}; variants: {VARIANTS}")
+
+
+def stream(embed_chunk: Callable[[int], np.ndarray], num_chunks: int, refs: References, *,
+           threshold: float, k: int, state_dir: str, fingerprint: Mapping,
+           on_chunk: Callable[[int, Evidence], None] | None = None
+           ) -> tuple[Evidence, SampleView]:
+  """Runs `observe` over chunks 0..num_chunks-1, saving state after each; resumes where it stopped.
+
+  embed_chunk(c) -> f32[C, D]: the unit embeddings of chunk c's samples, a pure function of c
+  (seeded by c), so a resumed run sees the same samples. `fingerprint` (JSON) identifies the
+  attack: state saved under another fingerprint is refused rather than silently mixed in.
+  Returns the final evidence and the sample view of every sample.
+  """
+  os.makedirs(os.path.join(state_dir, "views"), exist_ok=True)
+  state_path = os.path.join(state_dir, "evidence.npz")
+  fingerprint_json = json.dumps(fingerprint, sort_keys=True)
+  evidence, start = Evidence.empty(refs.num_identities, k), 0
+  if os.path.exists(state_path):
+    with np.load(state_path) as saved:
+      if str(saved["fingerprint"]) != fingerprint_json:
+        raise ValueError(f"{state_path} belongs to another attack configuration; use a fresh "
+                         "workdir or delete it")
+      evidence, start = Evidence.from_arrays(saved), int(saved["chunks_done"])
+  for chunk in range(start, num_chunks):
+    evidence, view = observe(evidence, embed_chunk(chunk), refs, threshold=threshold)
+    files.save_npz(_view_path(state_dir, chunk),
+                   {"similarity": view.similarity, "identity": view.identity})
+    files.save_npz(state_path, {**evidence.to_arrays(), "chunks_done": np.asarray(chunk + 1),
+                                "fingerprint": np.asarray(fingerprint_json)})
+    if on_chunk is not None:
+      on_chunk(chunk + 1, evidence)
+  views = []
+  for chunk in range(num_chunks):
+    with np.load(_view_path(state_dir, chunk)) as saved:
+      views.append(SampleView(saved["similarity"], saved["identity"]))
+  return evidence, SampleView(np.concatenate([v.similarity for v in views]),
+                              np.concatenate([v.identity for v in views]))
+
+
+def _view_path(state_dir: str, chunk: int) -> str:
+  return os.path.join(state_dir, "views", f"chunk_{chunk:06d}.npz")
