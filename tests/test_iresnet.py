@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gmia.encoder.embed import embed, input_size, preprocess
-from gmia.models.iresnet import ARCHS, IResNet, iresnet
+from gmia.models.iresnet import ARCHS, IResNet, init_key, iresnet
 
 TINY = IResNet(blocks=(1, 1, 1, 1), width=8, num_features=16)
 SIZE = 32
@@ -20,7 +20,7 @@ SIZE = 32
 
 @functools.cache
 def tiny_variables():
-  return jax.jit(TINY.init)(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+  return jax.jit(TINY.init)(init_key(0), jnp.zeros((1, SIZE, SIZE, 3)))
 
 
 @functools.partial(jax.jit, static_argnames=("train", "capture"))
@@ -56,7 +56,7 @@ def test_parameter_count_matches_layout(arch):
 
 def test_capture_returns_named_layers_and_stops_early():
   variables = tiny_variables()
-  x = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 3), minval=-1, maxval=1)
+  x = np.random.default_rng(1).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
   everything = apply(variables, x, capture=("stem", "stage1", "stage2", "stage3", "stage4",
                                             "embedding"))
   expected = {"stem": (2, 32, 32, 8), "stage1": (2, 16, 16, 8), "stage2": (2, 8, 8, 16),
@@ -76,7 +76,7 @@ def test_training_updates_running_statistics_like_pytorch():
   # PyTorch BN momentum 0.1: running = 0.9 * running + 0.1 * batch statistic. Checked on the
   # features BN, whose input is recomputed here in numpy from the captured stage-4 map.
   variables = tiny_variables()
-  x = jax.random.uniform(jax.random.key(2), (6, SIZE, SIZE, 3), minval=-1, maxval=1)
+  x = np.random.default_rng(2).uniform(-1, 1, (6, SIZE, SIZE, 3)).astype(np.float32)
   _, updated = apply(variables, x, train=True)
   stage4, _ = apply(variables, x, train=True, capture=("stage4",))
   h = np.asarray(stage4["stage4"], np.float64)
@@ -104,7 +104,7 @@ def test_embed_units_uint8_equivalence_vmap_and_single_compile():
   as_float = (images.astype(np.float32) - 127.5) / 127.5
   from_float = jax.jit(embed, static_argnums=0)(TINY, variables, jnp.asarray(as_float[0]))
   np.testing.assert_allclose(from_float, out[0], atol=1e-5)
-  batched = jax.vmap(functools.partial(embed, TINY), in_axes=(None, 0))(variables, images)
+  batched = jax.jit(jax.vmap(functools.partial(embed, TINY), in_axes=(None, 0)))(variables, images)
   np.testing.assert_allclose(batched, out, atol=1e-5)
   resized = preprocess(jnp.asarray(images[0]), SIZE)
   assert resized.shape == (3, SIZE, SIZE, 3) and -1 <= resized.min() <= resized.max() <= 1

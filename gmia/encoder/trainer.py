@@ -1,0 +1,230 @@
+"""Trains an IResNet identity encoder with an additive-margin head (ArcFace / CosFace).
+
+Only the split's "encoder" identities are used, so the encoder never sees a person the attacks
+target. `config.eval_identities` of them are held out (chosen with `config.seed`) and never
+trained on: the verification / identification metrics are measured on their photos.
+
+Data parallel over a 1-D mesh: the batch is split over the `data` axis, the backbone replicated,
+and the class centres split over the same axis (insightface's Partial FC without sampling), so the
+number of training identities can outgrow one device. Checkpoints (params, BN statistics,
+optimiser state, step) are saved with Orbax; a rerun with the same --workdir resumes and, since
+batches and dropout keys are functions of the step, reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gmia import parallel
+from gmia.checkpoint import Checkpointer, check_config_matches
+from gmia.data import run_data
+from gmia.data.arrays import FaceArrays
+from gmia.data.pipeline import Batches
+from gmia.data.split import IdentitySplit
+from gmia.encoder import evaluation
+from gmia.encoder.embed import preprocess
+from gmia.models.iresnet import IResNet, init_key
+from gmia.models.margins import Margin, padded_num_classes, sharded_margin_loss
+from gmia.progress import Progress
+
+# Config entries a resumed run must share with the checkpoint it continues.
+RESUME_KEYS = ("data", "eval_identities", "model", "margin", "optimizer", "batch_size",
+               "num_steps", "seed")
+EVAL_FILE = "eval.json"
+
+
+def create_model(model_config: ml_collections.ConfigDict) -> IResNet:
+  """The IResNet a `model` config block describes."""
+  return IResNet(blocks=tuple(model_config.blocks), width=model_config.width,
+                 num_features=model_config.num_features, dropout=model_config.dropout,
+                 dtype=jnp.dtype(model_config.dtype))
+
+
+def encoder_sets(arrays: FaceArrays, split: IdentitySplit, eval_identities: int,
+                 seed: int) -> tuple[FaceArrays, FaceArrays]:
+  """(training photos, held-out evaluation photos) of the split's encoder identities."""
+  identities = split.identities("encoder")
+  if not 0 < eval_identities < len(identities) - 1:
+    raise ValueError(f"eval_identities={eval_identities} must leave at least two of the "
+                     f"{len(identities)} encoder identities for training")
+  held_out = np.random.default_rng([seed, 7]).permutation(identities)[:eval_identities]
+  photos = split.train_photos("encoder")
+  photo_identity = arrays.select(photos).identity
+  held = np.isin(photo_identity, held_out)
+  return arrays.select(photos[~held]), arrays.select(photos[held])
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """SGD with momentum (insightface) or AdamW; linear warm-up then polynomial (power 2) decay."""
+  opt = config.optimizer
+  schedule = optax.join_schedules([
+      optax.linear_schedule(0.0, opt.learning_rate, max(opt.warmup_steps, 1)),
+      optax.polynomial_schedule(opt.learning_rate, 0.0, 2, max(config.num_steps - opt.warmup_steps, 1)),
+  ], [max(opt.warmup_steps, 1)])
+  if opt.name == "sgd":
+    # PyTorch SGD's weight_decay adds wd * param to the gradient before momentum.
+    return optax.chain(optax.add_decayed_weights(opt.weight_decay),
+                       optax.sgd(schedule, momentum=opt.momentum))
+  if opt.name == "adamw":
+    return optax.adamw(schedule, weight_decay=opt.weight_decay)
+  raise ValueError(f"unknown optimizer {opt.name!r}; choose 'sgd' or 'adamw'")
+
+
+def init_state(model: IResNet, optimizer: optax.GradientTransformation, input_size: int,
+               num_centres: int, key: jax.Array) -> dict[str, Any]:
+  """Fresh training state: params {backbone, centres}, batch_stats, opt_state, step."""
+  backbone_key, centres_key = jax.random.split(key)
+  variables = model.init(backbone_key, jnp.zeros((1, input_size, input_size, 3)))
+  # insightface's Partial FC draws centres from N(0, 0.01).
+  centres = 0.01 * jax.random.normal(centres_key, (num_centres, model.num_features))
+  params = {"backbone": variables["params"], "centres": centres}
+  return {"params": params, "batch_stats": variables["batch_stats"],
+          "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def state_shardings(state: Any, mesh: Mesh) -> Any:
+  """Class centres (and their optimiser moments) split by rows over `data`; all else replicated."""
+  def rule(path, leaf):
+    if any(getattr(key, "key", None) == "centres" for key in path) and leaf.ndim == 2:
+      return NamedSharding(mesh, P(parallel.DATA_AXIS))
+    return parallel.replicated(mesh)
+  return jax.tree_util.tree_map_with_path(rule, state)
+
+
+def train_step(state: dict[str, Any], images: jax.Array, labels: jax.Array, *, model: IResNet,
+               optimizer: optax.GradientTransformation, margin: Margin, mesh: Mesh,
+               num_classes: int, input_size: int, seed: int) -> tuple[dict[str, Any], dict]:
+  """One SGD step. images: f32[B, H, W, 3] in [-1, 1]; labels: int32[B] class indices."""
+  x = preprocess(images, input_size)
+  dropout_key = jax.random.fold_in(jax.random.key(seed), state["step"])
+
+  def loss_fn(params):
+    embeddings, updates = model.apply(
+        {"params": params["backbone"], "batch_stats": state["batch_stats"]}, x, train=True,
+        mutable=["batch_stats"], rngs={"dropout": dropout_key})
+    loss = sharded_margin_loss(embeddings, params["centres"], labels, margin, mesh,
+                               parallel.DATA_AXIS, num_classes)
+    return loss, updates["batch_stats"]
+
+  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  new_state = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state,
+               "step": state["step"] + 1}
+  return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+def _config_json(config: ml_collections.ConfigDict) -> dict:
+  """The config as plain JSON types (tuples become lists), as a checkpoint stores it."""
+  return json.loads(config.to_json())
+
+
+def _encoder_variables(state: dict[str, Any]) -> dict[str, Any]:
+  return {"params": state["params"]["backbone"], "batch_stats": state["batch_stats"]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) in `workdir`; returns the final held-out metrics (also in eval.json)."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh()
+  parallel.check_divisible(config.batch_size, mesh)
+  arrays, split = run_data.load_for_run(config.data, workdir)
+  train_set, eval_set = encoder_sets(arrays, split, config.eval_identities, config.seed)
+  classes = np.unique(train_set.identity)
+  labels = np.searchsorted(classes, train_set.identity).astype(np.int32)
+  logging.info("encoder training: %d photos of %d identities; evaluation: %d photos of %d "
+               "held-out identities", len(train_set), len(classes), len(eval_set),
+               eval_set.num_identities)
+
+  model = create_model(config.model)
+  optimizer = make_optimizer(config)
+  margin = Margin(**config.margin)
+  num_centres = padded_num_classes(len(classes), mesh.shape[parallel.DATA_AXIS])
+  init = functools.partial(init_state, model, optimizer, config.model.input_size, num_centres)
+  shardings = state_shardings(jax.eval_shape(init, init_key(0)), mesh)
+  data = parallel.data_sharding(mesh)
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, optimizer=optimizer, margin=margin, mesh=mesh,
+                        num_classes=len(classes), input_size=config.model.input_size,
+                        seed=config.seed),
+      in_shardings=(shardings, data, data), out_shardings=(shardings, parallel.replicated(mesh)),
+      donate_argnums=0)
+
+  checkpointer = Checkpointer(workdir)
+  meta = {"config": _config_json(config), "classes": classes.tolist(), "num_centres": num_centres,
+          "eval_identities": np.unique(eval_set.identity).tolist()}
+  start = checkpointer.latest_step() or 0
+  if start:
+    check_config_matches(checkpointer.restore_meta(start)["config"], meta["config"], RESUME_KEYS)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            jax.eval_shape(init, init_key(0)), shardings)
+    state, _ = checkpointer.restore(start, abstract)
+    logging.info("resumed from step %d", start)
+  else:
+    state = jax.jit(init, out_shardings=shardings)(init_key(config.seed))
+
+  baseline = evaluation.pixel_identification(eval_set.images, eval_set.identity)
+  logging.info("pixel-space 1-NN identification on the held-out identities: %.4f", baseline)
+  progress = Progress(config.num_steps, workdir=workdir, every_steps=config.log_every,
+                      items_per_step=config.batch_size, start_step=start)
+  batches = Batches(train_set.images, global_batch_size=config.batch_size, seed=config.seed,
+                    mirror=True)
+  rows = slice(batches.process_index * batches.local_batch_size,
+               (batches.process_index + 1) * batches.local_batch_size)
+  metrics: dict[str, float] = {}
+  for step, images in batches.iterate(start):
+    if step >= config.num_steps:
+      break
+    batch_labels = labels[batches.global_indices(step)[rows]]
+    state, train_metrics = step_fn(state, parallel.shard_batch(images, mesh),
+                                   parallel.shard_batch(batch_labels, mesh))
+    done = step + 1
+    last = done == config.num_steps
+    if done % config.eval_every == 0 or last:
+      metrics = evaluation.evaluate(model, _encoder_variables(state), eval_set.images,
+                                    eval_set.identity, mesh)
+      metrics["pixel_identification_1nn"] = baseline
+      progress.update(done, {**train_metrics, **{f"eval/{k}": v for k, v in metrics.items()}})
+    else:
+      progress.update(done, train_metrics)
+    if done % config.checkpoint_every == 0 or last:
+      checkpointer.save(done, state, meta)
+  checkpointer.wait()
+  progress.close()
+  if not metrics:  # Resumed a finished run: measure the final state again.
+    metrics = evaluation.evaluate(model, _encoder_variables(state), eval_set.images,
+                                  eval_set.identity, mesh)
+    metrics["pixel_identification_1nn"] = baseline
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, EVAL_FILE), "w") as handle:
+      json.dump(metrics, handle, indent=1)
+  logging.info("held-out evaluation: %s", json.dumps(metrics))
+  return metrics
+
+
+def load_encoder(workdir: str, step: int | None = None) -> tuple[IResNet, dict[str, Any]]:
+  """(model, variables) of an encoder trained by train_and_evaluate, for gmia.encoder.embed."""
+  checkpointer = Checkpointer(workdir)
+  meta = checkpointer.restore_meta(step)
+  config = ml_collections.ConfigDict(meta["config"])
+  model = create_model(config.model)
+  mesh = parallel.make_mesh()
+  # Centre rows were padded for the training mesh: their number is in the metadata.
+  init = functools.partial(init_state, model, make_optimizer(config), config.model.input_size,
+                           meta["num_centres"])
+  shapes = jax.eval_shape(init, init_key(0))
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                         sharding=parallel.replicated(mesh)), shapes)
+  state, _ = checkpointer.restore(step, abstract)
+  return model, _encoder_variables(state)

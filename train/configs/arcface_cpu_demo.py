@@ -1,0 +1,36 @@
+r"""ArcFace encoder for the embedded synthetic faces, trained in a few minutes on a laptop CPU.
+
+  python train/train_arcface.py --config=train/configs/arcface_cpu_demo.py --workdir=/tmp/arcface
+
+Data: the default data block (1,000 synthetic identities x 20 photos at 64 px, members /
+non-members / shadow 100 each); the 700 encoder identities minus 100 held out for evaluation
+train it. The network sees 32 px (resized on device): identity lives in coarse shape and colour
+here, and 4x fewer pixels make CPU training 4x faster. A narrow IResNet with one block per stage.
+
+AdamW instead of insightface's SGD (lr 0.1): with a few thousand steps and no tuning budget,
+Adam's per-parameter step sizes converge from scratch far faster on a tiny network. CosFace
+(s=32, m=0.35) rather than ArcFace m=0.5: an additive cosine margin trains stably from random
+initialisation without the warm-up tricks ArcFace needs on small data.
+"""
+
+import ml_collections
+
+from gmia.data import run_data
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.data = run_data.default_config()
+  config.eval_identities = 100
+  config.model = dict(blocks=(1, 1, 1, 1), width=16, num_features=128, dropout=0.0,
+                      input_size=32, dtype="float32")
+  config.margin = dict(kind="cosface", scale=32.0, margin=0.35, easy_margin=False)
+  config.optimizer = dict(name="adamw", learning_rate=3e-3, momentum=0.9, weight_decay=5e-4,
+                          warmup_steps=100)
+  config.batch_size = 128
+  config.num_steps = 1500
+  config.seed = 0
+  config.log_every = 50
+  config.eval_every = 500
+  config.checkpoint_every = 500
+  return config
