@@ -7,8 +7,9 @@ reference set is too large for one device; the kernels then combine across that 
 per-identity maxima: pmax). Sizes that do not divide the device counts are padded here, and the
 padding never matches.
 
-Inputs are global `jax.Array`s (e.g. from `gmia.parallel.shard_batch`) or host arrays. Results
-with a query axis come back split over `data`; per-identity results come back replicated.
+Inputs are global `jax.Array`s (e.g. from `gmia.parallel.shard_batch`) or host arrays; results
+are global `jax.Array`s, per-identity ones replicated. Indices are global: into all queries and
+all references.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def top_k(queries: jax.Array, refs: jax.Array, k: int, *, mesh: Mesh, ref_axis: 
   """`similarity.top_k` with queries split over `data` and refs replicated or split on ref_axis.
 
   chunk_size and ref_chunk_size apply per device. Returns (values f32[Q,k], indices int32[Q,k])
-  with global reference indices, split over `data`.
+  with global reference indices.
   """
   _check_mesh(mesh, ref_axis)
   queries, refs, _ = sim.check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
@@ -146,7 +147,7 @@ def top_k_identities(queries: jax.Array, refs: jax.Array, ref_identity: jax.Arra
                      num_identities: int, k: int, *, mesh: Mesh, ref_axis: str | None = None,
                      chunk_size: int = sim.DEFAULT_CHUNK_SIZE,
                      metric: sim.Metric = "cosine") -> tuple[jax.Array, jax.Array]:
-  """`similarity.top_k_identities` over a mesh; results split over `data`."""
+  """`similarity.top_k_identities` over a mesh."""
   _check_mesh(mesh, ref_axis)
   queries, refs, ref_identity = sim.check_inputs(queries, refs, metric=metric,
                                                  chunk_size=chunk_size, ref_identity=ref_identity,

@@ -120,7 +120,7 @@ def from_closeness(closeness: jax.Array, metric: Metric) -> jax.Array:
   return closeness if metric == "cosine" else jnp.maximum(-closeness, 0.0)
 
 
-def to_closeness(value: jax.Array, metric: Metric) -> jax.Array:
+def _to_closeness(value: jax.Array, metric: Metric) -> jax.Array:
   return value if metric == "cosine" else -value
 
 
@@ -301,7 +301,7 @@ def count_above_kernel(queries, refs, ref_identity, threshold, *, num_identities
                        chunk_size: int, metric: Metric, layout: Layout) -> jax.Array:
   """int32[I]: samples strictly closer to an identity's nearest photo than `threshold`."""
   ref_sqnorms = _ref_sqnorms(refs, metric)
-  limit = to_closeness(jnp.asarray(threshold, jnp.float32), metric)
+  limit = _to_closeness(jnp.asarray(threshold, jnp.float32), metric)
 
   def step(count, chunk, rows):
     closeness = _identity_closeness(chunk, refs, ref_sqnorms, ref_identity, num_identities, metric,
