@@ -139,6 +139,32 @@ def test_ties_go_to_the_smallest_index():
                                 brute_top_k_per_identity(queries, refs, ref_identity, 3, 4)[1])
 
 
+@pytest.mark.parametrize("ref_chunk_size", [None, 950])
+def test_wide_rows_select_groups_first_and_keep_ties_exact(ref_chunk_size):
+  # Small integer vectors: every squared distance is an exact small integer, so ties abound,
+  # including at the k-th place; 1003 references take the grouped top-k path.
+  rng = np.random.default_rng(5)
+  queries = rng.integers(0, 3, (29, 4)).astype(np.float32)
+  refs = rng.integers(0, 3, (1003, 4)).astype(np.float32)
+  values, index = kernels.top_k(queries, refs, 7, chunk_size=CHUNK, ref_chunk_size=ref_chunk_size,
+                                metric="sqeuclidean")
+  expected_values, expected_index = brute_top_k(queries, refs, 7, "sqeuclidean")
+  np.testing.assert_array_equal(index, expected_index)
+  np.testing.assert_array_equal(values, expected_values)
+
+
+def test_wide_rows_of_identities_and_samples():
+  rng = np.random.default_rng(6)
+  queries, refs = unit_rows(rng, 301), unit_rows(rng, 700)
+  ref_identity = rng.integers(0, 650, 700)
+  _, identity = kernels.top_k_identities(queries, refs, ref_identity, 650, 2, chunk_size=100)
+  np.testing.assert_array_equal(identity, brute_top_k_identities(queries, refs, ref_identity,
+                                                                 650, 2)[1])
+  _, query = kernels.top_k_per_identity(queries, refs, ref_identity, 650, 2, chunk_size=301)
+  np.testing.assert_array_equal(query, brute_top_k_per_identity(queries, refs, ref_identity,
+                                                                650, 2)[1])
+
+
 @pytest.mark.parametrize("metric", ["cosine", "sqeuclidean"])
 def test_best_match_per_identity(data, metric):
   queries, refs, ref_identity = data

@@ -36,6 +36,10 @@ DEFAULT_CHUNK_SIZE = 512
 # Unit-norm tolerance for the cosine metric: bfloat16 rounding moves ||x||^2 by up to about 1e-2.
 _UNIT_NORM_TOLERANCE = 2e-2
 _NO_INDEX = -1
+# Exact top-k of long rows selects groups of this many entries first (see _top_k_candidates),
+# for rows of at least _GROUPED_TOP_K_MIN_WIDTH * k entries.
+_TOP_K_GROUP = 16
+_GROUPED_TOP_K_MIN_WIDTH = 8 * _TOP_K_GROUP
 
 
 class Layout(NamedTuple):
@@ -148,6 +152,30 @@ def _merge_top_k(values: jax.Array, indices: jax.Array, k: int) -> tuple[jax.Arr
   return top_values, jnp.take_along_axis(indices, position, axis=-1)
 
 
+def _top_k_candidates(values: jax.Array, index: jax.Array,
+                      k: int) -> tuple[jax.Array, jax.Array]:
+  """A subset of values [..., M] (with their indices, index int32[M]) sure to hold the top k.
+
+  Long rows are cut into groups of _TOP_K_GROUP consecutive entries; only the k groups with the
+  highest maxima can hold the top k (an entry of any other group is matched by k group maxima).
+  So one top_k over the M / group maxima and a gather of k groups replace a top_k over all M
+  entries: the top_k runs on one thread on CPUs, the group maxima fuse with the matmul. Groups
+  keep index order, so ties still resolve to the smallest index.
+  """
+  width = values.shape[-1]
+  if width < _GROUPED_TOP_K_MIN_WIDTH * k:
+    return values, jnp.broadcast_to(index, values.shape)
+  pad = -width % _TOP_K_GROUP
+  grouped = jnp.pad(values, ((0, 0),) * (values.ndim - 1) + ((0, pad),),
+                    constant_values=-jnp.inf).reshape(*values.shape[:-1], -1, _TOP_K_GROUP)
+  _, groups = lax.top_k(jnp.max(grouped, axis=-1), k)
+  groups = jnp.sort(groups, axis=-1)
+  candidates = jnp.take_along_axis(grouped, groups[..., None], axis=-2)
+  index = jnp.pad(index, (0, pad), constant_values=_NO_INDEX).reshape(-1, _TOP_K_GROUP)[groups]
+  return (candidates.reshape(*values.shape[:-1], k * _TOP_K_GROUP),
+          index.reshape(*values.shape[:-1], k * _TOP_K_GROUP))
+
+
 def _empty_top_k(shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
   return jnp.full(shape, -jnp.inf, jnp.float32), jnp.full(shape, _NO_INDEX, jnp.int32)
 
@@ -188,10 +216,9 @@ def top_k_kernel(queries, refs, *, k: int, chunk_size: int, ref_chunk_size: int 
       block_refs, block_index, block_real, block_sqnorms = xs
       closeness = jnp.where(block_real[None, :],
                             _closeness(chunk, block_refs, block_sqnorms, metric), -jnp.inf)
-      candidates = jnp.concatenate([best[0], closeness], axis=1)
-      indices = jnp.concatenate(
-          [best[1], jnp.broadcast_to(block_index, closeness.shape)], axis=1)
-      return _merge_top_k(candidates, indices, k), None
+      candidates, indices = _top_k_candidates(closeness, block_index, k)
+      return _merge_top_k(jnp.concatenate([best[0], candidates], axis=1),
+                          jnp.concatenate([best[1], indices], axis=1), k), None
 
     best, _ = lax.scan(merge_block, layout.varying(_empty_top_k((rows.shape[0], k)), over_refs=True),
                        (ref_blocks, index_blocks, real_blocks, sqnorm_blocks))
@@ -286,8 +313,8 @@ def top_k_per_identity_kernel(queries, refs, ref_identity, *, num_identities: in
     closeness = _identity_closeness(chunk, refs, ref_sqnorms, ref_identity, num_identities, metric,
                                     layout)
     closeness = jnp.where(_valid_queries(rows, layout)[None, :], closeness, -jnp.inf)
-    query = jnp.broadcast_to(layout.query_offset + rows, closeness.shape)
-    return _merge_top_k(jnp.concatenate([best[0], closeness], axis=1),
+    candidates, query = _top_k_candidates(closeness, layout.query_offset + rows, k)
+    return _merge_top_k(jnp.concatenate([best[0], candidates], axis=1),
                         jnp.concatenate([best[1], query], axis=1), k), None
 
   init = layout.varying(_empty_top_k((num_identities, k)), over_refs=False)
@@ -326,7 +353,7 @@ def top_k_identities_kernel(queries, refs, ref_identity, *, num_identities: int,
   def step(carry, chunk, rows):
     closeness = _identity_closeness(chunk, refs, ref_sqnorms, ref_identity, num_identities, metric,
                                     layout)
-    return carry, _merge_top_k(closeness.T, jnp.broadcast_to(identities, (rows.shape[0], num_identities)), k)
+    return carry, _merge_top_k(*_top_k_candidates(closeness.T, identities, k), k)
 
   return stream_queries(queries, chunk_size, None, step)[1]
 
