@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gmia import viz
+from gmia import progress, viz
 from gmia.data import run_data
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -38,6 +38,7 @@ def data_overview(arrays, split, identities: int, path: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  progress.quiet_library_logs()
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   arrays, split = run_data.load_for_run(config.data, workdir)

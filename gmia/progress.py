@@ -5,6 +5,7 @@ Only process 0 prints and writes, so multi-host runs do not produce N copies.
 
 from __future__ import annotations
 
+import logging as logging_std
 import os
 import time
 from collections.abc import Mapping
@@ -61,3 +62,19 @@ def _format_seconds(seconds: float) -> str:
   minutes, secs = divmod(int(seconds), 60)
   hours, minutes = divmod(minutes, 60)
   return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class _DropLibraryInfo(logging_std.Filter):
+  """Drops INFO records from chatty libraries (Orbax logs every save and restore at INFO)."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    chatty = any(part in record.pathname for part in _CHATTY_LIBRARIES)
+    return record.levelno >= logging_std.WARNING or not chatty
+
+
+_CHATTY_LIBRARIES = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.sep}")
+
+
+def quiet_library_logs() -> None:
+  """Keeps gmia's own progress readable on the console; warnings from libraries still show."""
+  logging_std.getLogger("absl").addFilter(_DropLibraryInfo())
