@@ -28,8 +28,12 @@ queries, refs, ref_identity = unit_rows({Q}), unit_rows({R}), rng.integers(0, {I
 eye = np.eye(4, dtype=np.float32)  # exact ties
 tie_queries, tie_refs = eye[[0, 2, 2, 3, 1, 2, 0]], eye[[2, 0, 2, 1, 0, 3, 2, 2, 0]]
 tie_identity = np.array([1, 0, 1, 1, 0, 2, 2, 0, 2])
+# Integer vectors: exact squared distances with many ties, rows wide enough for grouped top-k.
+wide_queries = rng.integers(0, 3, (19, 4)).astype(np.float32)
+wide_refs = rng.integers(0, 3, (1100, 4)).astype(np.float32)
 
-RESULT = dict(queries=queries, refs=refs, ref_identity=ref_identity)
+RESULT = dict(queries=queries, refs=refs, ref_identity=ref_identity, wide_queries=wide_queries,
+              wide_refs=wide_refs)
 for name, (shape, ref_axis) in {LAYOUTS!r}.items():
   mesh = sharded.make_search_mesh(*shape) if SIMULATED else sharded.make_search_mesh(1, 1)
   kw = dict(mesh=mesh, ref_axis=ref_axis, chunk_size={CHUNK})
@@ -42,6 +46,7 @@ for name, (shape, ref_axis) in {LAYOUTS!r}.items():
   out["identities"] = sharded.top_k_identities(queries, refs, ref_identity, {I}, 3, **kw)
   out["tie_top_k"] = sharded.top_k(tie_queries, tie_refs, 4, **kw)
   out["tie_best"] = sharded.best_match_per_identity(tie_queries, tie_refs, tie_identity, 3, **kw)
+  out["wide_top_k"] = sharded.top_k(wide_queries, wide_refs, 2, metric="sqeuclidean", **kw)
   for kernel, arrays in out.items():
     for i, array in enumerate(arrays):
       RESULT[f"{{name}}/{{kernel}}/{{i}}"] = np.asarray(array)
@@ -74,6 +79,7 @@ def brute(result):
       "identities": ref.brute_top_k_identities(q, r, ids, I, 3),
       "tie_top_k": ref.brute_top_k(tq, tr, 4),
       "tie_best": ref.brute_best_match(tq, tr, np.array([1, 0, 1, 1, 0, 2, 2, 0, 2]), 3),
+      "wide_top_k": ref.brute_top_k(result["wide_queries"], result["wide_refs"], 2, "sqeuclidean"),
   }
 
 

@@ -159,8 +159,8 @@ def _top_k_candidates(values: jax.Array, index: jax.Array,
   Long rows are cut into groups of _TOP_K_GROUP consecutive entries; only the k groups with the
   highest maxima can hold the top k (an entry of any other group is matched by k group maxima).
   So one top_k over the M / group maxima and a gather of k groups replace a top_k over all M
-  entries: the top_k runs on one thread on CPUs, the group maxima fuse with the matmul. Groups
-  keep index order, so ties still resolve to the smallest index.
+  entries: on CPUs top_k is a serial partial sort, the group maxima a cheap parallel reduction.
+  Groups keep index order, so ties still resolve to the smallest index.
   """
   width = values.shape[-1]
   if width < _GROUPED_TOP_K_MIN_WIDTH * k:
@@ -174,6 +174,15 @@ def _top_k_candidates(values: jax.Array, index: jax.Array,
   index = jnp.pad(index, (0, pad), constant_values=_NO_INDEX).reshape(-1, _TOP_K_GROUP)[groups]
   return (candidates.reshape(*values.shape[:-1], k * _TOP_K_GROUP),
           index.reshape(*values.shape[:-1], k * _TOP_K_GROUP))
+
+
+def _update_top_k(best: tuple[jax.Array, jax.Array], values: jax.Array, index: jax.Array,
+                  k: int) -> tuple[jax.Array, jax.Array]:
+  """Running top k (values [..., k], indices [..., k]) updated with new values [..., M] whose
+  indices index int32[M] all exceed those already seen (so ties keep the earlier entries)."""
+  candidates, indices = _top_k_candidates(values, index, k)
+  return _merge_top_k(jnp.concatenate([best[0], candidates], axis=-1),
+                      jnp.concatenate([best[1], indices], axis=-1), k)
 
 
 def _empty_top_k(shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
@@ -216,9 +225,7 @@ def top_k_kernel(queries, refs, *, k: int, chunk_size: int, ref_chunk_size: int 
       block_refs, block_index, block_real, block_sqnorms = xs
       closeness = jnp.where(block_real[None, :],
                             _closeness(chunk, block_refs, block_sqnorms, metric), -jnp.inf)
-      candidates, indices = _top_k_candidates(closeness, block_index, k)
-      return _merge_top_k(jnp.concatenate([best[0], candidates], axis=1),
-                          jnp.concatenate([best[1], indices], axis=1), k), None
+      return _update_top_k(best, closeness, block_index, k), None
 
     best, _ = lax.scan(merge_block, layout.varying(_empty_top_k((rows.shape[0], k)), over_refs=True),
                        (ref_blocks, index_blocks, real_blocks, sqnorm_blocks))
@@ -313,9 +320,7 @@ def top_k_per_identity_kernel(queries, refs, ref_identity, *, num_identities: in
     closeness = _identity_closeness(chunk, refs, ref_sqnorms, ref_identity, num_identities, metric,
                                     layout)
     closeness = jnp.where(_valid_queries(rows, layout)[None, :], closeness, -jnp.inf)
-    candidates, query = _top_k_candidates(closeness, layout.query_offset + rows, k)
-    return _merge_top_k(jnp.concatenate([best[0], candidates], axis=1),
-                        jnp.concatenate([best[1], query], axis=1), k), None
+    return _update_top_k(best, closeness, layout.query_offset + rows, k), None
 
   init = layout.varying(_empty_top_k((num_identities, k)), over_refs=False)
   best, _ = stream_queries(queries, chunk_size, init, step)
@@ -551,7 +556,7 @@ def top_k_identities(queries: jax.Array, refs: jax.Array, ref_identity: jax.Arra
   """For every sample, the `k` nearest identities (each by its nearest photo).
 
   The "this person probably exists" view. Returns (values f32[Q,k], identity int32[Q,k]); ties go
-  to the smaller identity.
+  to the smaller identity, and identities without photos rank last with -inf (+inf distance).
   """
   queries, refs, ref_identity = check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
                                              ref_identity=ref_identity,
