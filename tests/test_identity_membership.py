@@ -72,7 +72,7 @@ def test_evidence_round_trips_through_arrays():
 
 def test_impostor_threshold_matches_the_false_accept_rate():
   refs, _ = _setup(photos=20)
-  threshold = im.impostor_threshold(refs, 0.05, max_pairs=200_000)
+  threshold = im.impostor_threshold(refs.embeddings, refs.identity, 0.05, max_pairs=200_000)
   sim = refs.embeddings @ refs.embeddings.T
   impostor = sim[refs.identity[:, None] != refs.identity[None, :]]
   assert abs((impostor > threshold).mean() - 0.05) < 0.01
@@ -91,7 +91,7 @@ def test_bad_input_is_named():
   with pytest.raises(ValueError, match="without reference photos"):
     im.make_references(samples[:3], np.array([1, 1, 1]), np.arange(3), np.array([1]), np.array([2]))
   with pytest.raises(ValueError, match="false_accept_rate"):
-    im.impostor_threshold(refs, 1.5)
+    im.impostor_threshold(refs.embeddings, refs.identity, 1.5)
 
 
 def test_stream_resumes_to_the_same_result(tmp_path):

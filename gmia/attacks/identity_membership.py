@@ -73,24 +73,24 @@ def make_references(embeddings: np.ndarray, dataset_identity: np.ndarray, photo_
                     target_ids, is_member)
 
 
-def impostor_threshold(refs: References, false_accept_rate: float, *, max_pairs: int = 1_000_000,
-                       seed: int = 0) -> float:
-  """The cosine threshold that accepts `false_accept_rate` of impostor pairs of reference photos.
+def impostor_threshold(embeddings: np.ndarray, identity: np.ndarray, false_accept_rate: float, *,
+                       max_pairs: int = 1_000_000, seed: int = 0) -> float:
+  """The cosine threshold that accepts `false_accept_rate` of impostor pairs.
 
-  Pairs of photos of different people are drawn at random (at most `max_pairs`, seeded), so the
-  cost stays bounded for any number of references.
+  embeddings: f32[N, D] unit; identity: int[N]. Pairs of photos of different people are drawn at
+  random (at most `max_pairs`, seeded), so the cost stays bounded for any number of photos.
   """
   if not 0 < false_accept_rate < 1:
     raise ValueError(f"false_accept_rate must be in (0, 1), got {false_accept_rate}")
   rng = np.random.default_rng(seed)
-  n = len(refs.identity)
+  n = len(identity)
   first, second = rng.integers(0, n, max_pairs), rng.integers(0, n, max_pairs)
-  impostor = refs.identity[first] != refs.identity[second]
+  impostor = identity[first] != identity[second]
   first, second = first[impostor], second[impostor]
   if len(first) * false_accept_rate < 1:
     raise ValueError(f"{len(first)} impostor pairs cannot resolve a false-accept rate of "
                      f"{false_accept_rate:g}")
-  scores = np.einsum("nd,nd->n", refs.embeddings[first], refs.embeddings[second])
+  scores = np.einsum("nd,nd->n", embeddings[first], embeddings[second])
   return float(np.quantile(scores, 1 - false_accept_rate, method="higher"))
 
 

@@ -82,39 +82,76 @@ def reference_set(arrays, split: IdentitySplit, encoder: Encoder, mesh) -> tuple
   return refs, photos.images
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) the attack and writes its report files into `workdir`."""
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """A trained generator with its data, split and an encoder: what every job here starts from.
+
+  chunk_fn(c) -> (images, unit embeddings) of sample chunk c (see generate_embed).
+  """
+
+  split: IdentitySplit
+  arrays: Any
+  encoder: Encoder
+  chunk_fn: Any
+  mesh: Any
+
+
+def load_target(config: ml_collections.ConfigDict) -> Target:
+  """Loads the generator, its split and data set, and the encoder named by `config`."""
   if not config.generator_workdir:
     raise ValueError("config.generator_workdir is required: the workdir of the target generator")
-  if config.score not in im.VARIANTS:
-    raise ValueError(f"unknown score variant {config.score!r}; variants: {im.VARIANTS}")
-  if config.num_samples < max(config.topk, 1):
-    raise ValueError(f"num_samples ({config.num_samples}) must be at least topk ({config.topk})")
-  started = time.perf_counter()
-  os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh()
   generator, g_vars, g_config = sampling.load_generator(config.generator_workdir)
   split = IdentitySplit.load(config.split_path or os.path.join(config.generator_workdir,
                                                                run_data.SPLIT_FILE))
   arrays = run_data.load_dataset(g_config.data)
   encoder = load_encoder(config)
-  refs, ref_images = reference_set(arrays, split, encoder, mesh)
-  threshold = im.impostor_threshold(refs, config.false_accept_rate, seed=config.seed)
   chunk_fn = generate_embed.make_generate_embed(
       generator, g_vars, encoder.model, encoder.variables, seed=config.seed,
       chunk_size=config.chunk_size, mesh=mesh, truncation_psi=config.truncation_psi)
-  num_chunks = -(-config.num_samples // config.chunk_size)
-  progress = Progress(num_chunks, workdir=None, every_steps=max(1, num_chunks // 20),
+  return Target(split, arrays, encoder, chunk_fn, mesh)
+
+
+def num_chunks(config: ml_collections.ConfigDict) -> int:
+  """Chunks that cover num_samples (the last chunk is generated whole)."""
+  if config.num_samples <= 0 or config.chunk_size <= 0:
+    raise ValueError(f"num_samples and chunk_size must be positive, got {config.num_samples} and "
+                     f"{config.chunk_size}")
+  return -(-config.num_samples // config.chunk_size)
+
+
+def stream_evidence(config: ml_collections.ConfigDict, target: Target, refs: im.References,
+                    threshold: float, state_dir: str) -> tuple[im.Evidence, im.SampleView]:
+  """Streams the generator's samples against `refs` with progress; resumable in `state_dir`."""
+  chunks = num_chunks(config)
+  progress = Progress(chunks, workdir=None, every_steps=max(1, chunks // 20),
                       items_name="samples", items_per_step=config.chunk_size)
   fingerprint = {k: config[k] for k in ("generator_workdir", "encoder_workdir", "encoder_onnx",
                                         "seed", "chunk_size", "truncation_psi", "topk",
                                         "false_accept_rate")}
-  evidence, view = im.stream(
-      lambda c: chunk_fn(c)[1], num_chunks, refs, threshold=threshold, k=config.topk,
-      state_dir=os.path.join(workdir, "state"), fingerprint=fingerprint,
-      on_chunk=lambda done, _: progress.update(done, {}))
+  fingerprint["references"] = refs.photo_id.tolist()
+  result = im.stream(lambda c: target.chunk_fn(c)[1], chunks, refs, threshold=threshold,
+                     k=config.topk, state_dir=state_dir, fingerprint=fingerprint,
+                     on_chunk=lambda done, _: progress.update(done, {}))
   progress.close()
-  summary = _write_report(config, workdir, evidence, view, refs, ref_images, threshold, chunk_fn)
+  return result
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) the attack and writes its report files into `workdir`."""
+  if config.score not in im.VARIANTS:
+    raise ValueError(f"unknown score variant {config.score!r}; variants: {im.VARIANTS}")
+  if config.num_samples < max(config.topk, 1):
+    raise ValueError(f"num_samples ({config.num_samples}) must be at least topk ({config.topk})")
+  started = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  target = load_target(config)
+  refs, ref_images = reference_set(target.arrays, target.split, target.encoder, target.mesh)
+  threshold = im.impostor_threshold(refs.embeddings, refs.identity, config.false_accept_rate,
+                                    seed=config.seed)
+  evidence, view = stream_evidence(config, target, refs, threshold, os.path.join(workdir, "state"))
+  summary = _write_report(config, workdir, evidence, view, refs, ref_images, threshold,
+                          target.chunk_fn)
   summary["seconds"] = time.perf_counter() - started
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
   return summary

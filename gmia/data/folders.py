@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gmia.data import tfds_io
 
-_EXTENSIONS = (".jpg", ".jpeg", ".png")
+EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Face region of CelebA's aligned 178x218 photos (x0, y0, x1, y1), as commonly used for GANs.
 _CELEBA_FACE_BOX = (15, 40, 163, 188)
 
@@ -45,7 +45,7 @@ def _photo_folders(root: str) -> list[tuple[str, str]]:
     if not os.path.isdir(folder):
       continue
     items.extend((os.path.join(folder, photo), name) for photo in sorted(os.listdir(folder))
-                 if photo.lower().endswith(_EXTENSIONS))
+                 if photo.lower().endswith(EXTENSIONS))
   return items
 
 

@@ -1,0 +1,11 @@
+"""Audit one person against a generator.
+
+  python -m attack.audit --workdir=runs/audit --config.photos_dir=my_photos \
+      --config.generator_workdir=runs/demo/gan --config.encoder_workdir=runs/demo/encoder
+"""
+
+from gmia.attacks import audit
+
+
+def get_config():
+  return audit.default_config()
