@@ -41,7 +41,8 @@ class _Builder:
 
   def bn_params(self, c):
     r = self.rng
-    return (r.uniform(0.5, 1.5, c), r.normal(0, 0.1, c), r.normal(0, 0.1, c), r.uniform(0.5, 1.5, c))
+    return (r.uniform(0.5, 1.5, c), r.normal(0, 0.1, c), r.normal(0, 0.1, c),
+            r.uniform(0.5, 1.5, c))
 
   def bn(self, x, c, name):
     scale, bias, mean, var = self.bn_params(c)
@@ -89,14 +90,16 @@ class _Builder:
     x = self.node("Flatten", [x], "flatten", axis=1)
     rows = cin * (size // 16) ** 2
     w = self.rng.normal(0, 1 / np.sqrt(rows), (features, rows))
-    x = self.node("Gemm", [x, self.const("fc.weight", w), self.const("fc.bias", self.rng.normal(0, 0.1, features))],
-                  "fc", transB=1)
+    b = self.rng.normal(0, 0.1, features)
+    x = self.node("Gemm", [x, self.const("fc.weight", w), self.const("fc.bias", b)], "fc",
+                  transB=1)
     scale, bias, mean, var = np.ones(features), *self.bn_params(features)[1:]
     ins = [self.const(f"features.{k}", v) for k, v in
            zip(("weight", "bias", "running_mean", "running_var"), (scale, bias, mean, var))]
     out = self.node("BatchNormalization", [x] + ins, "features", epsilon=1e-5)
     graph = helper.make_graph(
-        self.nodes, "iresnet", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, size, size])],
+        self.nodes, "iresnet",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", features])], self.inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     proto.ir_version = 8
@@ -130,7 +133,8 @@ def test_imported_model_matches_onnxruntime(folded, tmp_path):
 
 
 def test_width_mismatch_names_first_misshapen_tensor():
-  with pytest.raises(ValueError, match=r"stem\.conv\.weight.*stem_conv/kernel.*\(3, 3, 3, 16\).*\(3, 3, 3, 8\)"):
+  expected = r"stem\.conv\.weight.*stem_conv/kernel.*\(3, 3, 3, 16\).*\(3, 3, 3, 8\)"
+  with pytest.raises(ValueError, match=expected):
     variables_from_onnx(build(False, width=16), MODEL)
 
 

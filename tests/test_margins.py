@@ -90,8 +90,9 @@ rows = NamedSharding(mesh, P(DATA_AXIS))
 loss = lambda e, c, l: sharded_margin_loss(e, c, l, margin, mesh, DATA_AXIS, num_classes)
 value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(
     jax.device_put(embeddings, rows), jax.device_put(centres, rows), jax.device_put(labels, rows))
-ref_value, ref_grads = jax.value_and_grad(
-    lambda e, c: margin_loss(e, c, labels, margin), argnums=(0, 1))(embeddings, centres[:num_classes])
+unsharded = lambda e, c: margin_loss(e, c, labels, margin)
+ref_value, ref_grads = jax.value_and_grad(unsharded, argnums=(0, 1))(embeddings,
+                                                                     centres[:num_classes])
 RESULT = dict(value=value, ref_value=ref_value, grad_e=grads[0], ref_grad_e=ref_grads[0],
               grad_c=grads[1], ref_grad_c=ref_grads[1], padded=padded,
               centre_shards=len(centres) // len(grads[1].addressable_shards[0].data))

@@ -1,1 +1,1 @@
-"""Identity encoder: preprocessing and embedding, face alignment, ArcFace training and evaluation."""
+"""Identity encoder: preprocessing and embedding, alignment, ArcFace training and evaluation."""

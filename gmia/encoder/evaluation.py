@@ -37,7 +37,9 @@ def embed_images(model: IResNet, variables: dict[str, Any], images: np.ndarray, 
   for start in range(0, len(images), chunk):
     part = images[start:start + chunk]
     padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:], part.dtype)])
-    batch = jax.device_put(padded, parallel.data_sharding(mesh))
+    # Every process holds the whole chunk; each device takes its rows (works across hosts).
+    batch = jax.make_array_from_callback(padded.shape, parallel.data_sharding(mesh),
+                                         lambda index, padded=padded: padded[index])
     out.append(np.asarray(fn(variables, batch))[:len(part)])
   return np.concatenate(out) if out else np.zeros((0, model.num_features), np.float32)
 

@@ -68,10 +68,11 @@ def encoder_sets(arrays: FaceArrays, split: IdentitySplit, eval_identities: int,
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """SGD with momentum (insightface) or AdamW; linear warm-up then polynomial (power 2) decay."""
   opt = config.optimizer
+  warmup = max(opt.warmup_steps, 1)
   schedule = optax.join_schedules([
-      optax.linear_schedule(0.0, opt.learning_rate, max(opt.warmup_steps, 1)),
-      optax.polynomial_schedule(opt.learning_rate, 0.0, 2, max(config.num_steps - opt.warmup_steps, 1)),
-  ], [max(opt.warmup_steps, 1)])
+      optax.linear_schedule(0.0, opt.learning_rate, warmup),
+      optax.polynomial_schedule(opt.learning_rate, 0.0, 2, max(config.num_steps - warmup, 1)),
+  ], [warmup])
   if opt.name == "sgd":
     # PyTorch SGD's weight_decay adds wd * param to the gradient before momentum.
     return optax.chain(optax.add_decayed_weights(opt.weight_decay),
@@ -122,7 +123,7 @@ def train_step(state: dict[str, Any], images: jax.Array, labels: jax.Array, *, m
   params = optax.apply_updates(state["params"], updates)
   new_state = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state,
                "step": state["step"] + 1}
-  return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 def _config_json(config: ml_collections.ConfigDict) -> dict:
@@ -136,6 +137,9 @@ def _encoder_variables(state: dict[str, Any]) -> dict[str, Any]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) in `workdir`; returns the final held-out metrics (also in eval.json)."""
+  if config.eval_every % config.log_every:
+    raise ValueError(f"eval_every ({config.eval_every}) must be a multiple of log_every "
+                     f"({config.log_every}): evaluations are logged with the training metrics")
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh)
@@ -224,7 +228,8 @@ def load_encoder(workdir: str, step: int | None = None) -> tuple[IResNet, dict[s
   init = functools.partial(init_state, model, make_optimizer(config), config.model.input_size,
                            meta["num_centres"])
   shapes = jax.eval_shape(init, init_key(0))
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                                         sharding=parallel.replicated(mesh)), shapes)
+  replicated = parallel.replicated(mesh)
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                          shapes)
   state, _ = checkpointer.restore(step, abstract)
   return model, _encoder_variables(state)

@@ -186,6 +186,10 @@ def _head(graph: _Graph, writer: _Writer, tensor: str) -> str:
   return bn.output[0]
 
 
+def _leaf_paths(tree: Any) -> list[str]:
+  return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
 def variables_from_onnx(proto: Any, model: IResNet) -> dict[str, Any]:
   """Maps a loaded onnx.ModelProto of an insightface IResNet onto `model`'s variables.
 
@@ -203,10 +207,10 @@ def variables_from_onnx(proto: Any, model: IResNet) -> dict[str, Any]:
     for block in range(num_blocks):
       x = _block(graph, writer, x, f"stage{stage + 1}_block{block + 1}", downsample=block == 0)
   x = _head(graph, writer, x)
-  filled = {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(writer.variables)}
-  for key, _ in jax.tree_util.tree_leaves_with_path(abstract):
-    if jax.tree_util.keystr(key) not in filled:
-      raise ValueError(f"the file provides no tensor for {jax.tree_util.keystr(key)}")
+  filled = set(_leaf_paths(writer.variables))
+  for path in _leaf_paths(abstract):
+    if path not in filled:
+      raise ValueError(f"the file provides no tensor for {path}")
   if x not in graph.outputs:
     raise ValueError(f"the graph goes on after the features BN (output {x!r} is not a graph "
                      f"output {graph.outputs}); the file's architecture differs from the model's")

@@ -115,7 +115,8 @@ class IResNet(nn.Module):
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"images must be [B, H, W, 3], got shape {images.shape}")
     if images.shape[1] % 16 or images.shape[2] % 16:
-      raise ValueError(f"image size {images.shape[1:3]} must be divisible by 16 (4 stride-2 stages)")
+      raise ValueError(f"image size {images.shape[1:3]} must be divisible by 16 "
+                       "(four stride-2 stages)")
     last = max((LAYERS.index(name) for name in capture), default=len(LAYERS) - 1)
     captured = {}
 
