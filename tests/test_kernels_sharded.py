@@ -30,7 +30,7 @@ tie_queries, tie_refs = eye[[0, 2, 2, 3, 1, 2, 0]], eye[[2, 0, 2, 1, 0, 3, 2, 2,
 tie_identity = np.array([1, 0, 1, 1, 0, 2, 2, 0, 2])
 # Integer vectors: exact squared distances with many ties, rows wide enough for grouped top-k.
 wide_queries = rng.integers(0, 3, (19, 4)).astype(np.float32)
-wide_refs = rng.integers(0, 3, (1100, 4)).astype(np.float32)
+wide_refs = rng.integers(0, 3, (1101, 4)).astype(np.float32)  # padded to 4 x 276
 
 RESULT = dict(queries=queries, refs=refs, ref_identity=ref_identity, wide_queries=wide_queries,
               wide_refs=wide_refs)

@@ -62,13 +62,14 @@ def _run_sharded(queries, refs, ref_args, shared_args, *, kernel, mesh, ref_axis
   ref_devices = 1 if ref_axis is None else mesh.shape[ref_axis]
   queries = _pad_rows(queries, mesh.shape[DATA_AXIS])
   refs, *ref_args = (_pad_rows(x, ref_devices) for x in (refs, *ref_args))
+  refs_padded = refs.shape[0] > num_refs
 
   def local(local_queries, local_refs, *args):
     layout = sim.Layout(
         num_queries=num_queries, num_refs=num_refs,
         query_offset=lax.axis_index(DATA_AXIS) * local_queries.shape[0],
         ref_offset=0 if ref_axis is None else lax.axis_index(ref_axis) * local_refs.shape[0],
-        data_axis=DATA_AXIS, ref_axis=ref_axis)
+        data_axis=DATA_AXIS, ref_axis=ref_axis, refs_padded=refs_padded)
     return kernel(local_queries, local_refs, *args, layout=layout, **dict(options))
 
   in_specs = (P(DATA_AXIS), P(ref_axis), *(P(ref_axis),) * len(ref_args),

@@ -48,6 +48,7 @@ class Layout(NamedTuple):
   num_queries / num_refs: global counts; rows at or past them are padding and never match.
   query_offset / ref_offset: global index of this call's first row (traced inside shard_map).
   data_axis / ref_axis: mesh axes the queries / references are split over, or None.
+  refs_padded: whether any local reference is padding; if not, no reference is ever masked.
   """
   num_queries: Any
   num_refs: Any
@@ -55,6 +56,7 @@ class Layout(NamedTuple):
   ref_offset: Any = 0
   data_axis: str | None = None
   ref_axis: str | None = None
+  refs_padded: bool = False
 
   @classmethod
   def whole(cls, queries: jax.Array, refs: jax.Array) -> "Layout":
@@ -136,10 +138,16 @@ def _valid_queries(rows: jax.Array, layout: Layout) -> jax.Array:
   return layout.query_offset + rows < layout.num_queries
 
 
-def _global_refs(num_local: int, layout: Layout) -> tuple[jax.Array, jax.Array]:
-  """Global indices int32[R_local] of this call's references and whether each is real."""
+def _global_refs(num_local: int, layout: Layout) -> tuple[jax.Array, jax.Array | None]:
+  """Global indices int32[R_local] of this call's references and whether each is real (None:
+  all are). Knowing there is no padding saves masking, and so copying, the scores."""
   index = layout.ref_offset + jnp.arange(num_local, dtype=jnp.int32)
-  return index, index < layout.num_refs
+  return index, (index < layout.num_refs) if layout.refs_padded else None
+
+
+def _masked(values: jax.Array, valid: jax.Array | None) -> jax.Array:
+  """values with -inf where valid (broadcastable) is False; valid None means all valid."""
+  return values if valid is None else jnp.where(valid, values, -jnp.inf)
 
 
 def _merge_top_k(values: jax.Array, indices: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -152,35 +160,44 @@ def _merge_top_k(values: jax.Array, indices: jax.Array, k: int) -> tuple[jax.Arr
   return top_values, jnp.take_along_axis(indices, position, axis=-1)
 
 
-def _top_k_candidates(values: jax.Array, index: jax.Array,
+def _top_k_candidates(values: jax.Array, index: jax.Array, valid: jax.Array | None,
                       k: int) -> tuple[jax.Array, jax.Array]:
   """A subset of values [..., M] (with their indices, index int32[M]) sure to hold the top k.
 
-  Long rows are cut into groups of _TOP_K_GROUP consecutive entries; only the k groups with the
-  highest maxima can hold the top k (an entry of any other group is matched by k group maxima).
-  So one top_k over the M / group maxima and a gather of k groups replace a top_k over all M
-  entries: on CPUs top_k is a serial partial sort, the group maxima a cheap parallel reduction.
-  Groups keep index order, so ties still resolve to the smallest index.
+  Entries where valid bool[M] is False count as -inf (None: all valid). Long rows are cut into
+  groups of _TOP_K_GROUP consecutive entries; only the k groups with the highest maxima can hold
+  the top k (an entry of any other group is matched by k group maxima). So one top_k over the
+  M / group maxima and a gather of k groups replace a top_k over all M entries: on CPUs top_k is
+  a serial partial sort, the group maxima a cheap parallel reduction. The mask is applied only
+  inside that reduction and to the gathered candidates, so the [..., M] values are read once
+  and never copied. Candidates keep index order (the last M % group entries join them as they
+  are), so ties still resolve to the smallest index.
   """
-  width = values.shape[-1]
+  batch, width = values.shape[:-1], values.shape[-1]
   if width < _GROUPED_TOP_K_MIN_WIDTH * k:
-    return values, jnp.broadcast_to(index, values.shape)
-  pad = -width % _TOP_K_GROUP
-  grouped = jnp.pad(values, ((0, 0),) * (values.ndim - 1) + ((0, pad),),
-                    constant_values=-jnp.inf).reshape(*values.shape[:-1], -1, _TOP_K_GROUP)
-  _, groups = lax.top_k(jnp.max(grouped, axis=-1), k)
+    return _masked(values, valid), jnp.broadcast_to(index, values.shape)
+  grouped_width = width - width % _TOP_K_GROUP
+  group = lambda x: x[..., :grouped_width].reshape(*x.shape[:-1], -1, _TOP_K_GROUP)
+  head = group(values)
+  head_valid = None if valid is None else group(valid)
+  _, groups = lax.top_k(jnp.max(_masked(head, head_valid), axis=-1), k)
   groups = jnp.sort(groups, axis=-1)
-  candidates = jnp.take_along_axis(grouped, groups[..., None], axis=-2)
-  index = jnp.pad(index, (0, pad), constant_values=_NO_INDEX).reshape(-1, _TOP_K_GROUP)[groups]
-  return (candidates.reshape(*values.shape[:-1], k * _TOP_K_GROUP),
-          index.reshape(*values.shape[:-1], k * _TOP_K_GROUP))
+  pick = lambda x: x[groups].reshape(*batch, k * _TOP_K_GROUP)
+  candidates = jnp.take_along_axis(head, groups[..., None], axis=-2).reshape(*batch, -1)
+  candidates = _masked(candidates, None if valid is None else pick(head_valid))
+  tail = values[..., grouped_width:]
+  tail_valid = None if valid is None else valid[grouped_width:]
+  return (jnp.concatenate([candidates, _masked(tail, tail_valid)], axis=-1),
+          jnp.concatenate([pick(group(index)),
+                           jnp.broadcast_to(index[grouped_width:], tail.shape)], axis=-1))
 
 
 def _update_top_k(best: tuple[jax.Array, jax.Array], values: jax.Array, index: jax.Array,
-                  k: int) -> tuple[jax.Array, jax.Array]:
+                  valid: jax.Array | None, k: int) -> tuple[jax.Array, jax.Array]:
   """Running top k (values [..., k], indices [..., k]) updated with new values [..., M] whose
-  indices index int32[M] all exceed those already seen (so ties keep the earlier entries)."""
-  candidates, indices = _top_k_candidates(values, index, k)
+  indices index int32[M] all exceed those already seen (so ties keep the earlier entries);
+  entries where valid bool[M] is False never enter."""
+  candidates, indices = _top_k_candidates(values, index, valid, k)
   return _merge_top_k(jnp.concatenate([best[0], candidates], axis=-1),
                       jnp.concatenate([best[1], indices], axis=-1), k)
 
@@ -193,9 +210,8 @@ def _identity_closeness(chunk: jax.Array, refs: jax.Array, ref_sqnorms: jax.Arra
                         ref_identity: jax.Array, num_identities: int, metric: Metric,
                         layout: Layout) -> jax.Array:
   """f32[I,C]: each sample's closeness to each identity's nearest photo (-inf without photos)."""
-  closeness = _closeness(chunk, refs, ref_sqnorms, metric)
   _, real = _global_refs(refs.shape[0], layout)
-  closeness = jnp.where(real[None, :], closeness, -jnp.inf)
+  closeness = _masked(_closeness(chunk, refs, ref_sqnorms, metric), real)
   per_identity = jax.ops.segment_max(closeness.T, ref_identity, num_segments=num_identities)
   if layout.ref_axis is not None:
     per_identity = lax.pmax(per_identity, layout.ref_axis)
@@ -208,27 +224,33 @@ def _identity_closeness(chunk: jax.Array, refs: jax.Array, ref_sqnorms: jax.Arra
 
 def top_k_kernel(queries, refs, *, k: int, chunk_size: int, ref_chunk_size: int | None,
                  metric: Metric, layout: Layout) -> tuple[jax.Array, jax.Array]:
-  """Nearest `k` references per query: (closeness f32[Q,k], global ref index int32[Q,k])."""
+  """Nearest `k` references per query: (closeness f32[Q,k], global ref index int32[Q,k]).
+
+  Each query chunk scans the references in blocks of ref_chunk_size (a shorter last block
+  rather than padding), keeping a running top k.
+  """
   num_refs, dim = refs.shape
   block = num_refs if ref_chunk_size is None else min(ref_chunk_size, num_refs)
-  num_blocks = -(-num_refs // block)
-  pad = num_blocks * block - num_refs
+  num_blocks = num_refs // block
   ref_index, real = _global_refs(num_refs, layout)
-  ref_blocks = jnp.pad(refs, ((0, pad), (0, 0))).reshape(num_blocks, block, dim)
-  index_blocks = jnp.pad(ref_index, (0, pad), constant_values=_NO_INDEX).reshape(num_blocks, block)
-  real_blocks = jnp.pad(real, (0, pad)).reshape(num_blocks, block)
-  sqnorm_blocks = (None if metric == "cosine" else
-                   jnp.pad(_sqnorms(refs), (0, pad)).reshape(num_blocks, block))
+  sqnorms = _ref_sqnorms(refs, metric)
+
+  def blocks(x, start, stop):
+    return None if x is None else x[start:stop].reshape(-1, block, *x.shape[1:])
+
+  def update(best, chunk, xs):
+    block_refs, block_index, block_real, block_sqnorms = xs
+    closeness = _closeness(chunk, block_refs, block_sqnorms, metric)
+    return _update_top_k(best, closeness, block_index, block_real, k)
+
+  whole_blocks = [blocks(x, 0, num_blocks * block) for x in (refs, ref_index, real, sqnorms)]
+  last_block = [None if x is None else x[num_blocks * block:] for x in (refs, ref_index, real, sqnorms)]
 
   def step(carry, chunk, rows):
-    def merge_block(best, xs):
-      block_refs, block_index, block_real, block_sqnorms = xs
-      closeness = jnp.where(block_real[None, :],
-                            _closeness(chunk, block_refs, block_sqnorms, metric), -jnp.inf)
-      return _update_top_k(best, closeness, block_index, k), None
-
-    best, _ = lax.scan(merge_block, layout.varying(_empty_top_k((rows.shape[0], k)), over_refs=True),
-                       (ref_blocks, index_blocks, real_blocks, sqnorm_blocks))
+    best = layout.varying(_empty_top_k((rows.shape[0], k)), over_refs=True)
+    best, _ = lax.scan(lambda best, xs: (update(best, chunk, xs), None), best, whole_blocks)
+    if num_blocks * block < num_refs:
+      best = update(best, chunk, last_block)
     return carry, best
 
   _, (closeness, index) = stream_queries(queries, chunk_size, None, step)
@@ -273,9 +295,9 @@ def best_match_kernel(queries, refs, ref_identity, *, num_identities: int, chunk
     better = chunk_best > best[0]  # strict: earlier chunks (smaller indices) keep ties
     return (jnp.where(better, chunk_best, best[0]), jnp.where(better, chunk_query, best[1])), None
 
-  init = layout.varying(_empty_top_k(real.shape), over_refs=True)
+  init = layout.varying(_empty_top_k(refs.shape[:1]), over_refs=True)
   (per_ref, per_ref_query), _ = stream_queries(queries, chunk_size, init, step)
-  per_ref = jnp.where(real, per_ref, -jnp.inf)
+  per_ref = _masked(per_ref, real)
   if layout.data_axis is not None:
     per_ref, per_ref_query = _argmax_across(per_ref, per_ref_query, layout.data_axis)
   if layout.ref_axis is not None:
@@ -319,8 +341,8 @@ def top_k_per_identity_kernel(queries, refs, ref_identity, *, num_identities: in
   def step(best, chunk, rows):
     closeness = _identity_closeness(chunk, refs, ref_sqnorms, ref_identity, num_identities, metric,
                                     layout)
-    closeness = jnp.where(_valid_queries(rows, layout)[None, :], closeness, -jnp.inf)
-    return _update_top_k(best, closeness, layout.query_offset + rows, k), None
+    return _update_top_k(best, closeness, layout.query_offset + rows, _valid_queries(rows, layout),
+                         k), None
 
   init = layout.varying(_empty_top_k((num_identities, k)), over_refs=False)
   best, _ = stream_queries(queries, chunk_size, init, step)
@@ -358,7 +380,7 @@ def top_k_identities_kernel(queries, refs, ref_identity, *, num_identities: int,
   def step(carry, chunk, rows):
     closeness = _identity_closeness(chunk, refs, ref_sqnorms, ref_identity, num_identities, metric,
                                     layout)
-    return carry, _merge_top_k(*_top_k_candidates(closeness.T, identities, k), k)
+    return carry, _merge_top_k(*_top_k_candidates(closeness.T, identities, None, k), k)
 
   return stream_queries(queries, chunk_size, None, step)[1]
 
