@@ -151,10 +151,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                "held-out identities", len(train_set), len(classes), len(eval_set),
                eval_set.num_identities)
 
+  checkpointer = Checkpointer(workdir)
+  start = checkpointer.latest_step() or 0
+  devices = mesh.shape[parallel.DATA_AXIS]
+  num_centres = padded_num_classes(len(classes), devices)
+  if start:
+    saved = checkpointer.restore_meta(start)
+    check_config_matches(saved["config"], _config_json(config), RESUME_KEYS)
+    # Centre rows were padded for the mesh that saved them; any mesh they split over can resume.
+    num_centres = saved["num_centres"]
+    if num_centres % devices:
+      raise ValueError(f"the checkpoint's {num_centres} class-centre rows do not split over "
+                       f"{devices} devices; resume on a device count that divides them")
+
   model = create_model(config.model)
   optimizer = make_optimizer(config)
   margin = Margin(**config.margin)
-  num_centres = padded_num_classes(len(classes), mesh.shape[parallel.DATA_AXIS])
   init = functools.partial(init_state, model, optimizer, config.model.input_size, num_centres)
   shardings = state_shardings(jax.eval_shape(init, init_key(0)), mesh)
   data = parallel.data_sharding(mesh)
@@ -165,12 +177,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       in_shardings=(shardings, data, data), out_shardings=(shardings, parallel.replicated(mesh)),
       donate_argnums=0)
 
-  checkpointer = Checkpointer(workdir)
   meta = {"config": _config_json(config), "classes": classes.tolist(), "num_centres": num_centres,
           "eval_identities": np.unique(eval_set.identity).tolist()}
-  start = checkpointer.latest_step() or 0
   if start:
-    check_config_matches(checkpointer.restore_meta(start)["config"], meta["config"], RESUME_KEYS)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             jax.eval_shape(init, init_key(0)), shardings)
     state, _ = checkpointer.restore(start, abstract)
@@ -180,6 +189,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   baseline = evaluation.pixel_identification(eval_set.images, eval_set.identity)
   logging.info("pixel-space 1-NN identification on the held-out identities: %.4f", baseline)
+
+  def held_out_metrics(state):
+    metrics = evaluation.evaluate(model, _encoder_variables(state), eval_set.images,
+                                  eval_set.identity, mesh)
+    return {**metrics, "pixel_identification_1nn": baseline}
+
   progress = Progress(config.num_steps, workdir=workdir, every_steps=config.log_every,
                       items_per_step=config.batch_size, start_step=start)
   batches = Batches(train_set.images, global_batch_size=config.batch_size, seed=config.seed,
@@ -196,9 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     done = step + 1
     last = done == config.num_steps
     if done % config.eval_every == 0 or last:
-      metrics = evaluation.evaluate(model, _encoder_variables(state), eval_set.images,
-                                    eval_set.identity, mesh)
-      metrics["pixel_identification_1nn"] = baseline
+      metrics = held_out_metrics(state)
       progress.update(done, {**train_metrics, **{f"eval/{k}": v for k, v in metrics.items()}})
     else:
       progress.update(done, train_metrics)
@@ -207,13 +220,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpointer.wait()
   progress.close()
   if not metrics:  # Resumed a finished run: measure the final state again.
-    metrics = evaluation.evaluate(model, _encoder_variables(state), eval_set.images,
-                                  eval_set.identity, mesh)
-    metrics["pixel_identification_1nn"] = baseline
+    metrics = held_out_metrics(state)
+  # Unresolved operating points (NaN) are written as null, keeping the file strict JSON.
+  text = json.dumps({k: None if np.isnan(v) else v for k, v in metrics.items()}, indent=1)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, EVAL_FILE), "w") as handle:
-      json.dump(metrics, handle, indent=1)
-  logging.info("held-out evaluation: %s", json.dumps(metrics))
+      handle.write(text)
+  logging.info("held-out evaluation: %s", text)
   return metrics
 
 
