@@ -43,3 +43,12 @@ def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
   write_atomic(path, buffer.getvalue())
+
+
+def read_json(path: str) -> dict:
+  """Reads a JSON file, naming the file when it is corrupt."""
+  with open(path) as handle:
+    try:
+      return json.load(handle)
+    except json.JSONDecodeError as error:
+      raise ValueError(f"{path} is not valid JSON: {error}") from error

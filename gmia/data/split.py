@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from gmia.data.arrays import FaceArrays
-from gmia.files import write_atomic
+from gmia.files import read_json, write_atomic
 
 GROUPS = ("members", "non_members", "shadow", "encoder")
 TARGET_GROUPS = ("members", "non_members", "shadow")
@@ -94,12 +94,7 @@ class IdentitySplit:
 
   @classmethod
   def load(cls, path: str) -> IdentitySplit:
-    with open(path) as handle:
-      try:
-        data = json.load(handle)
-      except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    return cls.from_json(data)
+    return cls.from_json(read_json(path))
 
 
 def _check_group(group: str) -> str:
