@@ -23,7 +23,7 @@ from gmia.models.iresnet import IResNet  # noqa: E402
 BLOCKS, WIDTH, SIZE, FEATURES = (2, 2, 2, 2), 8, 32, 16
 
 
-class _Builder:
+class InsightfaceGraph:
   """Emits nodes and initializers of an arcface_torch IResNet export."""
 
   def __init__(self, rng: np.random.Generator, folded: bool):
@@ -108,7 +108,7 @@ class _Builder:
 
 
 def build(folded, blocks=BLOCKS, width=WIDTH, seed=0):
-  return _Builder(np.random.default_rng(seed), folded).model(blocks, width, SIZE, FEATURES)
+  return InsightfaceGraph(np.random.default_rng(seed), folded).model(blocks, width, SIZE, FEATURES)
 
 
 MODEL = IResNet(blocks=BLOCKS, width=WIDTH, num_features=FEATURES)
