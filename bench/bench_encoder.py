@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gmia.encoder.embed import embed  # noqa: E402
 from gmia.models.import_insightface import variables_from_onnx  # noqa: E402
 from gmia.models.iresnet import ARCHS, IResNet  # noqa: E402
-from tests.test_import_insightface import InsightfaceGraph  # noqa: E402  (insightface-layout graphs)
+# The insightface-layout ONNX graph builder of the importer tests.
+from tests.test_import_insightface import InsightfaceGraph  # noqa: E402
 
 # name -> (blocks, width, features, input size); "demo" is train/configs/arcface_cpu_demo.py.
 MODELS = {
@@ -50,7 +51,8 @@ def best_rate(run, batch: int, iters: int, rounds: int) -> float:
 def bench(name: str, batch: int, iters: int, rounds: int) -> dict[str, float]:
   import onnxruntime as ort
   blocks, width, features, size = MODELS[name]
-  proto = InsightfaceGraph(np.random.default_rng(0), folded=True).model(blocks, width, size, features)
+  graph = InsightfaceGraph(np.random.default_rng(0), folded=True)
+  proto = graph.model(blocks, width, size, features)
   model = IResNet(blocks=blocks, width=width, num_features=features)
   variables = jax.device_put(variables_from_onnx(proto, model))
   images = np.random.default_rng(1).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
