@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from gmia.attacks import identity_membership as im
+from tests.multidevice import run_with_devices
 
 
 def _unit(x):
@@ -119,3 +120,24 @@ def test_stream_resumes_to_the_same_result(tmp_path):
   with pytest.raises(ValueError, match="another attack configuration"):
     im.stream(chunks, 3, refs, state_dir=str(tmp_path / "b"), threshold=0.3, k=3,
               fingerprint={"seed": 2})
+
+
+_SHARDED_CODE = """
+import numpy as np
+from tests.test_identity_membership import _setup
+from gmia import parallel
+from gmia.attacks import identity_membership as im
+from tests.multidevice import run_with_devices
+refs, samples = _setup(samples=45)
+mesh = parallel.make_mesh() if {sharded} else None
+evidence, view = im.observe(im.Evidence.empty(refs.num_identities, 4), samples, refs,
+                            threshold=0.3, chunk_size=8, mesh=mesh)
+RESULT = {{**evidence.to_arrays(), "view_identity": view.identity, "view_similarity": view.similarity}}
+"""
+
+
+def test_eight_devices_give_the_single_device_evidence():
+  single = run_with_devices(1, _SHARDED_CODE.format(sharded=False))
+  sharded = run_with_devices(8, _SHARDED_CODE.format(sharded=True))
+  for name, value in single.items():
+    np.testing.assert_allclose(sharded[name], value, atol=1e-5, err_msg=name)

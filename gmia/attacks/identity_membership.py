@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable, Mapping
 
 import numpy as np
+from jax.sharding import Mesh
 
 from gmia import files, kernels
 
@@ -136,12 +137,13 @@ class SampleView:
 
 
 def observe(evidence: Evidence, samples: np.ndarray, refs: References, *, threshold: float,
-            view_k: int = 3, chunk_size: int = kernels.DEFAULT_CHUNK_SIZE
-            ) -> tuple[Evidence, SampleView]:
+            view_k: int = 3, chunk_size: int = kernels.DEFAULT_CHUNK_SIZE,
+            mesh: Mesh | None = None) -> tuple[Evidence, SampleView]:
   """Merges one chunk of sample embeddings f32[C, D] (unit) into the evidence.
 
   Sample indices continue from `evidence.num_samples`. Returns the new evidence and the chunk's
   sample view (each sample's `view_k` nearest identities, for the "this person exists" list).
+  With a `mesh`, samples are split over its data axis (gmia.kernels.sharded).
   """
   if samples.ndim != 2 or samples.shape[1] != refs.embeddings.shape[1]:
     raise ValueError(f"sample embeddings must be [C, {refs.embeddings.shape[1]}], got "
@@ -150,10 +152,12 @@ def observe(evidence: Evidence, samples: np.ndarray, refs: References, *, thresh
   num_ids, k = refs.num_identities, evidence.topk.shape[1]
   chunk_k = min(k, len(samples))
   args = (samples, refs.embeddings, refs.identity, num_ids)
-  best, best_sample, best_photo = kernels.best_match_per_identity(*args, chunk_size=chunk_size)
-  topk, _ = kernels.top_k_per_identity(*args, chunk_k, chunk_size=chunk_size)
-  count = kernels.count_above(*args, threshold, chunk_size=chunk_size)
-  view_sim, view_id = kernels.top_k_identities(*args, min(view_k, num_ids), chunk_size=chunk_size)
+  ops, options = (kernels, {}) if mesh is None else (kernels.sharded, {"mesh": mesh})
+  options["chunk_size"] = chunk_size
+  best, best_sample, best_photo = ops.best_match_per_identity(*args, **options)
+  topk, _ = ops.top_k_per_identity(*args, chunk_k, **options)
+  count = ops.count_above(*args, threshold, **options)
+  view_sim, view_id = ops.top_k_identities(*args, min(view_k, num_ids), **options)
   merged = _merge(evidence, Evidence(
       num_samples=np.asarray(len(samples), np.int64), best=np.asarray(best),
       best_sample=np.asarray(best_sample, np.int64) + offset,
@@ -192,8 +196,8 @@ def scores(evidence: Evidence, variant: str) -> np.ndarray:
 
 def stream(embed_chunk: Callable[[int], np.ndarray], num_chunks: int, refs: References, *,
            threshold: float, k: int, state_dir: str, fingerprint: Mapping,
-           on_chunk: Callable[[int, Evidence], None] | None = None
-           ) -> tuple[Evidence, SampleView]:
+           on_chunk: Callable[[int, Evidence], None] | None = None,
+           mesh: Mesh | None = None) -> tuple[Evidence, SampleView]:
   """Runs `observe` over chunks 0..num_chunks-1, saving state after each; resumes where it stopped.
 
   embed_chunk(c) -> f32[C, D]: the unit embeddings of chunk c's samples, a pure function of c
@@ -212,7 +216,7 @@ def stream(embed_chunk: Callable[[int], np.ndarray], num_chunks: int, refs: Refe
                          "workdir or delete it")
       evidence, start = Evidence.from_arrays(saved), int(saved["chunks_done"])
   for chunk in range(start, num_chunks):
-    evidence, view = observe(evidence, embed_chunk(chunk), refs, threshold=threshold)
+    evidence, view = observe(evidence, embed_chunk(chunk), refs, threshold=threshold, mesh=mesh)
     files.save_npz(_view_path(state_dir, chunk),
                    {"similarity": view.similarity, "identity": view.identity})
     files.save_npz(state_path, {**evidence.to_arrays(), "chunks_done": np.asarray(chunk + 1),

@@ -132,7 +132,7 @@ def stream_evidence(config: ml_collections.ConfigDict, target: Target, refs: im.
   fingerprint["references"] = refs.photo_id.tolist()
   result = im.stream(lambda c: target.chunk_fn(c)[1], chunks, refs, threshold=threshold,
                      k=config.topk, state_dir=state_dir, fingerprint=fingerprint,
-                     on_chunk=lambda done, _: progress.update(done, {}))
+                     on_chunk=lambda done, _: progress.update(done, {}), mesh=target.mesh)
   progress.close()
   return result
 
