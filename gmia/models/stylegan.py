@@ -49,10 +49,10 @@ def style_mix(key: jax.Array, ws: jax.Array, ws_mix: jax.Array, prob: float) -> 
 
   One cutoff per batch, as NVIDIA's loss.run_G. ws, ws_mix: f32[B, num_ws, w_dim].
   """
-  k_cut, k_mix = jax.random.split(key)
   n = ws.shape[1]
-  cutoff = jax.random.randint(k_cut, (), 1, n)
-  cutoff = jnp.where(jax.random.uniform(k_mix) < prob, cutoff, n)
+  u_cutoff, u_mix = jax.random.uniform(key, (2,))
+  cutoff = jnp.minimum(1 + jnp.floor(u_cutoff * (n - 1)).astype(jnp.int32), n - 1)
+  cutoff = jnp.where(u_mix < prob, cutoff, n)
   return jnp.where((jnp.arange(n) < cutoff)[None, :, None], ws, ws_mix)
 
 
@@ -93,7 +93,10 @@ class MappingNetwork(nn.Module):
 
 
 class SynthesisLayer(nn.Module):
-  """Modulated 3x3 conv (optionally upsampling) + per-pixel noise + bias + lrelu."""
+  """Modulated 3x3 conv (optionally upsampling) + per-pixel noise + bias + lrelu.
+
+  noise: f32[B, R, R, 1] for noise_mode "random" (drawn by the network), else None.
+  """
   features: int
   resolution: int
   up: int = 1
@@ -101,7 +104,8 @@ class SynthesisLayer(nn.Module):
   fused_modconv: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array, w: jax.Array, noise_mode: str = "random") -> jax.Array:
+  def __call__(self, x: jax.Array, w: jax.Array, noise_mode: str = "random",
+               noise: jax.Array | None = None) -> jax.Array:
     cin = x.shape[-1]
     styles = ops.Dense(cin, bias_init=1.0, name="affine")(w)
     weight = self.param("weight", jax.nn.initializers.normal(1.0), (3, 3, cin, self.features))
@@ -112,7 +116,7 @@ class SynthesisLayer(nn.Module):
           "buffers", "noise_const", lambda: jax.random.normal(self.make_rng("params"), (res, res)))
       strength = self.param("noise_strength", jax.nn.initializers.zeros, ())
       if noise_mode == "random":
-        x = x + jax.random.normal(self.make_rng("noise"), (x.shape[0], res, res, 1)) * strength
+        x = x + noise * strength
       elif noise_mode == "const":
         x = x + noise_const.value[None, :, :, None] * strength
     bias = self.param("bias", jax.nn.initializers.zeros, (self.features,))
@@ -143,8 +147,8 @@ class SynthesisBlock(nn.Module):
   fused_modconv: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array | None, img: jax.Array | None, ws: jax.Array,
-               noise_mode: str) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array | None, img: jax.Array | None, ws: jax.Array, noise_mode: str,
+               noise: tuple[jax.Array | None, jax.Array | None]) -> tuple[jax.Array, jax.Array]:
     layer = dict(features=self.features, resolution=self.resolution,
                  fused_modconv=self.fused_modconv)
     if x is None:
@@ -153,9 +157,9 @@ class SynthesisBlock(nn.Module):
       x = jnp.broadcast_to(const[None], (ws.shape[0],) + const.shape)
       w_idx = 0
     else:
-      x = SynthesisLayer(up=2, name="conv0", **layer)(x, ws[:, 0], noise_mode)
+      x = SynthesisLayer(up=2, name="conv0", **layer)(x, ws[:, 0], noise_mode, noise[0])
       w_idx = 1
-    x = SynthesisLayer(name="conv1", **layer)(x, ws[:, w_idx], noise_mode)
+    x = SynthesisLayer(name="conv1", **layer)(x, ws[:, w_idx], noise_mode, noise[1])
     y = ToRGBLayer(self.img_channels, self.fused_modconv, name="torgb")(x, ws[:, w_idx + 1])
     img = y if img is None else ops.upsample2d(img) + y
     return x, img
@@ -177,15 +181,27 @@ class SynthesisNetwork(nn.Module):
     if ws.ndim != 3 or ws.shape[1] != num_ws(self.img_resolution):
       raise ValueError(f"synthesis at {self.img_resolution} px expects ws f32[B, "
                        f"{num_ws(self.img_resolution)}, w_dim], got shape {ws.shape}")
+    resolutions = [2 ** i for i in range(2, log2 + 1)]
+    noise = self._draw_noise(ws.shape[0], resolutions) if noise_mode == "random" else {}
     x = img = None
     w_idx = 0
-    for res in (2 ** i for i in range(2, log2 + 1)):
+    for res in resolutions:
       block_ws = ws[:, w_idx:w_idx + (2 if res == 4 else 3)]
       w_idx += 1 if res == 4 else 2
+      block_noise = (noise.get((res, 0)), noise.get((res, 1)))
       x, img = SynthesisBlock(channels_at(res, self.channel_base, self.channel_max), res,
                               self.img_channels, self.fused_modconv, name=f"b{res}")(
-                                  x, img, block_ws, noise_mode)
+                                  x, img, block_ws, noise_mode, block_noise)
     return img
+
+  def _draw_noise(self, batch: int, resolutions: list[int]) -> dict[tuple[int, int], jax.Array]:
+    """Per-pixel noise of every layer, {(res, conv index): f32[B, res, res, 1]}, from one draw
+    of the `noise` rng: one random call instead of one per layer (each costs compile time)."""
+    layers = [(res, i) for res in resolutions for i in ((1,) if res == 4 else (0, 1))]
+    sizes = [res * res for res, _ in layers]
+    flat = jax.random.normal(self.make_rng("noise"), (batch, sum(sizes)))
+    chunks = jnp.split(flat, np.cumsum(sizes)[:-1], axis=1)
+    return {(res, i): c.reshape(batch, res, res, 1) for (res, i), c in zip(layers, chunks)}
 
 
 class Generator(nn.Module):

@@ -1,0 +1,1 @@
+"""StyleGAN2 training: losses and regularisers, generator EMA, the jitted step, the loop, sampling."""

@@ -1,0 +1,217 @@
+"""One StyleGAN2 training iteration as a single jitted, data-parallel function.
+
+The iteration runs NVIDIA's phases in order: G main, G path-length regularisation (every
+`g_reg_interval` steps), D main, D R1 regularisation (every `d_reg_interval` steps), then the EMA
+update. Each phase is an Adam step of its network; the regularisation phases run under
+`lax.cond`, so one compiled program serves every step. Lazy regularisation makes Adam take
+interval + 1 steps per interval, which NVIDIA offsets with mb_ratio = interval / (interval + 1):
+lr *= mb_ratio, betas **= mb_ratio.
+
+The training state is a plain dict (see `init_state`), replicated over the mesh; real images
+and every latent batch are split over the mesh's `data` axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from gmia import parallel
+from gmia.gan import ema, losses
+from gmia.models import stylegan
+
+State = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class GanModels:
+  generator: stylegan.Generator
+  discriminator: stylegan.Discriminator
+
+
+def build_models(config: ml_collections.ConfigDict) -> GanModels:
+  """The generator and discriminator described by `config.data.resolution` and `config.model`."""
+  m = config.model
+  stylegan.check_resolution(config.data.resolution)
+  common = dict(img_resolution=config.data.resolution, channel_base=m.channel_base,
+                channel_max=m.channel_max)
+  return GanModels(
+      stylegan.Generator(z_dim=m.z_dim, w_dim=m.w_dim, mapping_layers=m.mapping_layers,
+                         fused_modconv=m.fused_modconv, **common),
+      stylegan.Discriminator(architecture=m.d_architecture, mbstd_group_size=m.mbstd_group_size,
+                             mbstd_num_channels=m.mbstd_num_channels, **common))
+
+
+def make_optimizer(lr: float, betas: tuple[float, float], eps: float,
+                   reg_interval: int) -> optax.GradientTransformation:
+  """Adam with NVIDIA's lazy-regularisation correction of lr and betas."""
+  mb_ratio = reg_interval / (reg_interval + 1)
+  return optax.adam(lr * mb_ratio, b1=betas[0] ** mb_ratio, b2=betas[1] ** mb_ratio, eps=eps)
+
+
+def optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, ...]:
+  """(generator, discriminator) optimisers."""
+  o, l = config.optim, config.loss
+  return (make_optimizer(o.g_lr, tuple(o.betas), o.eps, l.g_reg_interval),
+          make_optimizer(o.d_lr, tuple(o.betas), o.eps, l.d_reg_interval))
+
+
+def init_state(config: ml_collections.ConfigDict, models: GanModels) -> State:
+  """Fresh training state from `config.seed`: a plain nested dict of arrays.
+
+  Keys: step, key (RNG key data), g_params, g_buffers (w_avg, noise_const), g_ema (EMA of
+  g_params), d_params, g_opt, d_opt (optax states), pl_mean.
+  """
+  seed_key = jax.random.key(config.seed)
+  k_g, k_d, k_noise, k_train = jax.random.split(seed_key, 4)
+  res = config.data.resolution
+  g_vars = models.generator.init({"params": k_g, "noise": k_noise},
+                                 jnp.zeros((1, config.model.z_dim)))
+  d_params = models.discriminator.init(k_d, jnp.zeros((1, res, res, 3)))["params"]
+  g_tx, d_tx = optimizers(config)
+  return {
+      "step": jnp.zeros((), jnp.int32),
+      "key": jax.random.key_data(k_train),
+      "g_params": g_vars["params"],
+      "g_buffers": g_vars["buffers"],
+      "g_ema": g_vars["params"],
+      "d_params": d_params,
+      "g_opt": g_tx.init(g_vars["params"]),
+      "d_opt": d_tx.init(d_params),
+      "pl_mean": jnp.zeros((), jnp.float32),
+  }
+
+
+def abstract_state(config: ml_collections.ConfigDict, models: GanModels, mesh: Mesh) -> State:
+  """Shapes, dtypes and replicated shardings of `init_state`'s result, for restoring into."""
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                      jax.eval_shape(lambda: init_state(config, models)))
+
+
+def _adam_step(tx: optax.GradientTransformation, params, opt_state, grads):
+  """One optimiser step; non-finite gradients are replaced first, as NVIDIA's nan_to_num."""
+  grads = jax.tree.map(lambda g: jnp.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5), grads)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def make_train_step(config: ml_collections.ConfigDict, models: GanModels,
+                    mesh: Mesh) -> Callable[[State, jax.Array], tuple[State, dict]]:
+  """Returns the jitted `train_step(state, reals) -> (state, metrics)`.
+
+  reals: f32[batch_size, R, R, 3] in [-1, 1], sharded over `data`. The state argument is
+  donated. The step's randomness is fold_in(state key, state step), so a step is a pure function
+  of the state and the batch.
+  """
+  G, D = models.generator, models.discriminator
+  cfg_loss, batch = config.loss, config.batch_size
+  pl_batch = batch // cfg_loss.pl_batch_shrink
+  parallel.check_divisible(batch, mesh)
+  if cfg_loss.pl_weight > 0:
+    parallel.check_divisible(pl_batch, mesh)
+  if cfg_loss.d_reg_interval < 1 or cfg_loss.g_reg_interval < 1:
+    raise ValueError("d_reg_interval and g_reg_interval must be >= 1 (lazy regularisation)")
+  g_tx, d_tx = optimizers(config)
+  data_sharding = parallel.data_sharding(mesh)
+
+  def mapped(g_params, g_buffers, key, n):
+    """n latents -> ws f32[n, num_ws, w_dim] with style mixing; also returns the buffers with
+    w_avg tracked. The latents and their mixing partners come from one random draw."""
+    k_z, k_mix = jax.random.split(key)
+    mixing = cfg_loss.style_mixing_prob > 0
+    z = jax.random.normal(k_z, (n, 1 + mixing, config.model.z_dim))
+    z = jax.lax.with_sharding_constraint(z, data_sharding)
+    g_vars = {"params": g_params, "buffers": g_buffers}
+    ws, updated = G.apply(g_vars, z[:, 0], update_w_avg=True, method="map", mutable=["buffers"])
+    if mixing:
+      ws_mix = G.apply(g_vars, z[:, 1], method="map")
+      ws = stylegan.style_mix(k_mix, ws, ws_mix, cfg_loss.style_mixing_prob)
+    return ws, updated["buffers"]
+
+  def synthesize(g_params, g_buffers, ws, key):
+    return G.apply({"params": g_params, "buffers": g_buffers}, ws, method="synthesize",
+                   rngs={"noise": key})
+
+  def discriminate(d_params, images):
+    return D.apply({"params": d_params}, images)
+
+  def g_main_loss(g_params, g_buffers, d_params, key):
+    k_map, k_syn = jax.random.split(key)
+    ws, g_buffers = mapped(g_params, g_buffers, k_map, batch)
+    fake_logits = discriminate(d_params, synthesize(g_params, g_buffers, ws, k_syn))
+    return losses.generator_loss(fake_logits), g_buffers
+
+  def g_reg_loss(g_params, g_buffers, pl_mean, key):
+    k_map, k_syn, k_noise = jax.random.split(key, 3)
+    ws, g_buffers = mapped(g_params, g_buffers, k_map, pl_batch)
+    penalty, pl_mean = losses.path_length_penalty(
+        lambda w: synthesize(g_params, g_buffers, w, k_syn), ws, k_noise, pl_mean,
+        cfg_loss.pl_decay)
+    loss = jnp.mean(penalty) * cfg_loss.pl_weight * cfg_loss.g_reg_interval
+    return loss, (g_buffers, pl_mean, jnp.mean(penalty))
+
+  def d_main_loss(d_params, fakes, reals):
+    real_logits, fake_logits = discriminate(d_params, reals), discriminate(d_params, fakes)
+    return losses.discriminator_loss(real_logits, fake_logits), (real_logits, fake_logits)
+
+  def d_reg_loss(d_params, reals):
+    penalty, _ = losses.r1_penalty(lambda x: discriminate(d_params, x), reals)
+    loss = jnp.mean(penalty) * (cfg_loss.r1_gamma / 2) * cfg_loss.d_reg_interval
+    return loss, jnp.mean(penalty)
+
+  def train_step(state: State, reals: jax.Array) -> tuple[State, dict]:
+    step = state["step"]
+    key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), step)
+    k_gmain, k_greg, k_dgen, k_dsyn = jax.random.split(key, 4)
+    g_params, g_opt, d_params, d_opt = (state["g_params"], state["g_opt"], state["d_params"],
+                                        state["d_opt"])
+    nan = jnp.full((), jnp.nan, jnp.float32)
+
+    (g_loss, g_buffers), grads = jax.value_and_grad(g_main_loss, has_aux=True)(
+        g_params, state["g_buffers"], d_params, k_gmain)
+    g_params, g_opt = _adam_step(g_tx, g_params, g_opt, grads)
+
+    pl_mean, pl_penalty = state["pl_mean"], nan
+    if cfg_loss.pl_weight > 0:
+      def g_reg(_):
+        (_, (buffers, mean, penalty)), grads = jax.value_and_grad(g_reg_loss, has_aux=True)(
+            g_params, g_buffers, pl_mean, k_greg)
+        return (*_adam_step(g_tx, g_params, g_opt, grads), buffers, mean, penalty)
+
+      g_params, g_opt, g_buffers, pl_mean, pl_penalty = jax.lax.cond(
+          step % cfg_loss.g_reg_interval == 0, g_reg,
+          lambda _: (g_params, g_opt, g_buffers, pl_mean, nan), None)
+
+    ws, g_buffers = mapped(g_params, g_buffers, k_dgen, batch)
+    fakes = synthesize(g_params, g_buffers, ws, k_dsyn)
+    (d_loss, (real_logits, fake_logits)), grads = jax.value_and_grad(d_main_loss, has_aux=True)(
+        d_params, fakes, reals)
+    d_params, d_opt = _adam_step(d_tx, d_params, d_opt, grads)
+
+    def d_reg(_):
+      (_, penalty), grads = jax.value_and_grad(d_reg_loss, has_aux=True)(d_params, reals)
+      return (*_adam_step(d_tx, d_params, d_opt, grads), penalty)
+
+    d_params, d_opt, r1_penalty = jax.lax.cond(
+        step % cfg_loss.d_reg_interval == 0, d_reg, lambda _: (d_params, d_opt, nan), None)
+
+    beta = ema.ema_beta(step, batch, config.ema_kimg, config.ema_rampup)
+    new_state = dict(state, step=step + 1, g_params=g_params, g_buffers=g_buffers,
+                     g_ema=ema.ema_update(state["g_ema"], g_params, beta), d_params=d_params,
+                     g_opt=g_opt, d_opt=d_opt, pl_mean=pl_mean)
+    metrics = {"loss_g": g_loss, "loss_d": d_loss, "d_real": jnp.mean(real_logits),
+               "d_fake": jnp.mean(fake_logits), "r1_penalty": r1_penalty,
+               "pl_penalty": pl_penalty, "pl_mean": pl_mean, "ema_beta": beta}
+    return new_state, metrics
+
+  replicated = parallel.replicated(mesh)
+  return jax.jit(train_step, in_shardings=(replicated, data_sharding),
+                 out_shardings=(replicated, replicated), donate_argnums=0)

@@ -1,0 +1,1 @@
+"""Training entry points: thin absl apps over ml_collections configs in train/configs/."""
