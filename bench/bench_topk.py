@@ -6,8 +6,8 @@
 Every method runs in its own subprocess on the same embeddings, so its peak memory is measured
 honestly (growth of the process's peak RSS over the embeddings it starts with). Methods take turns
 for --rounds rounds and the fastest round counts, which evens out load from other processes.
-Seconds exclude one-time setup: gmia's compilation (timed separately), the FAISS index build. All methods
-must agree on the top-1 reference; the script says how many queries they do not.
+Seconds exclude one-time setup: gmia's compilation (timed separately), the FAISS index build.
+All methods must agree on the top-1 reference; the script says how many queries they do not.
 
 Embeddings are face-like: unit vectors scattered around identity centres, several per identity.
 
@@ -32,12 +32,13 @@ import numpy as np
 
 
 def embeddings(num_queries: int, num_refs: int, dim: int, seed: int = 0):
-  """Unit f32 queries and refs; each query lies near the photos of one of num_refs / 4 identities."""
+  """Unit f32 queries and refs, each near one of num_refs / 4 identity centres."""
   rng = np.random.default_rng(seed)
   centres = rng.standard_normal((max(1, num_refs // 4), dim), dtype=np.float32)
 
   def around(n):
-    x = centres[rng.integers(0, len(centres), n)] + 0.8 * rng.standard_normal((n, dim), dtype=np.float32)
+    noise = rng.standard_normal((n, dim), dtype=np.float32)
+    x = centres[rng.integers(0, len(centres), n)] + 0.8 * noise
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
   return around(num_queries), around(num_refs)
@@ -70,8 +71,9 @@ def setup_gmia(queries, refs, k, chunk_size, ref_chunk_size, dtype="float32"):
   from gmia import kernels
   queries, refs = jax.device_put(queries.astype(dtype)), jax.device_put(refs.astype(dtype))
   start = time.perf_counter()
-  compiled = jax.jit(lambda q, r: kernels.top_k(q, r, k, chunk_size=chunk_size,
-                                                ref_chunk_size=ref_chunk_size)).lower(queries, refs).compile()
+  jitted = jax.jit(lambda q, r: kernels.top_k(q, r, k, chunk_size=chunk_size,
+                                              ref_chunk_size=ref_chunk_size))
+  compiled = jitted.lower(queries, refs).compile()
   compile_seconds = time.perf_counter() - start
   return lambda: jax.block_until_ready(compiled(queries, refs)), compile_seconds
 
@@ -183,22 +185,26 @@ def main() -> None:
         print(f"round {round_index + 1}: {name}: {float(rounds[name][-1]['seconds']):.3f} s",
               flush=True)
   # The fastest round's time and answers, the largest peak of any round.
-  results = {name: min(rs, key=lambda r: r["seconds"]) | {"peak_growth": max(r["peak_growth"] for r in rs)}
+  results = {name: min(rs, key=lambda r: r["seconds"])
+                   | {"peak_growth": max(r["peak_growth"] for r in rs)}
              for name, rs in rounds.items()}
 
   flops = 2.0 * args.queries * args.refs * args.dim
   faiss = results["faiss IndexFlatIP"]
   gmia_name = min((n for n in results if n.startswith("gmia chunk")),
                   key=lambda n: results[n]["seconds"])
-  print(f"\ntop-{args.k} cosine search, {args.queries} queries x {args.refs} refs x {args.dim} dims, "
+  print(f"\ntop-{args.k} cosine search, {args.queries} queries x {args.refs} refs x "
+        f"{args.dim} dims, "
         f"{os.cpu_count()} CPUs, best of {args.rounds} rounds")
-  print(f"{'method':<22}{'seconds':>9}{'GFLOP/s':>9}{'vs faiss':>10}{'compile s':>11}{'peak MB':>9}")
+  print(f"{'method':<22}{'seconds':>9}{'GFLOP/s':>9}{'vs faiss':>10}{'compile s':>11}"
+        f"{'peak MB':>9}")
   table = {}
   for name, result in results.items():
     seconds = float(result["seconds"])
     compile_s = float(result["compile_seconds"])
     table[name] = {"seconds": seconds, "gflops": flops / seconds / 1e9,
-                   "speed_vs_faiss": float(faiss["seconds"]) / seconds, "compile_seconds": compile_s,
+                   "speed_vs_faiss": float(faiss["seconds"]) / seconds,
+                   "compile_seconds": compile_s,
                    "peak_mb": float(result["peak_growth"]) / 2 ** 20}
     row = table[name]
     print(f"{name:<22}{seconds:>9.3f}{row['gflops']:>9.1f}{row['speed_vs_faiss']:>9.2f}x"
@@ -214,7 +220,8 @@ def main() -> None:
     if name != gmia_name:
       print(f"top-1 {name} vs {gmia_name}: {len(disagree)} of {len(ids)} differ"
             + (f" (reported similarities differ by <= {gap.max():.2g})" if len(disagree) else ""))
-  print(f"best gmia ({gmia_name}) runs at {table[gmia_name]['speed_vs_faiss']:.2f}x the speed of FAISS")
+  print(f"best gmia ({gmia_name}) runs at {table[gmia_name]['speed_vs_faiss']:.2f}x "
+        "the speed of FAISS")
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"args": vars(args), "results": table}, f, indent=2)

@@ -214,11 +214,13 @@ def membership_report(scores, labels, *, fpr_targets: Sequence[float] = DEFAULT_
 
 def _check_image_pair(images, references, data_range) -> tuple[jax.Array, jax.Array]:
   if np.shape(images) != np.shape(references):
-    raise ValueError(f"images {np.shape(images)} and references {np.shape(references)} differ in shape")
+    raise ValueError(f"images {np.shape(images)} and references {np.shape(references)} "
+                     "differ in shape")
   if np.ndim(images) < 3:
     raise ValueError(f"images must be [..., H, W, C], got shape {np.shape(images)}")
   if isinstance(data_range, (int, float)) and not data_range > 0:
-    raise ValueError(f"data_range must be positive (2 for [-1, 1], 255 for uint8), got {data_range}")
+    raise ValueError(f"data_range must be positive (2 for [-1, 1], 255 for uint8), "
+                     f"got {data_range}")
   return jnp.asarray(images, jnp.float32), jnp.asarray(references, jnp.float32)
 
 
@@ -262,7 +264,8 @@ def ssim(images: jax.Array, references: jax.Array, *, data_range: float = 2.0,
   images, references = _check_image_pair(images, references, data_range)
   *batch_shape, height, width, channels = images.shape
   if min(height, width) < window_size:
-    raise ValueError(f"SSIM needs images of at least {window_size}x{window_size}, got {height}x{width}")
+    raise ValueError(f"SSIM needs images of at least {window_size}x{window_size}, "
+                     f"got {height}x{width}")
   window = gaussian_window(window_size, sigma)
   x = images.reshape(-1, height, width, channels)
   y = references.reshape(-1, height, width, channels)

@@ -51,7 +51,8 @@ def brute_tpr_at_fpr(scores, labels, target):
 
 
 def test_perfect_separation():
-  scores, labels = np.r_[np.linspace(2, 3, 40), np.linspace(-1, 1, 60)], np.r_[np.ones(40), np.zeros(60)]
+  scores = np.r_[np.linspace(2, 3, 40), np.linspace(-1, 1, 60)]
+  labels = np.r_[np.ones(40), np.zeros(60)]
   assert metrics.auc(scores, labels) == 1.0
   result = metrics.tpr_at_fpr(scores, labels, (1e-3, 1e-2, 0.5))
   np.testing.assert_array_equal(result.tpr, [1.0, 1.0, 1.0])

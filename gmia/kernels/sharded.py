@@ -102,7 +102,8 @@ def top_k(queries: jax.Array, refs: jax.Array, k: int, *, mesh: Mesh, ref_axis: 
 def best_match_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
                             num_identities: int, *, mesh: Mesh, ref_axis: str | None = None,
                             chunk_size: int = sim.DEFAULT_CHUNK_SIZE,
-                            metric: sim.Metric = "cosine") -> tuple[jax.Array, jax.Array, jax.Array]:
+                            metric: sim.Metric = "cosine"
+                            ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`similarity.best_match_per_identity` over a mesh; the same ties rule, replicated results."""
   _check_mesh(mesh, ref_axis)
   queries, refs, ref_identity = sim.check_inputs(queries, refs, metric=metric,

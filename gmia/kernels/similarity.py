@@ -77,8 +77,11 @@ class Layout(NamedTuple):
 # The one loop and the building blocks every kernel shares.
 
 
+StepFn = Callable[[Any, jax.Array, jax.Array], tuple[Any, Any]]
+
+
 def stream_queries(queries: jax.Array, chunk_size: int, init: Any,
-                   step_fn: Callable[[Any, jax.Array, jax.Array], tuple[Any, Any]]) -> tuple[Any, Any]:
+                   step_fn: StepFn) -> tuple[Any, Any]:
   """Scans the rows of `queries` f[Q,D] in chunks of at most `chunk_size`.
 
   `step_fn(carry, chunk f[C,D], rows int32[C]) -> (carry, per_row)` sees the local row indices of
@@ -97,7 +100,8 @@ def stream_queries(queries: jax.Array, chunk_size: int, init: Any,
     return step_fn(carry, chunk_queries, start + jnp.arange(chunk, dtype=jnp.int32))
 
   carry, per_row = lax.scan(body, init, (padded.reshape(num_chunks, chunk, dim), starts))
-  per_row = jax.tree.map(lambda x: x.reshape(num_chunks * chunk, *x.shape[2:])[:num_queries], per_row)
+  per_row = jax.tree.map(lambda x: x.reshape(num_chunks * chunk, *x.shape[2:])[:num_queries],
+                         per_row)
   return carry, per_row
 
 
@@ -114,8 +118,8 @@ def _sqnorms(x: jax.Array) -> jax.Array:
 def _closeness(queries: jax.Array, refs: jax.Array, ref_sqnorms: jax.Array | None,
                metric: Metric) -> jax.Array:
   """f32[C,R], larger is nearer: cosine similarity, or minus the squared L2 distance."""
-  dots = lax.dot_general(queries, refs, (((1,), (1,)), ((), ())), precision=_precision(queries.dtype),
-                         preferred_element_type=jnp.float32)
+  dots = lax.dot_general(queries, refs, (((1,), (1,)), ((), ())),
+                         precision=_precision(queries.dtype), preferred_element_type=jnp.float32)
   if metric == "cosine":
     return dots
   return 2.0 * dots - _sqnorms(queries)[:, None] - ref_sqnorms[None, :]
@@ -243,8 +247,9 @@ def top_k_kernel(queries, refs, *, k: int, chunk_size: int, ref_chunk_size: int 
     closeness = _closeness(chunk, block_refs, block_sqnorms, metric)
     return _update_top_k(best, closeness, block_index, block_real, k)
 
-  whole_blocks = [blocks(x, 0, num_blocks * block) for x in (refs, ref_index, real, sqnorms)]
-  last_block = [None if x is None else x[num_blocks * block:] for x in (refs, ref_index, real, sqnorms)]
+  per_ref = (refs, ref_index, real, sqnorms)
+  whole_blocks = [blocks(x, 0, num_blocks * block) for x in per_ref]
+  last_block = [None if x is None else x[num_blocks * block:] for x in per_ref]
 
   def step(carry, chunk, rows):
     best = layout.varying(_empty_top_k((rows.shape[0], k)), over_refs=True)
@@ -434,7 +439,8 @@ def check_identities(ref_identity, num_refs: int, num_identities: int) -> None:
   if _is_concrete(ref_identity):
     low, high = int(jnp.min(ref_identity)), int(jnp.max(ref_identity))
     if low < 0 or high >= num_identities:
-      raise ValueError(f"ref_identity values must lie in [0, {num_identities}), got [{low}, {high}]")
+      raise ValueError(f"ref_identity values must lie in [0, {num_identities}), "
+                       f"got [{low}, {high}]")
 
 
 def _check_k(k, available: int, what: str) -> None:
