@@ -4,9 +4,10 @@
     python bench/bench_encoder.py --models demo --batch 64 --rounds 5
 
 The peer is what insightface users run: onnxruntime (CPU provider) on an insightface-layout ONNX
-graph of the same architecture (random weights, BNs folded into convs as in the released files).
-Each round times `--iters` batches per engine, engines taking turns; the fastest round counts, which
-evens out load from other processes. Compilation / session creation is timed separately.
+graph of the same network (gmia.models.export_onnx of random weights, BNs folded into convs as in
+the released files).
+Each engine runs `--rounds` rounds of `--iters` batches; its fastest round counts, which evens out
+load from other processes. Compilation / session creation is timed separately.
 Preprocessing (uint8 -> [-1, 1], resize) is included for gmia, as `embed` does it on device.
 """
 
@@ -24,10 +25,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gmia.encoder.embed import embed  # noqa: E402
-from gmia.models.import_insightface import variables_from_onnx  # noqa: E402
-from gmia.models.iresnet import ARCHS, IResNet  # noqa: E402
-# The insightface-layout ONNX graph builder of the importer tests.
-from tests.test_import_insightface import InsightfaceGraph  # noqa: E402
+from gmia.models.export_onnx import INPUT_NAME, export_onnx  # noqa: E402
+from gmia.models.iresnet import ARCHS, IResNet, init_key  # noqa: E402
 
 # name -> (blocks, width, features, input size); "demo" is train/configs/arcface_cpu_demo.py.
 MODELS = {
@@ -51,10 +50,9 @@ def best_rate(run, batch: int, iters: int, rounds: int) -> float:
 def bench(name: str, batch: int, iters: int, rounds: int) -> dict[str, float]:
   import onnxruntime as ort
   blocks, width, features, size = MODELS[name]
-  graph = InsightfaceGraph(np.random.default_rng(0), folded=True)
-  proto = graph.model(blocks, width, size, features)
   model = IResNet(blocks=blocks, width=width, num_features=features)
-  variables = jax.device_put(variables_from_onnx(proto, model))
+  variables = jax.jit(model.init)(init_key(0), jnp.zeros((1, size, size, 3)))
+  proto = export_onnx(model, variables, fold_bn=True)
   images = np.random.default_rng(1).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
 
   start = time.perf_counter()
@@ -65,12 +63,12 @@ def bench(name: str, batch: int, iters: int, rounds: int) -> dict[str, float]:
   start = time.perf_counter()
   session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
   nchw = ((images.astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2)
-  session.run(None, {"input.1": nchw})
+  session.run(None, {INPUT_NAME: nchw})
   session_s = time.perf_counter() - start
 
   gmia_rate = best_rate(lambda: fn(model, variables, device_images).block_until_ready(), batch,
                         iters, rounds)
-  ort_rate = best_rate(lambda: session.run(None, {"input.1": nchw}), batch, iters, rounds)
+  ort_rate = best_rate(lambda: session.run(None, {INPUT_NAME: nchw}), batch, iters, rounds)
   return {"gmia": gmia_rate, "onnxruntime": ort_rate, "compile_s": compile_s,
           "session_s": session_s}
 
