@@ -1,0 +1,1 @@
+"""Gradient-based inversion: image priors, GAN latent projection, split-network feature inversion."""
