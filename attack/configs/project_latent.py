@@ -1,0 +1,12 @@
+"""Reconstruction (GAN-Leaks) attacks on a generator: black-box, white-box, calibrated.
+
+  python -m attack.project_latent --workdir=runs/gan_leaks \
+      --config.generator_workdir=runs/demo/gan \
+      --config.reference_generator_workdir=runs/demo/gan_shadow --config.projection.num_steps=500
+"""
+
+from gmia.attacks import reconstruction
+
+
+def get_config():
+  return reconstruction.default_config()

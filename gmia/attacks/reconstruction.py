@@ -1,0 +1,165 @@
+"""Sample-level membership attacks on generators by reconstruction (GAN-Leaks, Chen et al. 2020).
+
+A photo the generator was trained on is reconstructed better than one it never saw:
+- full black-box: Euclidean distance from the photo to the nearest of N generated samples
+  (pixels in [-1, 1], through the kernels' streamed top-k);
+- white-box: Euclidean residual of the photo's gradient-based projection into the generator
+  (gmia.inversion.latent);
+- calibrated: either distance minus the same distance measured on a reference generator trained
+  on other data, which removes how easy a photo is to reconstruct in general.
+Score = minus the (calibrated) distance: members score higher.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gmia import files, kernels, metrics, viz
+from gmia.attacks import report
+from gmia.data import run_data
+from gmia.data.split import IdentitySplit
+from gmia.gan import sampling
+from gmia.inversion import latent
+
+REPORT_FILE = "report.json"
+
+
+def nearest_sample_distance(queries: jax.Array, samples: jax.Array, *,
+                            chunk_size: int = 256) -> jax.Array:
+  """f32[Q]: Euclidean distance from each query image f32[Q, H, W, 3] to its nearest sample
+  f32[N, H, W, 3] (same pixel scale)."""
+  if queries.ndim != 4 or queries.shape[1:] != samples.shape[1:]:
+    raise ValueError(f"queries {queries.shape} and samples {samples.shape} must be images "
+                     "[N, H, W, C] of one size")
+  flat = lambda x: jnp.asarray(x, jnp.float32).reshape(x.shape[0], -1)
+  squared, _ = kernels.top_k(flat(queries), flat(samples), 1, metric="sqeuclidean",
+                             chunk_size=min(chunk_size, queries.shape[0]))
+  return jnp.sqrt(jnp.maximum(squared[:, 0], 0.0))
+
+
+def projection_residual(pixel_mse: jax.Array, image_shape: tuple[int, ...]) -> jax.Array:
+  """Euclidean residual f32[Q] ||G(w) - x|| from the projection's per-pixel MSE f32[Q], in the
+  unit of `nearest_sample_distance`."""
+  return jnp.sqrt(pixel_mse * float(np.prod(image_shape)))
+
+
+def membership_scores(distances: jax.Array,
+                      reference_distances: jax.Array | None = None) -> np.ndarray:
+  """float64[Q] scores, higher for members: -distance, or -(distance - reference distance)."""
+  distances = np.asarray(distances, np.float64)
+  if reference_distances is None:
+    return -distances
+  reference_distances = np.asarray(reference_distances, np.float64)
+  if reference_distances.shape != distances.shape:
+    raise ValueError(f"reference distances {reference_distances.shape} and distances "
+                     f"{distances.shape} differ in shape")
+  return reference_distances - distances
+
+
+def residual_images(targets: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
+  """|target - reconstruction| shown on [-1, 1] (black: exact), f32[N, H, W, 3]."""
+  return np.abs(np.asarray(targets) - np.asarray(reconstructions)) - 1.0
+
+
+def save_reconstruction_grid(path: str, targets: np.ndarray, reconstructions: np.ndarray,
+                             captions: list[str]) -> None:
+  """PNG rows of target | reconstruction | residual, f32[N, H, W, 3] in [-1, 1]."""
+  rows = np.stack([np.asarray(targets), np.asarray(reconstructions),
+                   residual_images(targets, reconstructions)], axis=1)
+  labels = [f"{c} {kind}" for c in captions for kind in ("target", "recon", "residual")]
+  viz.save_grid(path, rows.reshape(-1, *rows.shape[2:]), ncols=3, labels=labels,
+                upscale=max(1, 96 // rows.shape[2]))
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every option of the reconstruction attack; attack/configs/project_latent.py returns it."""
+  return ml_collections.ConfigDict({
+      "generator_workdir": "",            # Target generator (required); holds split.json.
+      "reference_generator_workdir": "",  # Trained on other data: calibrated scores when set.
+      "split_path": "",                   # Default: the generator workdir's split.json.
+      "num_targets": 32,                  # Training photos of members, and as many non-members.
+      "num_samples": 2000,                # Generated samples of the black-box attack.
+      "batch_size": 8,                    # Targets projected per compiled call.
+      "seed": 0,
+      "projection": {
+          "num_steps": 500, "w_plus": False, "noise_mode": "const",
+          "initial_learning_rate": 0.1, "regularize_noise_weight": 1e5, "w_avg_samples": 10000,
+      },
+      "grid_rows": 8,
+  })
+
+
+def _photos(arrays, split: IdentitySplit, num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(f32[2n, R, R, 3] in [-1, 1], bool[2n] member labels): training photos of members and
+  photos of non-members, n = min(num, available)."""
+  rng = np.random.default_rng(seed)
+  members = split.train_photos("members")
+  non_members = np.concatenate([split.train_photos("non_members"),
+                                split.reference_photos("non_members")])
+  n = min(num, len(members), len(non_members))
+  if n == 0:
+    raise ValueError("the split has no member or no non-member photos to attack")
+  ids = np.concatenate([rng.choice(members, n, replace=False),
+                        rng.choice(non_members, n, replace=False)])
+  images = arrays.select(ids).images.astype(np.float32) / 127.5 - 1.0
+  return images, np.arange(2 * n) < n
+
+
+def _distances(generator_workdir: str, config, targets: np.ndarray) -> dict[str, np.ndarray]:
+  """Black-box and white-box distances of `targets` to one generator, plus reconstructions."""
+  generator, g_vars, _ = sampling.load_generator(generator_workdir)
+  samples = sampling.generate(generator, g_vars, seed=config.seed, num=config.num_samples)
+  black_box = np.asarray(nearest_sample_distance(jnp.asarray(targets), jnp.asarray(samples)))
+  project = latent.make_projector(generator, latent.ProjectionSettings(**config.projection))
+  batch = config.batch_size
+  pad = -len(targets) % batch
+  padded = np.concatenate([targets, np.zeros((pad,) + targets.shape[1:], targets.dtype)])
+  keys = latent.target_keys(config.seed, np.arange(len(padded)))
+  outs = [project(g_vars, None, jnp.asarray(padded[i:i + batch]), keys[i:i + batch])
+          for i in range(0, len(padded), batch)]
+  mse = np.concatenate([np.asarray(o["pixel_mse"]) for o in outs])[:len(targets)]
+  images = np.concatenate([np.asarray(o["images"]) for o in outs])[:len(targets)]
+  return {"black_box": black_box,
+          "white_box": np.asarray(projection_residual(mse, targets.shape[1:])),
+          "reconstructions": images}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the black-box, white-box (and calibrated) attacks; writes report.json, scores.csv,
+  roc.png and reconstructions.png (target | reconstruction | residual) into `workdir`."""
+  if not config.generator_workdir:
+    raise ValueError("config.generator_workdir is required: the workdir of the target generator")
+  started = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  _, _, g_config = sampling.load_generator(config.generator_workdir)
+  split = IdentitySplit.load(config.split_path or os.path.join(config.generator_workdir,
+                                                               run_data.SPLIT_FILE))
+  targets, labels = _photos(run_data.load_dataset(g_config.data), split, config.num_targets,
+                            config.seed)
+  found = _distances(config.generator_workdir, config, targets)
+  reference = (_distances(config.reference_generator_workdir, config, targets)
+               if config.reference_generator_workdir else None)
+  scores = {}
+  for attack in ("black_box", "white_box"):
+    scores[attack] = membership_scores(found[attack])
+    if reference is not None:
+      scores[f"{attack}_calibrated"] = membership_scores(found[attack], reference[attack])
+  summary = {"attacks": {name: metrics.membership_report(s, labels, seed=config.seed)
+                         for name, s in scores.items()},
+             "config": config.to_dict(), "seconds": time.perf_counter() - started}
+  report.write_scores_csv(os.path.join(workdir, "scores.csv"),
+                          {"member": labels.astype(int), **scores})
+  report.plot_roc(os.path.join(workdir, "roc.png"), {n: (s, labels) for n, s in scores.items()},
+                  "Reconstruction attacks (GAN-Leaks)")
+  rows = np.argsort(-scores["white_box"])[:config.grid_rows]
+  save_reconstruction_grid(os.path.join(workdir, "reconstructions.png"), targets[rows],
+                           found["reconstructions"][rows],
+                           ["member" if labels[i] else "non-member" for i in rows])
+  files.write_json(os.path.join(workdir, REPORT_FILE), summary)
+  return summary
