@@ -42,6 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.data = run_data.default_config()  # data.resolution is the image size of G and D.
+  config.train_group = "members"  # Whose training photos: "members", or "shadow" for a control.
   config.mirror = False          # x-flip augmentation of the real images.
   config.batch_size = 32
   config.total_steps = 10_000
@@ -143,10 +144,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   programs = _programs(json.dumps(computation, sort_keys=True), mesh)
 
   arrays, split = run_data.load_for_run(config.data, workdir)
-  member_photos = split.train_photos("members")
+  if config.train_group not in ("members", "shadow"):
+    raise ValueError(f"train_group must be 'members' (the target) or 'shadow' (a control or "
+                     f"reference generator), got {config.train_group!r}")
+  member_photos = split.train_photos(config.train_group)
   if not len(member_photos):
-    raise ValueError("the identity split has no member identities with training photos: "
-                     "the target generator has nobody to learn")
+    raise ValueError(f"the identity split has no {config.train_group} identities with training "
+                     "photos: the generator has nobody to learn")
   batches = Batches(arrays.select(member_photos).images, global_batch_size=config.batch_size,
                     seed=config.seed, mirror=config.mirror)
   meta = {"config": config_json, "split": split.to_json()}

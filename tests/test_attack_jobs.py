@@ -1,0 +1,90 @@
+"""The attack, audit and filter jobs end to end on a tiny generator and encoder.
+
+Both models train for a few steps on the same tiny synthetic split: the point is the plumbing
+(checkpoints in, resumable streaming, report files out), not the attack's power, which
+tests/test_identity_membership.py checks on embeddings with a known answer.
+"""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gmia.attacks import audit, membership_job, release_filter
+from gmia.encoder import trainer as encoder_trainer
+from gmia.gan import trainer as gan_trainer
+from train.configs import arcface_tiny, gan_tiny
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  root = tmp_path_factory.mktemp("models")
+  gan = gan_tiny.get_config()
+  gan.data.data_dir = str(root / "data")
+  gan.total_steps, gan.save_every, gan.log_every = 2, 2, 1
+  gan_trainer.train_and_evaluate(gan, str(root / "gan"))
+  encoder = arcface_tiny.get_config()
+  encoder.data = gan.data
+  encoder.data.split.path = str(root / "gan" / "split.json")
+  encoder.eval_identities = 2
+  encoder_trainer.train_and_evaluate(encoder, str(root / "encoder"))
+  return str(root / "gan"), str(root / "encoder")
+
+
+def _config(models, defaults=membership_job.default_config):
+  config = defaults()
+  config.generator_workdir, config.encoder_workdir = models
+  config.num_samples, config.chunk_size, config.topk = 48, 16, 3
+  config.bootstrap_resamples = 50
+  return config
+
+
+def test_attack_writes_reports_and_resumes_identically(models, tmp_path):
+  config = _config(models)
+  first = membership_job.run(config, str(tmp_path / "a"))
+  for name in ("report.json", "scores.csv", "samples.csv", "roc.png", "matches.png"):
+    assert (tmp_path / "a" / name).exists(), name
+  with open(tmp_path / "a" / "scores.csv") as handle:
+    rows = list(csv.DictReader(handle))
+  assert len(rows) == 10 and {r["group"] for r in rows} == {"member", "non_member"}
+  assert first["num_samples"] == 48 and first["metrics"]["best"]["num_positives"] == 6
+  # A run stopped after its first chunk (num_samples covers one chunk; more samples extend the
+  # same stream) resumes from there to exactly the uninterrupted result.
+  config_one_chunk = _config(models)
+  config_one_chunk.num_samples = 16
+  membership_job.run(config_one_chunk, str(tmp_path / "b"))
+  assert int(np.load(tmp_path / "b" / "state" / "evidence.npz")["chunks_done"]) == 1
+  resumed = membership_job.run(config, str(tmp_path / "b"))
+  assert resumed["metrics"] == first["metrics"]
+  assert (tmp_path / "b" / "samples.csv").read_text() == (tmp_path / "a" / "samples.csv").read_text()
+
+
+def test_attack_refuses_state_of_another_config(models, tmp_path):
+  membership_job.run(_config(models), str(tmp_path))
+  other = _config(models)
+  other.seed = 1
+  with pytest.raises(ValueError, match="another attack configuration"):
+    membership_job.run(other, str(tmp_path))
+
+
+def test_audit_of_a_member_and_the_filter(models, tmp_path):
+  split = json.load(open(os.path.join(models[0], "split.json")))
+  config = _config(models, audit.default_config)
+  config.dataset_identity = split["groups"]["members"][0]
+  result = audit.run(config, str(tmp_path / "audit"))
+  assert 0 < result["p_value"] <= 1 and result["population_size"] == 4
+  assert "people known not to be in its training set" in result["verdict"]
+  config = _config(models, release_filter.default_config)
+  config.threshold = 0.0  # Keep only samples unlike every training photo.
+  result = release_filter.run(config, str(tmp_path / "filter"))
+  kept = np.load(tmp_path / "filter" / "kept.npz")
+  assert result["kept"] + result["dropped"] == 48 == result["num_samples"]
+  assert len(kept["images"]) == result["kept"] and kept["images"].dtype == np.uint8
+
+
+def test_missing_generator_is_named(tmp_path):
+  config = membership_job.default_config()
+  with pytest.raises(ValueError, match="generator_workdir is required"):
+    membership_job.run(config, str(tmp_path))
