@@ -4,33 +4,23 @@
       --config.generator_workdir=runs/demo/gan --config.encoder_workdir=runs/demo/encoder
 
 Writes report.json, scores.csv, samples.csv, roc.png and matches.png; a killed run resumes from
-its last finished chunk of samples.
+its last finished chunk of samples, and a larger num_samples extends a finished run.
 """
 
 import os
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
-from gmia import parallel, progress
+from attack import cli
 from gmia.attacks import membership_job
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "identity_membership.py"),
-    "Attack config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the report and the resumable state go.",
-                               required=True)
 
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  parallel.initialize_distributed()
-  progress.quiet_library_logs()
-  summary = membership_job.run(_CONFIG.value, _WORKDIR.value)
+def _show(summary, workdir):
   print("\n".join(membership_job.summary_lines(summary)))
-  print(f"report: {os.path.join(_WORKDIR.value, membership_job.REPORT_FILE)}")
+  print(f"report: {os.path.join(workdir, membership_job.REPORT_FILE)}")
 
+
+main = cli.entry_point("identity_membership.py", membership_job.run, _show)
 
 if __name__ == "__main__":
   app.run(main)
