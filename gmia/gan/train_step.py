@@ -51,9 +51,16 @@ def build_models(config: ml_collections.ConfigDict) -> GanModels:
 
 def make_optimizer(lr: float, betas: tuple[float, float], eps: float,
                    reg_interval: int) -> optax.GradientTransformation:
-  """Adam with NVIDIA's lazy-regularisation correction of lr and betas."""
+  """Adam with NVIDIA's lazy-regularisation correction of lr and betas.
+
+  Non-finite gradients are replaced first (NVIDIA's nan_to_num). The update runs on all
+  parameters raveled into one vector: a handful of fused ops instead of several per leaf, which
+  keeps the step's program (and its compile time) small. The Adam moments are stored flat.
+  """
   mb_ratio = reg_interval / (reg_interval + 1)
-  return optax.adam(lr * mb_ratio, b1=betas[0] ** mb_ratio, b2=betas[1] ** mb_ratio, eps=eps)
+  return optax.flatten(optax.chain(
+      optax.stateless(lambda g, _: jnp.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5)),
+      optax.adam(lr * mb_ratio, b1=betas[0] ** mb_ratio, b2=betas[1] ** mb_ratio, eps=eps)))
 
 
 def optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, ...]:
@@ -97,8 +104,7 @@ def abstract_state(config: ml_collections.ConfigDict, models: GanModels, mesh: M
 
 
 def _adam_step(tx: optax.GradientTransformation, params, opt_state, grads):
-  """One optimiser step; non-finite gradients are replaced first, as NVIDIA's nan_to_num."""
-  grads = jax.tree.map(lambda g: jnp.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5), grads)
+  """One optimiser step: params + tx's update of grads."""
   updates, opt_state = tx.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state
 

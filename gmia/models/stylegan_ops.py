@@ -74,10 +74,19 @@ def upsample2d(x: jax.Array, taps: Sequence[float] = RESAMPLE_TAPS, *, up: int =
 
 def _conv(x: jax.Array, w: jax.Array, *, stride: int = 1, padding: int = 0,
           groups: int = 1) -> jax.Array:
-  """Cross-correlation in NHWC/HWIO (what PyTorch's conv2d computes)."""
-  return jax.lax.conv_general_dilated(
-      x, w, window_strides=(stride, stride), padding=[(padding, padding)] * 2,
+  """Cross-correlation in NHWC/HWIO (what PyTorch's conv2d computes).
+
+  A stride-1 convolution padded less than k // 2 runs as a 'same' one whose border is cropped:
+  XLA:CPU runs unpadded 3x3 convolutions of 32 px batches 3-4x slower than padded ones of the
+  same size (34 px in, 32 out: 30 ms vs 7 ms for 32 images x 32 channels on this project's
+  2-core machine); the extra border costs little anywhere else.
+  """
+  crop = w.shape[0] // 2 - padding if stride == 1 else 0
+  crop = max(crop, 0)
+  y = jax.lax.conv_general_dilated(
+      x, w, window_strides=(stride, stride), padding=[(padding + crop, padding + crop)] * 2,
       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+  return y[:, crop:y.shape[1] - crop, crop:y.shape[2] - crop] if crop else y
 
 
 def conv2d_resample(x: jax.Array, w: jax.Array, *, up: int = 1, down: int = 1, padding: int = 0,
