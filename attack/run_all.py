@@ -1,27 +1,37 @@
-"""The main job: every stage on the embedded default data, cached in the workdir.
+"""The main job: every stage on the embedded default data, each cached in the workdir.
 
   python -m attack.run_all --workdir=runs/demo
 
-Stage 1 (data): render the synthetic faces (once, into the tfds data_dir), split identities into
-members / non-members / shadow / encoder, save `split.json` and `data_overview.png` (rows:
-identities; columns: their photos, reference photos marked "ref").
+Stages (a second run reuses every finished stage; a killed run resumes the one it was in):
+  data      render the synthetic faces, split identities, save split.json and data_overview.png;
+  encoder   train the face encoder on the encoder identities only (workdir/encoder);
+  gan       train the target generator on the members' training photos (workdir/gan);
+  control   train the same generator on the shadow identities instead (workdir/gan_control);
+  attack    the identity membership attack on both generators (workdir/attack,
+            workdir/attack_control). Against the control, which never saw any member, the attack
+            must come out near chance.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gmia import progress, viz
+from gmia import files, parallel, progress, viz
+from gmia.attacks import membership_job
 from gmia.data import run_data
+from gmia.encoder import trainer as encoder_trainer
+from gmia.gan import trainer as gan_trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "main_job.py"),
     "Main job config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where every stage keeps its results.")
+DONE = "DONE"
 
 
 def data_overview(arrays, split, identities: int, path: str) -> None:
@@ -35,19 +45,65 @@ def data_overview(arrays, split, identities: int, path: str) -> None:
   viz.save_grid(path, np.concatenate(rows), ncols=len(rows[0]), labels=labels, upscale=upscale)
 
 
+def stage(workdir: str, name: str, run) -> None:
+  """Runs `run()` unless the stage's DONE marker exists; writes the marker when it finishes."""
+  marker = os.path.join(workdir, name, DONE)
+  if os.path.exists(marker):
+    print(f"[{name}] cached in {os.path.dirname(marker)}")
+    return
+  print(f"[{name}] running ...", flush=True)
+  run()
+  files.write_atomic(marker, "")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  parallel.initialize_distributed()
   progress.quiet_library_logs()
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
+
   arrays, split = run_data.load_for_run(config.data, workdir)
-  overview = os.path.join(workdir, "data_overview.png")
-  data_overview(arrays, split, config.overview_identities, overview)
-  counts = {g: len(split.identities(g)) for g in ("members", "non_members", "shadow", "encoder")}
-  print(f"data: {len(arrays)} photos of {arrays.num_identities} identities at "
-        f"{arrays.resolution} px; " + ", ".join(f"{g} {n}" for g, n in counts.items()))
-  print(f"split: {os.path.join(workdir, run_data.SPLIT_FILE)}; overview: {overview}")
+  data_overview(arrays, split, config.overview_identities,
+                os.path.join(workdir, "data_overview.png"))
+  print(f"[data] {len(arrays)} photos of {arrays.num_identities} identities at "
+        f"{arrays.resolution} px; " + ", ".join(
+            f"{g} {len(split.identities(g))}" for g in ("members", "non_members", "shadow",
+                                                         "encoder")))
+  shared = copy.deepcopy(config.data)
+  shared.split.path = os.path.join(workdir, run_data.SPLIT_FILE)
+
+  def trained(sub_config, **fields):
+    sub_config = copy.deepcopy(sub_config)
+    sub_config.data = shared
+    sub_config.update(fields)
+    return sub_config
+
+  stage(workdir, "encoder", lambda: encoder_trainer.train_and_evaluate(
+      trained(config.encoder), os.path.join(workdir, "encoder")))
+  stage(workdir, "gan", lambda: gan_trainer.train_and_evaluate(
+      trained(config.gan, train_group="members"), os.path.join(workdir, "gan")))
+  stage(workdir, "gan_control", lambda: gan_trainer.train_and_evaluate(
+      trained(config.gan, train_group="shadow"), os.path.join(workdir, "gan_control")))
+
+  summaries = {}
+  for name, generator in (("attack", "gan"), ("attack_control", "gan_control")):
+    attack = copy.deepcopy(config.attack)
+    attack.generator_workdir = os.path.join(workdir, generator)
+    attack.encoder_workdir = os.path.join(workdir, "encoder")
+    attack.title = ("target generator (trained on the members)" if name == "attack" else
+                    "control generator (trained on other people)")
+    stage(workdir, name, lambda: membership_job.run(attack, os.path.join(workdir, name)))
+    summaries[name] = files.read_json(os.path.join(workdir, name, membership_job.REPORT_FILE))
+
+  for name, summary in summaries.items():
+    print(f"\n{summary['config']['title']}:")
+    print("\n".join(membership_job.summary_lines(summary)))
+  files.write_json(os.path.join(workdir, "summary.json"),
+                   {name: s["metrics"] for name, s in summaries.items()})
+  print(f"\nreports: {workdir}/attack/ and {workdir}/attack_control/ "
+        "(report.json, roc.png, matches.png, scores.csv)")
   logging.info("done")
 
 
