@@ -130,6 +130,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   samples/step_XXXXXXX.png (EMA generator on latents(config.seed)), tensorboard/.
   """
   stylegan.check_resolution(config.data.resolution)
+  if config.train_group not in ("members", "shadow"):
+    raise ValueError(f"train_group must be 'members' (the target) or 'shadow' (a control or "
+                     f"reference generator), got {config.train_group!r}")
   if config.total_steps < 1 or config.save_every < 1 or config.log_every < 1:
     raise ValueError("total_steps, save_every and log_every must be positive")
   config_json = json.loads(config.to_json())
@@ -144,14 +147,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   programs = _programs(json.dumps(computation, sort_keys=True), mesh)
 
   arrays, split = run_data.load_for_run(config.data, workdir)
-  if config.train_group not in ("members", "shadow"):
-    raise ValueError(f"train_group must be 'members' (the target) or 'shadow' (a control or "
-                     f"reference generator), got {config.train_group!r}")
-  member_photos = split.train_photos(config.train_group)
-  if not len(member_photos):
-    raise ValueError(f"the identity split has no {config.train_group} identities with training "
-                     "photos: the generator has nobody to learn")
-  batches = Batches(arrays.select(member_photos).images, global_batch_size=config.batch_size,
+  train_photos = split.train_photos(config.train_group)
+  if not len(train_photos):
+    raise ValueError(f"the identity split has no identities in group {config.train_group!r} "
+                     "with training photos: the generator has nobody to learn")
+  batches = Batches(arrays.select(train_photos).images, global_batch_size=config.batch_size,
                     seed=config.seed, mirror=config.mirror)
   meta = {"config": config_json, "split": split.to_json()}
 
