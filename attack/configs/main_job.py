@@ -6,8 +6,8 @@
 Data: 1,000 identities x 20 photos at 32 px; 100 members, 100 non-members and 100 shadow
 identities, each with 15 training and 5 reference photos; the encoder trains on the other 700.
 Measured on 2 shared CPU cores: the encoder reaches 99.2% held-out 1-NN identification (pixels:
-11.4%); the target generator at step 5,000 of 6,000 gives AUC 0.59 [0.51, 0.67] (best-match score,
-5,000 samples). Training two generators is most of the time; see README.md.
+11.4%); an earlier 6,000-step generator setting gave AUC 0.59 [0.51, 0.67] at step 5,000
+(best-match score, 5,000 samples). Training two generators is most of the time; see README.md.
 """
 
 import ml_collections
