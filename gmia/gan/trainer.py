@@ -122,7 +122,7 @@ def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> tuple[train_step.State, dict[str, float]]:
-  """Trains (or resumes) a StyleGAN2 on the member identities.
+  """Trains (or resumes) a StyleGAN2 on the training photos of `config.train_group` (members).
 
   Returns the final state and the metrics of the last step.
 

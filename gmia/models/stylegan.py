@@ -101,7 +101,7 @@ class SynthesisLayer(nn.Module):
   resolution: int
   up: int = 1
   use_noise: bool = True
-  fused_modconv: bool = True
+  fused_modconv: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, w: jax.Array, noise_mode: str = "random",
@@ -126,7 +126,7 @@ class SynthesisLayer(nn.Module):
 class ToRGBLayer(nn.Module):
   """Modulated 1x1 conv without demodulation to image channels."""
   features: int
-  fused_modconv: bool = True
+  fused_modconv: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, w: jax.Array) -> jax.Array:
@@ -144,7 +144,7 @@ class SynthesisBlock(nn.Module):
   features: int
   resolution: int
   img_channels: int
-  fused_modconv: bool = True
+  fused_modconv: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array | None, img: jax.Array | None, ws: jax.Array, noise_mode: str,
@@ -171,7 +171,7 @@ class SynthesisNetwork(nn.Module):
   img_channels: int = 3
   channel_base: int = 32768
   channel_max: int = 512
-  fused_modconv: bool = True
+  fused_modconv: bool = False
 
   @nn.compact
   def __call__(self, ws: jax.Array, noise_mode: str = "random") -> jax.Array:
@@ -209,6 +209,9 @@ class Generator(nn.Module):
 
   Call `map` and `synthesize` through `apply(..., method=...)` to work in w space.
   Random noise needs the `noise` rng; w_avg tracking needs `buffers` mutable.
+  `fused_modconv` runs each modulated convolution as one grouped convolution (NVIDIA's inference
+  path) instead of scaling activations around a shared one; on XLA:CPU that is ~4x slower
+  forward and ~20x slower in training (bench/bench_gan.py), hence off by default.
   """
   z_dim: int = 512
   w_dim: int = 512
@@ -219,7 +222,7 @@ class Generator(nn.Module):
   w_avg_beta: float = 0.995
   channel_base: int = 32768
   channel_max: int = 512
-  fused_modconv: bool = True
+  fused_modconv: bool = False
 
   def setup(self):
     self.num_ws = num_ws(self.img_resolution)

@@ -179,7 +179,7 @@ class Conv2d(nn.Module):
 
 
 def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array, *, up: int = 1,
-                     padding: int = 0, demodulate: bool = True, fused: bool = True) -> jax.Array:
+                     padding: int = 0, demodulate: bool = True, fused: bool = False) -> jax.Array:
   """Convolution whose weights are scaled per sample by `styles`, then optionally demodulated.
 
   x: f32[B, H, W, Cin]; weight: f32[k, k, Cin, Cout]; styles: f32[B, Cin].
