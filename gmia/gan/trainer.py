@@ -143,9 +143,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if start is not None:
     check_config_matches(ckpt.restore_meta(start)["config"], config_json, _flat_keys(computation))
 
-  mesh = parallel.make_mesh()
-  programs = _programs(json.dumps(computation, sort_keys=True), mesh)
-
   arrays, split = run_data.load_for_run(config.data, workdir)
   train_photos = split.train_photos(config.train_group)
   if not len(train_photos):
@@ -154,6 +151,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   batches = Batches(arrays.select(train_photos).images, global_batch_size=config.batch_size,
                     seed=config.seed, mirror=config.mirror)
   meta = {"config": config_json, "split": split.to_json()}
+
+  mesh = parallel.make_mesh()
+  programs = _programs(json.dumps(computation, sort_keys=True), mesh)
 
   if start is None:
     start = 0

@@ -149,7 +149,7 @@ class Dense(nn.Module):
     x = x @ (weight * (self.lr_multiplier / np.sqrt(fan_in)))
     bias = None
     if self.use_bias:
-      bias = self.param("bias", lambda k, s: jnp.full(s, self.bias_init), (self.features,))
+      bias = self.param("bias", lambda k, s: jnp.full(s, self.bias_init, jnp.float32), (self.features,))
       bias = bias * self.lr_multiplier
     return bias_act(x, bias, self.activation)
 
