@@ -28,8 +28,8 @@ def _pair(padding: int | Sequence[int]) -> tuple[int, int]:
 def _fir_axis(x: jax.Array, taps: np.ndarray, axis: int, down: int) -> jax.Array:
   """Valid-mode 1-D convolution along `axis` followed by keeping every `down`-th sample.
 
-  Written as a weighted sum of strided slices: XLA fuses it into one elementwise loop, which is
-  faster than a depthwise convolution on CPU and just as fast elsewhere.
+  Written as a weighted sum of strided slices, which XLA fuses into elementwise loops: on XLA:CPU
+  the generator's gradient runs ~6x faster than with depthwise convolutions.
   """
   out_len = (x.shape[axis] - len(taps)) // down + 1
   if out_len <= 0:
