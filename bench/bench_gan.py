@@ -113,8 +113,10 @@ def main():
             f"{r['train_compile_s']:>15.1f}", flush=True)
     if {"batched", "fused"} <= results.keys():
       b, f = results["batched"], results["fused"]
-      print(f"{resolution:>4} fused/batched speed: generator x{f['g_images_per_s'] / b['g_images_per_s']:.2f}, "
-            f"train step x{f['train_steps_per_s'] / b['train_steps_per_s']:.2f}")
+      g_ratio = f["g_images_per_s"] / b["g_images_per_s"]
+      step_ratio = f["train_steps_per_s"] / b["train_steps_per_s"]
+      print(f"{resolution:>4} fused/batched speed: generator x{g_ratio:.2f}, "
+            f"train step x{step_ratio:.2f}")
 
 
 if __name__ == "__main__":

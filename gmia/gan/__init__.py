@@ -1,1 +1,1 @@
-"""StyleGAN2 training: losses and regularisers, generator EMA, the jitted step, the loop, sampling."""
+"""StyleGAN2 training: losses, regularisers, generator EMA, the jitted step, the loop, sampling."""

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 
 
-def ema_beta(step: jax.Array, batch_size: int, ema_kimg: float, ema_rampup: float | None) -> jax.Array:
+def ema_beta(step: jax.Array, batch_size: int, ema_kimg: float,
+             ema_rampup: float | None) -> jax.Array:
   """beta = 0.5 ** (batch / ema_nimg) with ema_nimg = ema_kimg * 1000, capped at
   cur_nimg * ema_rampup when ramping up (cur_nimg = step * batch, the images seen before this
   step): the half-life starts short and grows to ema_kimg thousand images."""

@@ -54,8 +54,9 @@ def generate(generator: stylegan.Generator, g_vars: dict, *, seed: int, num: int
   return np.concatenate(chunks)[:num]
 
 
-def load_generator(workdir: str, step: int | None = None,
-                   use_ema: bool = True) -> tuple[stylegan.Generator, dict, ml_collections.ConfigDict]:
+def load_generator(
+    workdir: str, step: int | None = None,
+    use_ema: bool = True) -> tuple[stylegan.Generator, dict, ml_collections.ConfigDict]:
   """Restores (generator, g_vars, config) from a training workdir's checkpoint (latest by default).
 
   g_vars = {"params": EMA (or raw) generator weights, "buffers": w_avg and noise_const}.

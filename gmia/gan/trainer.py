@@ -1,4 +1,4 @@
-"""The StyleGAN2 training loop: data, sharded state, checkpoints with resume, progress, sample grids.
+"""The StyleGAN2 training loop: data, sharded state, checkpoints and resume, progress, grids.
 
 `train_and_evaluate(config, workdir)` trains a target generator on the member identities'
 training photos only, saving the identity split next to the run. A killed run restarts from its
@@ -49,7 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       z_dim=512, w_dim=512,
       mapping_layers=8,          # 2 in the cifar / auto configs.
-      channel_base=32768,        # fmaps * 32768; feature maps min(channel_base // res, channel_max).
+      channel_base=32768,        # fmaps * 32768; maps min(channel_base // res, channel_max).
       channel_max=512,
       fused_modconv=False,       # grouped conv for modulation: slower on CPU (bench/bench_gan.py).
       d_architecture="resnet",   # "orig" in the cifar config.

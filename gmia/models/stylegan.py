@@ -23,7 +23,8 @@ NOISE_MODES = ("random", "const", "none")
 
 def check_resolution(resolution: int) -> int:
   """Returns log2(resolution); raises for anything but a power of two >= 8."""
-  if not isinstance(resolution, (int, np.integer)) or resolution < 8 or resolution & (resolution - 1):
+  if (not isinstance(resolution, (int, np.integer)) or resolution < 8
+      or resolution & (resolution - 1)):
     raise ValueError(f"resolution must be a power of two >= 8, got {resolution!r}")
   return int(resolution).bit_length() - 1
 
@@ -45,7 +46,7 @@ def normalize_2nd_moment(x: jax.Array, eps: float = 1e-8) -> jax.Array:
 
 
 def style_mix(key: jax.Array, ws: jax.Array, ws_mix: jax.Array, prob: float) -> jax.Array:
-  """With probability `prob`, replaces ws[:, cutoff:] by ws_mix[:, cutoff:], cutoff ~ U{1..num_ws-1}.
+  """With probability `prob`, replaces ws[:, cutoff:] by ws_mix[:, cutoff:], cutoff ~ U{1..n-1}.
 
   One cutoff per batch, as NVIDIA's loss.run_G. ws, ws_mix: f32[B, num_ws, w_dim].
   """
@@ -71,8 +72,8 @@ class MappingNetwork(nn.Module):
   w_avg_beta: float = 0.995
 
   @nn.compact
-  def __call__(self, z: jax.Array, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-               update_w_avg: bool = False) -> jax.Array:
+  def __call__(self, z: jax.Array, truncation_psi: float = 1.0,
+               truncation_cutoff: int | None = None, update_w_avg: bool = False) -> jax.Array:
     if z.ndim != 2:
       raise ValueError(f"mapping network expects z f32[B, z_dim], got shape {z.shape}")
     x = normalize_2nd_moment(z.astype(jnp.float32))

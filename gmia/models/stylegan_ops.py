@@ -144,13 +144,13 @@ class Dense(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_activation(self.activation)
     fan_in = x.shape[-1]
-    weight = self.param(
-        "weight", lambda k, s: jax.random.normal(k, s) / self.lr_multiplier, (fan_in, self.features))
+    weight = self.param("weight", lambda k, s: jax.random.normal(k, s) / self.lr_multiplier,
+                        (fan_in, self.features))
     x = x @ (weight * (self.lr_multiplier / np.sqrt(fan_in)))
     bias = None
     if self.use_bias:
-      bias = self.param("bias", lambda k, s: jnp.full(s, self.bias_init, jnp.float32), (self.features,))
-      bias = bias * self.lr_multiplier
+      bias = self.param("bias", lambda k, s: jnp.full(s, self.bias_init, jnp.float32),
+                        (self.features,)) * self.lr_multiplier
     return bias_act(x, bias, self.activation)
 
 
@@ -174,7 +174,9 @@ class Conv2d(nn.Module):
     weight = self.param("weight", jax.nn.initializers.normal(1.0), (k, k, cin, self.features))
     x = conv2d_resample(x, weight * (1.0 / np.sqrt(cin * k * k)), up=self.up, down=self.down,
                         padding=k // 2)
-    bias = self.param("bias", jax.nn.initializers.zeros, (self.features,)) if self.use_bias else None
+    bias = None
+    if self.use_bias:
+      bias = self.param("bias", jax.nn.initializers.zeros, (self.features,))
     return bias_act(x, bias, self.activation, gain)
 
 
