@@ -110,6 +110,18 @@ def test_embed_units_uint8_equivalence_vmap_and_single_compile():
   assert resized.shape == (3, SIZE, SIZE, 3) and -1 <= resized.min() <= resized.max() <= 1
 
 
+def test_split_halves_compose_to_the_whole_network():
+  variables = tiny_variables()
+  images = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (2, SIZE, SIZE, 3)), jnp.float32)
+  whole = TINY.apply(variables, images, capture=TINY.layers)
+  for cut in TINY.layers[:-1]:
+    np.testing.assert_allclose(TINY.apply(variables, whole[cut], start=cut), whole["embedding"],
+                               atol=1e-4, err_msg=cut)
+  for before, after in zip(TINY.layers[:-1], TINY.layers[1:]):
+    block = TINY.apply(variables, whole[before], start=before, capture=(after,))
+    np.testing.assert_allclose(block[after], whole[after], atol=1e-4, err_msg=after)
+
+
 def test_bad_inputs_are_rejected():
   variables = tiny_variables()
   with pytest.raises(ValueError, match="divisible by 16"):
@@ -118,5 +130,9 @@ def test_bad_inputs_are_rejected():
     TINY.apply(variables, jnp.zeros((1, 32, 32, 1)))
   with pytest.raises(ValueError, match="unknown layer"):
     TINY.apply(variables, jnp.zeros((1, 32, 32, 3)), capture=("layer9",))
+  with pytest.raises(ValueError, match="at or before start"):
+    TINY.apply(variables, jnp.zeros((1, 16, 16, 8)), start="stage1", capture=("stem",))
+  with pytest.raises(ValueError, match="nothing runs after"):
+    TINY.apply(variables, jnp.zeros((1, 16)), start="embedding")
   with pytest.raises(ValueError, match="unknown IResNet arch"):
     iresnet("r7")

@@ -18,7 +18,7 @@ final map; any input size divisible by 16 works, with the dense layer sized to m
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -93,30 +93,35 @@ class IResNet(nn.Module):
   num_features: int = 512
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  layers: ClassVar[tuple[str, ...]] = LAYERS
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False,
-               capture: Sequence[str] = ()) -> jax.Array | dict[str, jax.Array]:
-    """Runs the network.
+  def __call__(self, images: jax.Array, train: bool = False, capture: Sequence[str] = (),
+               start: str | None = None) -> jax.Array | dict[str, jax.Array]:
+    """Runs the network, or the part of it between two layers.
 
     Args:
       images: f32[B, H, W, 3] in [-1, 1] (see gmia.encoder.embed.preprocess), H and W divisible
-        by 16.
+        by 16; or, with `start`, the activations at layer `start`.
       train: batch statistics (updates `batch_stats` when mutable) and dropout (rng "dropout").
       capture: names from LAYERS. Empty: returns the embedding f32[B, num_features]. Otherwise
         returns {name: activation} and stops after the deepest requested layer, so
         `capture=("stage2",)` is the device half of a network split after stage 2.
+      start: a name from LAYERS: run only the layers after it (the server half of a split, or
+        one block on its own with `capture` set to the next layer).
     Returns:
       f32[B, num_features] (not normalised), or the dict of captured activations (NHWC).
     """
-    unknown = [name for name in capture if name not in LAYERS]
+    unknown = [name for name in (*capture, start) if name is not None and name not in LAYERS]
     if unknown:
       raise ValueError(f"unknown layer(s) {unknown}; choose from {LAYERS}")
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"images must be [B, H, W, 3], got shape {images.shape}")
-    if images.shape[1] % 16 or images.shape[2] % 16:
-      raise ValueError(f"image size {images.shape[1:3]} must be divisible by 16 "
-                       "(four stride-2 stages)")
+    begin = -1 if start is None else LAYERS.index(start)
+    if begin == len(LAYERS) - 1:
+      raise ValueError(f"nothing runs after the last layer {start!r}")
+    if any(LAYERS.index(name) <= begin for name in capture):
+      raise ValueError(f"capture {tuple(capture)} names layers at or before start {start!r}")
+    if start is None:
+      check_images(images)
     last = max((LAYERS.index(name) for name in capture), default=len(LAYERS) - 1)
     captured = {}
 
@@ -127,12 +132,16 @@ class IResNet(nn.Module):
       return LAYERS.index(name) >= last
 
     norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
-    x = conv3x3(self.width, 1, "stem_conv", self.dtype)(images.astype(self.dtype))
-    x = norm(name="stem_bn")(x)
-    x = PReLU(name="stem_prelu")(x)
-    if keep("stem", x):
-      return captured
+    x = images.astype(self.dtype)
+    if begin < 0:
+      x = conv3x3(self.width, 1, "stem_conv", self.dtype)(x)
+      x = norm(name="stem_bn")(x)
+      x = PReLU(name="stem_prelu")(x)
+      if keep("stem", x):
+        return captured
     for stage, num_blocks in enumerate(self.blocks):
+      if stage + 1 <= begin:
+        continue
       for block in range(num_blocks):
         x = IBasicBlock(self.width * 2**stage, 2 if block == 0 else 1, dtype=self.dtype,
                         name=f"stage{stage + 1}_block{block + 1}")(x, train)
@@ -148,6 +157,15 @@ class IResNet(nn.Module):
       keep("embedding", x)
       return captured
     return x
+
+
+def check_images(images: jax.Array) -> None:
+  """Raises a ValueError unless `images` is [B, H, W, 3] with H and W divisible by 16."""
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f"images must be [B, H, W, 3], got shape {images.shape}")
+  if images.shape[1] % 16 or images.shape[2] % 16:
+    raise ValueError(f"image size {images.shape[1:3]} must be divisible by 16 "
+                     "(four stride-2 stages)")
 
 
 def init_key(seed: int) -> jax.Array:
