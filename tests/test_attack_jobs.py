@@ -13,24 +13,6 @@ import numpy as np
 import pytest
 
 from gmia.attacks import audit, membership_job, release_filter
-from gmia.encoder import trainer as encoder_trainer
-from gmia.gan import trainer as gan_trainer
-from train.configs import arcface_tiny, gan_tiny
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-  root = tmp_path_factory.mktemp("models")
-  gan = gan_tiny.get_config()
-  gan.data.data_dir = str(root / "data")
-  gan.total_steps, gan.save_every, gan.log_every = 2, 2, 1
-  gan_trainer.train_and_evaluate(gan, str(root / "gan"))
-  encoder = arcface_tiny.get_config()
-  encoder.data = gan.data
-  encoder.data.split.path = str(root / "gan" / "split.json")
-  encoder.eval_identities = 2
-  encoder_trainer.train_and_evaluate(encoder, str(root / "encoder"))
-  return str(root / "gan"), str(root / "encoder")
 
 
 def _config(models, defaults=membership_job.default_config):
