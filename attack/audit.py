@@ -6,12 +6,11 @@
 Prints the verdict in plain words and writes audit.json.
 """
 
-from absl import app
-
 from attack import cli
 from gmia.attacks import audit
+from gmia.cli import run
 
 main = cli.entry_point("audit.py", audit.run, lambda result, _: print(result["verdict"]))
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

@@ -10,22 +10,18 @@ from collections.abc import Callable
 from typing import Any
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from gmia import parallel, progress
+from gmia import cli, parallel, progress
 
 
 def entry_point(config_file: str, run: Callable[[Any, str], Any],
                 show: Callable[[Any, str], None]) -> Callable[[list[str]], None]:
-  """Defines the flags and returns the `main` for `app.run`.
+  """Defines the flags and returns the `main` for `gmia.cli.run`.
 
   config_file: the default config, a file in attack/configs/; any field can be overridden with
   --config.FIELD=VALUE. show(result, workdir) prints the outcome.
   """
-  config = config_flags.DEFINE_config_file(
-      "config", os.path.join(os.path.dirname(__file__), "configs", config_file),
-      "Config file (ml_collections); override fields with --config.FIELD=VALUE.",
-      lock_config=True)
+  config = cli.define_config(os.path.join(os.path.dirname(__file__), "configs", config_file))
   workdir = flags.DEFINE_string("workdir", None, "Where the job writes its results.",
                                 required=True)
 

@@ -8,10 +8,9 @@ Writes kept.npz (the samples that pass), dropped.png and filter.json.
 
 import os
 
-from absl import app
-
 from attack import cli
 from gmia.attacks import release_filter
+from gmia.cli import run
 
 
 def _show(result, workdir):
@@ -23,4 +22,4 @@ def _show(result, workdir):
 main = cli.entry_point("filter.py", release_filter.run, _show)
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

@@ -9,10 +9,9 @@ its last finished chunk of samples, and a larger num_samples extends a finished 
 
 import os
 
-from absl import app
-
 from attack import cli
 from gmia.attacks import membership_job
+from gmia.cli import run
 
 
 def _show(summary, workdir):
@@ -23,4 +22,4 @@ def _show(summary, workdir):
 main = cli.entry_point("identity_membership.py", membership_job.run, _show)
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

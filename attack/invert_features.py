@@ -8,10 +8,9 @@ Writes report.json, table.md (PSNR, SSIM, identity similarity per layer) and inv
 
 import os
 
-from absl import app
-
 from attack import cli
 from gmia.inversion import feature_job
+from gmia.cli import run
 
 
 def _show(_, workdir):
@@ -22,4 +21,4 @@ def _show(_, workdir):
 main = cli.entry_point("invert_features.py", feature_job.run, _show)
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

@@ -19,17 +19,14 @@ import os
 
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from gmia import files, parallel, progress, viz
+from gmia import cli, files, parallel, progress, viz
 from gmia.attacks import membership_job
 from gmia.data import run_data
 from gmia.encoder import trainer as encoder_trainer
 from gmia.gan import trainer as gan_trainer
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "main_job.py"),
-    "Main job config file.", lock_config=True)
+_CONFIG = cli.define_config(os.path.join(os.path.dirname(__file__), "configs", "main_job.py"))
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where every stage keeps its results.")
 DONE = "DONE"
 
@@ -108,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -8,17 +8,16 @@ Rerunning with the same --workdir resumes from its latest checkpoint.
 import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gmia import parallel  # noqa: E402
+from gmia import cli, parallel  # noqa: E402
 from gmia.encoder import trainer  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard logs and eval.json.")
-flags.mark_flags_as_required(["config", "workdir"])
+cli.define_config()
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard logs and eval.json.",
+                    required=True)
 
 
 def main(argv):
@@ -28,4 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -8,15 +8,13 @@ Rerunning the same command resumes from the latest checkpoint in --workdir.
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from gmia import parallel
+from gmia import cli, parallel
 from gmia.gan import trainer
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and logs.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG = cli.define_config()
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and logs.",
+                               required=True)
 
 
 def main(argv):
@@ -27,4 +25,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
