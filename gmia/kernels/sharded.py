@@ -119,15 +119,10 @@ def top_k_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: jax.Ar
                        chunk_size: int = sim.DEFAULT_CHUNK_SIZE,
                        metric: sim.Metric = "cosine") -> tuple[jax.Array, jax.Array]:
   """`similarity.top_k_per_identity` over a mesh; replicated results with global query indices."""
-  _check_mesh(mesh, ref_axis)
-  queries, refs, ref_identity = sim.check_inputs(queries, refs, metric=metric,
-                                                 chunk_size=chunk_size, ref_identity=ref_identity,
-                                                 num_identities=num_identities, k=k,
-                                                 k_counts="queries")
-  return _run_sharded(queries, refs, (ref_identity,), (), kernel=sim.top_k_per_identity_kernel,
-                      mesh=mesh, ref_axis=ref_axis, per_query=False, options=sim.static_options(
-                          num_identities=num_identities, k=k, chunk_size=chunk_size,
-                          metric=metric))
+  return _identity_top_k(queries, refs, ref_identity, num_identities, k, mesh=mesh,
+                         ref_axis=ref_axis, chunk_size=chunk_size, metric=metric,
+                         kernel=sim.top_k_per_identity_kernel, k_counts="queries",
+                         per_query=False)
 
 
 def count_above(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
@@ -150,12 +145,22 @@ def top_k_identities(queries: jax.Array, refs: jax.Array, ref_identity: jax.Arra
                      chunk_size: int = sim.DEFAULT_CHUNK_SIZE,
                      metric: sim.Metric = "cosine") -> tuple[jax.Array, jax.Array]:
   """`similarity.top_k_identities` over a mesh."""
+  return _identity_top_k(queries, refs, ref_identity, num_identities, k, mesh=mesh,
+                         ref_axis=ref_axis, chunk_size=chunk_size, metric=metric,
+                         kernel=sim.top_k_identities_kernel, k_counts="identities",
+                         per_query=True)
+
+
+def _identity_top_k(queries, refs, ref_identity, num_identities, k, *, mesh, ref_axis,
+                    chunk_size, metric, kernel, k_counts, per_query):
+  """The two top-k kernels over labelled references: k best samples per identity (per_query
+  False) or k best identities per sample (per_query True)."""
   _check_mesh(mesh, ref_axis)
   queries, refs, ref_identity = sim.check_inputs(queries, refs, metric=metric,
                                                  chunk_size=chunk_size, ref_identity=ref_identity,
                                                  num_identities=num_identities, k=k,
-                                                 k_counts="identities")
-  return _run_sharded(queries, refs, (ref_identity,), (), kernel=sim.top_k_identities_kernel,
-                      mesh=mesh, ref_axis=ref_axis, per_query=True, options=sim.static_options(
+                                                 k_counts=k_counts)
+  return _run_sharded(queries, refs, (ref_identity,), (), kernel=kernel, mesh=mesh,
+                      ref_axis=ref_axis, per_query=per_query, options=sim.static_options(
                           num_identities=num_identities, k=k, chunk_size=chunk_size,
                           metric=metric))
