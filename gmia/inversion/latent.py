@@ -5,7 +5,9 @@ learning rate ramps up over the first 5% of steps and down (cosine) over the las
 noise added to w whose scale (a fraction of the spread of w) decays to zero over the first 75%,
 and the per-layer noise maps optimised too (noise_mode "const"), held at zero mean and unit
 variance and kept free of spatial structure by an autocorrelation penalty at every scale. W
-optimises one w shared by all layers; W+ one w per layer.
+optimises one w shared by all layers; W+ one w per layer. Instead of w_avg, each target may start
+from a given w, such as a feed-forward latent encoder's guess (gmia.models.latent_encoder), which
+reaches a given error in fewer steps.
 
 No LPIPS weights exist offline, so the perceptual distance is the feature distance at chosen
 layers of the identity encoder; the identity loss is 1 - cosine of its embeddings.
@@ -139,9 +141,11 @@ def make_projector(generator: stylegan.Generator, settings: ProjectionSettings,
   the settings use no encoder); targets: f32[B, R, R, 3] in [-1, 1] at the generator's
   resolution; keys: one PRNG key per target, key[B] (a target's result depends only on itself
   and its key).
+  start_ws (optional): where each target's optimisation starts instead of w_avg, f32[B, w_dim]
+  (W or W+), or f32[B, num_ws, w_dim] (W+ only), e.g. a latent encoder's prediction.
   Returns {"ws": f32[B, num_ws, w_dim], "noise": noise maps with a leading B axis,
   "images": f32[B, R, R, 3] (G at the result), "pixel_mse": f32[B] of those images,
-  "start_mse": f32[B] of G(w_avg) with the initial noise maps, "loss": f32[B, num_steps]}.
+  "start_mse": f32[B] of G at the start with the initial noise maps, "loss": f32[B, num_steps]}.
   """
   if settings.uses_encoder and encoder is None:
     raise ValueError("perceptual or identity loss needs an encoder")
@@ -184,15 +188,15 @@ def make_projector(generator: stylegan.Generator, settings: ProjectionSettings,
             + settings.perceptual_weight * terms.get("perceptual", 0.0)
             + settings.identity_weight * terms.get("identity", 0.0))
 
-  def project_one(g_vars, encoder_vars, w_avg, w_std, target, key):
+  def project_one(g_vars, encoder_vars, w_start, w_std, target, key):
+    """w_start: f32[1 (W) or num_ws (W+), w_dim]."""
     init_key, step_key = jax.random.split(key)
     noise = {}
     if settings.noise_mode == "const":
       maps, treedef = jax.tree.flatten(_noise_maps(g_vars))
       noise = jax.tree.unflatten(treedef, [
           jax.random.normal(jax.random.fold_in(init_key, i), m.shape) for i, m in enumerate(maps)])
-    params = {"w": jnp.broadcast_to(w_avg, (layers if settings.w_plus else 1, w_avg.shape[0])),
-              "noise": noise}
+    params = {"w": w_start, "noise": noise}
     target_features = encode(encoder_vars, target) if captured else None
 
     def loss_fn(params, w_noise):
@@ -218,20 +222,27 @@ def make_projector(generator: stylegan.Generator, settings: ProjectionSettings,
     (params, _), losses = jax.lax.scan(step, (params, tx.init(params)),
                                        jnp.arange(settings.num_steps))
     image = synthesize(g_vars, params["w"], params["noise"])
-    return {"ws": jnp.broadcast_to(params["w"], (layers, w_avg.shape[0])),
+    return {"ws": jnp.broadcast_to(params["w"], (layers, w_start.shape[-1])),
             "noise": params["noise"], "images": image,
             "pixel_mse": jnp.mean(jnp.square(image - target)),
             "start_mse": jnp.mean(jnp.square(start - target)), "loss": losses}
 
+  optimised_ws = layers if settings.w_plus else 1
+
   @jax.jit
-  def project(g_vars, encoder_vars, targets, keys):
+  def project(g_vars, encoder_vars, targets, keys, start_ws):
     w_avg, w_std = latent_statistics(generator, g_vars, jax.random.key(0),
                                      settings.w_avg_samples)
-    return jax.vmap(project_one, in_axes=(None, None, None, None, 0, 0))(
-        g_vars, encoder_vars, w_avg, w_std, targets, keys)
+    if start_ws is None:
+      start_ws = w_avg[None]
+    if start_ws.ndim == 2:
+      start_ws = start_ws[:, None]
+    starts = jnp.broadcast_to(start_ws, (targets.shape[0], optimised_ws, w_avg.shape[0]))
+    return jax.vmap(project_one, in_axes=(None, None, 0, None, 0, 0))(
+        g_vars, encoder_vars, starts, w_std, targets, keys)
 
-  def checked(g_vars: dict, encoder_vars: dict | None, targets: jax.Array,
-              keys: jax.Array) -> dict[str, jax.Array]:
+  def checked(g_vars: dict, encoder_vars: dict | None, targets: jax.Array, keys: jax.Array,
+              start_ws: jax.Array | None = None) -> dict[str, jax.Array]:
     expected = (resolution, resolution, generator.img_channels)
     if targets.ndim != 4 or tuple(targets.shape[1:]) != expected:
       raise ValueError(f"targets must be f32[B, {', '.join(map(str, expected))}] at the "
@@ -240,9 +251,26 @@ def make_projector(generator: stylegan.Generator, settings: ProjectionSettings,
       raise ValueError(f"need one key per target: keys {keys.shape}, targets {targets.shape[:1]}")
     if settings.uses_encoder and encoder_vars is None:
       raise ValueError("perceptual or identity loss needs the encoder's variables")
-    return project(g_vars, encoder_vars if settings.uses_encoder else None, targets, keys)
+    if start_ws is not None:
+      check_start_ws(start_ws, targets.shape[0], generator.w_dim, optimised_ws)
+    return project(g_vars, encoder_vars if settings.uses_encoder else None, targets, keys,
+                   start_ws)
 
   return checked
+
+
+def check_start_ws(start_ws: jax.Array, num_targets: int, w_dim: int,
+                   optimised_ws: int) -> None:
+  """Raises ValueError unless start_ws is f32[num_targets, w_dim], or f32[num_targets,
+  optimised_ws, w_dim] (optimised_ws: num_ws in W+, 1 in W), finite."""
+  shape = tuple(start_ws.shape)
+  allowed = [(num_targets, w_dim)] + ([(num_targets, optimised_ws, w_dim)]
+                                      if optimised_ws > 1 else [])
+  if shape not in allowed:
+    raise ValueError(f"start_ws must be one start per target, f32[B, w_dim] (or f32[B, num_ws, "
+                     f"w_dim] in W+): expected one of {allowed}, got {shape}")
+  if not bool(jnp.all(jnp.isfinite(start_ws))):
+    raise ValueError("start_ws contains NaN or infinite values")
 
 
 def target_keys(seed: int, indices: Any) -> jax.Array:
