@@ -1,0 +1,226 @@
+"""Trains the ResNet classifier (gmia.models.classifiers) that names the encoder identities.
+
+A closed-set classifier over the split's "encoder" identities (never the attacks' targets): the
+victim network of the split-network inversion studies. `config.eval_photos` photos of every
+identity (chosen with `config.seed`) are held out and never trained on; the held-out top-1
+accuracy is measured on them.
+
+Data parallel over a 1-D mesh: the batch is split over the `data` axis, the network replicated.
+Checkpoints (params, BN statistics, optimiser state, step) are saved with Orbax; a rerun with the
+same --workdir resumes and, since batches are functions of the step, reproduces the
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import Mesh
+
+from gmia import parallel
+from gmia.checkpoint import Checkpointer, check_config_matches
+from gmia.data import run_data
+from gmia.data.arrays import FaceArrays
+from gmia.data.pipeline import Batches
+from gmia.data.split import IdentitySplit
+from gmia.encoder.embed import preprocess
+from gmia.encoder.trainer import make_optimizer
+from gmia.models.classifiers import ResNetClassifier
+from gmia.models.iresnet import init_key
+from gmia.progress import Progress
+
+# Config entries a resumed run must share with the checkpoint it continues.
+RESUME_KEYS = ("data", "eval_photos", "model", "optimizer", "mirror", "batch_size", "num_steps",
+               "seed")
+EVAL_FILE = "eval.json"
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> ResNetClassifier:
+  """The classifier a `model` config block describes, with `num_classes` logits."""
+  return ResNetClassifier(num_classes=num_classes, widths=tuple(model_config.widths),
+                          blocks=tuple(model_config.blocks), strides=tuple(model_config.strides),
+                          dtype=jnp.dtype(model_config.dtype))
+
+
+def classifier_sets(arrays: FaceArrays, split: IdentitySplit, eval_photos: int,
+                    seed: int) -> tuple[FaceArrays, FaceArrays, np.ndarray]:
+  """(training photos, held-out photos, classes i64[K]) of the split's encoder identities.
+
+  Every identity keeps `eval_photos` of its photos (seeded per identity) for evaluation; class
+  k is identity classes[k].
+  """
+  chosen = arrays.select(split.train_photos("encoder"))
+  classes, counts = np.unique(chosen.identity, return_counts=True)
+  if len(classes) < 2:
+    raise ValueError(f"the split has {len(classes)} encoder identities: a classifier needs two")
+  if not 0 < eval_photos < counts.min():
+    raise ValueError(f"eval_photos={eval_photos} must be positive and leave every encoder "
+                     f"identity a training photo (the fewest photos of one is {counts.min()})")
+  held = np.zeros(len(chosen), bool)
+  for identity in classes:
+    rows = np.flatnonzero(chosen.identity == identity)
+    held[np.random.default_rng([seed, 11, int(identity)]).permutation(rows)[:eval_photos]] = True
+  train, held_out = (FaceArrays(chosen.images[m], chosen.identity[m], chosen.photo_id[m])
+                     for m in (~held, held))
+  return train, held_out, classes
+
+
+def init_state(model: ResNetClassifier, optimizer: optax.GradientTransformation, input_size: int,
+               key: jax.Array) -> dict[str, Any]:
+  """Fresh training state: params, batch_stats, opt_state, step."""
+  variables = model.init(key, jnp.zeros((1, input_size, input_size, 3)))
+  return {"params": variables["params"], "batch_stats": variables["batch_stats"],
+          "opt_state": optimizer.init(variables["params"]), "step": jnp.zeros((), jnp.int32)}
+
+
+def train_step(state: dict[str, Any], images: jax.Array, labels: jax.Array, *,
+               model: ResNetClassifier, optimizer: optax.GradientTransformation,
+               input_size: int) -> tuple[dict[str, Any], dict]:
+  """One optimiser step on the softmax cross-entropy. images: f32[B, H, W, 3] in [-1, 1];
+  labels: int32[B] class indices."""
+  x = preprocess(images, input_size)
+
+  def loss_fn(params):
+    logits, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]}, x,
+                                  train=True, mutable=["batch_stats"])
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    return loss, (logits, updates["batch_stats"])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state["params"])
+  updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+  new_state = {"params": optax.apply_updates(state["params"], updates),
+               "batch_stats": batch_stats, "opt_state": opt_state, "step": state["step"] + 1}
+  return new_state, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+                     "grad_norm": optax.tree.norm(grads)}
+
+
+def predict(model: ResNetClassifier, variables: dict[str, Any], images: np.ndarray,
+            input_size: int, mesh: Mesh, chunk: int = 256) -> np.ndarray:
+  """u8[N, H, W, 3] -> i64[N] predicted classes, in fixed-size chunks sharded over `mesh` (the
+  last one padded, so the network compiles once)."""
+  devices = mesh.shape[parallel.DATA_AXIS]
+  chunk = -(-chunk // devices) * devices
+  fn = _sharded_predict(model, input_size, mesh)
+  out = [np.zeros((0,), np.int64)]
+  for start in range(0, len(images), chunk):
+    part = images[start:start + chunk]
+    padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:], part.dtype)])
+    # Every process holds the whole chunk; each device takes its rows (works across hosts).
+    batch = jax.make_array_from_callback(padded.shape, parallel.data_sharding(mesh),
+                                         lambda index, padded=padded: padded[index])
+    out.append(np.asarray(fn(variables, batch))[:len(part)])
+  return np.concatenate(out)
+
+
+@functools.cache
+def _sharded_predict(model: ResNetClassifier, input_size: int, mesh: Mesh):
+  return jax.jit(lambda variables, images: jnp.argmax(
+      model.apply(variables, preprocess(images, input_size), train=False), axis=-1),
+      out_shardings=parallel.replicated(mesh))
+
+
+def _variables(state: dict[str, Any]) -> dict[str, Any]:
+  return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) in `workdir`; returns the final held-out metrics (also in eval.json)."""
+  if config.eval_every % config.log_every:
+    raise ValueError(f"eval_every ({config.eval_every}) must be a multiple of log_every "
+                     f"({config.log_every}): evaluations are logged with the training metrics")
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh()
+  parallel.check_divisible(config.batch_size, mesh)
+  arrays, split = run_data.load_for_run(config.data, workdir)
+  train_set, eval_set, classes = classifier_sets(arrays, split, config.eval_photos, config.seed)
+  labels = np.searchsorted(classes, train_set.identity).astype(np.int32)
+  eval_labels = np.searchsorted(classes, eval_set.identity)
+  logging.info("classifier training: %d photos of %d identities; evaluation: %d held-out photos",
+               len(train_set), len(classes), len(eval_set))
+
+  checkpointer = Checkpointer(workdir)
+  start = checkpointer.latest_step() or 0
+  config_json = json.loads(config.to_json())
+  if start:
+    check_config_matches(checkpointer.restore_meta(start)["config"], config_json, RESUME_KEYS)
+
+  model = create_model(config.model, len(classes))
+  optimizer = make_optimizer(config)
+  init = functools.partial(init_state, model, optimizer, config.model.input_size)
+  replicated, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, optimizer=optimizer,
+                        input_size=config.model.input_size),
+      in_shardings=(replicated, data, data), out_shardings=(replicated, replicated),
+      donate_argnums=0)
+
+  meta = {"config": config_json, "classes": classes.tolist()}
+  if start:
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                            jax.eval_shape(init, init_key(0)))
+    state, _ = checkpointer.restore(start, abstract)
+    logging.info("resumed from step %d", start)
+  else:
+    state = jax.jit(init, out_shardings=replicated)(init_key(config.seed))
+
+  def held_out_metrics(state):
+    predicted = predict(model, _variables(state), eval_set.images, config.model.input_size, mesh)
+    return {"accuracy": float(np.mean(predicted == eval_labels)), "chance": 1.0 / len(classes)}
+
+  progress = Progress(config.num_steps, workdir=workdir, every_steps=config.log_every,
+                      items_per_step=config.batch_size, start_step=start)
+  batches = Batches(train_set.images, global_batch_size=config.batch_size, seed=config.seed,
+                    mirror=config.mirror)
+  rows = slice(batches.process_index * batches.local_batch_size,
+               (batches.process_index + 1) * batches.local_batch_size)
+  metrics: dict[str, float] = {}
+  for step, images in batches.iterate(start):
+    if step >= config.num_steps:
+      break
+    batch_labels = labels[batches.global_indices(step)[rows]]
+    state, train_metrics = step_fn(state, parallel.shard_batch(images, mesh),
+                                   parallel.shard_batch(batch_labels, mesh))
+    done = step + 1
+    last = done == config.num_steps
+    if done % config.eval_every == 0 or last:
+      metrics = held_out_metrics(state)
+      progress.update(done, {**train_metrics, **{f"eval/{k}": v for k, v in metrics.items()}})
+    else:
+      progress.update(done, train_metrics)
+    if done % config.checkpoint_every == 0 or last:
+      checkpointer.save(done, state, meta)
+  checkpointer.wait()
+  progress.close()
+  if not metrics:  # Resumed a finished run: measure the final state again.
+    metrics = held_out_metrics(state)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, EVAL_FILE), "w") as handle:
+      json.dump(metrics, handle, indent=1)
+  logging.info("held-out evaluation: %s", metrics)
+  return metrics
+
+
+def load_classifier(workdir: str, step: int | None = None
+                    ) -> tuple[ResNetClassifier, dict[str, Any]]:
+  """(model, variables {"params", "batch_stats"}) of a classifier trained by train_and_evaluate;
+  its input size is config.model.input_size of the checkpoint's metadata."""
+  checkpointer = Checkpointer(workdir)
+  meta = checkpointer.restore_meta(step)
+  config = ml_collections.ConfigDict(meta["config"])
+  model = create_model(config.model, len(meta["classes"]))
+  init = functools.partial(init_state, model, make_optimizer(config), config.model.input_size)
+  replicated = parallel.replicated(parallel.make_mesh())
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                          jax.eval_shape(init, init_key(0)))
+  state, _ = checkpointer.restore(step, abstract)
+  return model, _variables(state)
