@@ -1,7 +1,8 @@
 """Reconstruction attacks on a generator: projects members' and non-members' photos into it.
 
   python -m attack.project_latent --workdir=runs/gan_leaks \
-      --config.generator_workdir=runs/demo/gan
+      --config.generator_workdir=runs/demo/gan \
+      [--config.latent_encoder_workdir=runs/demo/latent_encoder]  # Projections start there.
 
 Writes report.json (AUC, TPR at FPR per attack), scores.csv, roc.png and reconstructions.png.
 """

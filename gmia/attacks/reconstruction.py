@@ -25,7 +25,7 @@ from gmia.attacks import report
 from gmia.data import run_data
 from gmia.data.split import IdentitySplit
 from gmia.gan import sampling
-from gmia.inversion import latent
+from gmia.inversion import latent, latent_encoder_training
 
 REPORT_FILE = "report.json"
 
@@ -82,6 +82,8 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "generator_workdir": "",            # Target generator (required); holds split.json.
       "reference_generator_workdir": "",  # Trained on other data: calibrated scores when set.
+      "latent_encoder_workdir": "",       # Projections start at its guess instead of w_avg.
+      "reference_latent_encoder_workdir": "",  # The same for the reference generator.
       "split_path": "",                   # Default: the generator workdir's split.json.
       "num_targets": 32,                  # Training photos of members, and as many non-members.
       "num_samples": 2000,                # Generated samples of the black-box attack.
@@ -111,8 +113,10 @@ def _photos(arrays, split: IdentitySplit, num: int, seed: int) -> tuple[np.ndarr
   return images, np.arange(2 * n) < n
 
 
-def _distances(generator_workdir: str, config, targets: np.ndarray) -> dict[str, np.ndarray]:
-  """Black-box and white-box distances of `targets` to one generator, plus reconstructions."""
+def _distances(generator_workdir: str, latent_encoder_workdir: str, config,
+               targets: np.ndarray) -> dict[str, np.ndarray]:
+  """Black-box and white-box distances of `targets` to one generator, plus reconstructions;
+  the projections start at the latent encoder's guess when a workdir is given."""
   generator, g_vars, _ = sampling.load_generator(generator_workdir)
   samples = sampling.generate(generator, g_vars, seed=config.seed, num=config.num_samples)
   black_box = np.asarray(nearest_sample_distance(jnp.asarray(targets), jnp.asarray(samples)))
@@ -121,8 +125,11 @@ def _distances(generator_workdir: str, config, targets: np.ndarray) -> dict[str,
   pad = -len(targets) % batch
   padded = np.concatenate([targets, np.zeros((pad,) + targets.shape[1:], targets.dtype)])
   keys = latent.target_keys(config.seed, np.arange(len(padded)))
-  outs = [project(g_vars, None, jnp.asarray(padded[i:i + batch]), keys[i:i + batch])
-          for i in range(0, len(padded), batch)]
+  start = (latent_encoder_training.encoder_start(latent_encoder_workdir, generator)
+           if latent_encoder_workdir else lambda _: None)
+  chunks = [jnp.asarray(padded[i:i + batch]) for i in range(0, len(padded), batch)]
+  outs = [project(g_vars, None, x, keys[n * batch:(n + 1) * batch], start(x))
+          for n, x in enumerate(chunks)]
   mse = np.concatenate([np.asarray(o["pixel_mse"]) for o in outs])[:len(targets)]
   images = np.concatenate([np.asarray(o["images"]) for o in outs])[:len(targets)]
   return {"black_box": black_box,
@@ -135,6 +142,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   roc.png and reconstructions.png (target | reconstruction | residual) into `workdir`."""
   if not config.generator_workdir:
     raise ValueError("config.generator_workdir is required: the workdir of the target generator")
+  if config.reference_generator_workdir and (
+      bool(config.latent_encoder_workdir) != bool(config.reference_latent_encoder_workdir)):
+    raise ValueError("calibrated scores need both projections started alike: set "
+                     "latent_encoder_workdir and reference_latent_encoder_workdir, or neither")
   started = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   _, _, g_config = sampling.load_generator(config.generator_workdir)
@@ -142,8 +153,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                                run_data.SPLIT_FILE))
   targets, labels = _photos(run_data.load_dataset(g_config.data), split, config.num_targets,
                             config.seed)
-  found = _distances(config.generator_workdir, config, targets)
-  reference = (_distances(config.reference_generator_workdir, config, targets)
+  found = _distances(config.generator_workdir, config.latent_encoder_workdir, config, targets)
+  reference = (_distances(config.reference_generator_workdir,
+                          config.reference_latent_encoder_workdir, config, targets)
                if config.reference_generator_workdir else None)
   scores = {}
   for attack in ("black_box", "white_box"):

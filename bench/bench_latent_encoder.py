@@ -1,0 +1,147 @@
+"""What a latent encoder start saves the projection: steps and error, against the w_avg start.
+
+  python bench/bench_latent_encoder.py --generator_workdir=/tmp/exp/m25/gan \
+      --encoder_workdir=/tmp/latent_encoder
+
+Trains the encoder first (train/configs/latent_encoder_cpu_demo.py) when --encoder_workdir holds
+no checkpoint. Targets: held-out generator samples G(w*) (constant noise, latents no training
+batch used) and real photos (the members' training photos the reconstruction attack projects).
+For each projection budget (num_steps; NVIDIA's schedule stretches to the budget, so each
+budget is its own run) and each start (w_avg, encoder), the mean pixel MSE and PSNR of the
+result. Prints the smallest budget at which the encoder start reaches the w_avg start's error at
+the largest budget, the steps ratio, the error ratio at equal budgets, and the throughputs that
+say after how many targets training the encoder pays for itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gmia import metrics, parallel, progress  # noqa: E402
+from gmia.attacks import reconstruction  # noqa: E402
+from gmia.checkpoint import Checkpointer  # noqa: E402
+from gmia.data import run_data  # noqa: E402
+from gmia.data.split import IdentitySplit  # noqa: E402
+from gmia.gan import sampling  # noqa: E402
+from gmia.inversion import latent, latent_encoder_training  # noqa: E402
+from train.configs import latent_encoder_cpu_demo  # noqa: E402
+
+_GENERATOR = flags.DEFINE_string("generator_workdir", None, "Trained generator.", required=True)
+_ENCODER = flags.DEFINE_string("encoder_workdir", None,
+                               "Latent encoder of that generator; trained here when empty.",
+                               required=True)
+_TARGETS = flags.DEFINE_integer("num_targets", 16, "Targets per kind.")
+_BUDGETS = flags.DEFINE_list("budgets", ["25", "50", "100", "200", "400"],
+                             "Projection num_steps to compare, increasing.")
+_REAL = flags.DEFINE_bool("real_photos", True, "Also project the members' training photos.")
+_TIMED = flags.DEFINE_integer("timed_train_steps", 30, "Encoder training steps timed.")
+HELD_OUT_SEED = 1_000_003  # Latents of the generated targets: key(seed), unlike any training batch.
+
+
+def encoder_training_speed(generator, g_vars, steps: int) -> float:
+  """Encoder training steps/s of the demo config (after a compiling step)."""
+  config = latent_encoder_cpu_demo.get_config()
+  encoder = latent_encoder_training.create_model(config, generator)
+  w_avg, w_std = latent_encoder_training.latent_moments(generator, g_vars, jax.random.key(0), 256)
+  state = latent_encoder_training.init_state(encoder, latent_encoder_training.make_optimizer(config),
+                                             w_avg, w_std, jax.random.key(0))
+  step = latent_encoder_training.make_train_step(config, encoder, generator, parallel.make_mesh())
+  state, _ = jax.block_until_ready(step(state, g_vars))
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, out = step(state, g_vars)
+  jax.block_until_ready(out)
+  return steps / (time.perf_counter() - start)
+
+
+def targets_of(generator, g_vars, num: int) -> dict[str, np.ndarray]:
+  """{kind: f32[num, R, R, 3] in [-1, 1]}: held-out generated faces, and real photos."""
+  kinds = {"generated": sampling.generate(generator, g_vars, seed=HELD_OUT_SEED, num=num)}
+  if _REAL.value:
+    g_config = sampling.load_generator(_GENERATOR.value)[2]
+    split = IdentitySplit.load(os.path.join(_GENERATOR.value, run_data.SPLIT_FILE))
+    photos = split.train_photos("members")
+    ids = np.random.default_rng(0).choice(photos, min(num, len(photos)), replace=False)
+    arrays = run_data.load_dataset(g_config.data).select(ids)
+    kinds["real"] = arrays.images.astype(np.float32) / 127.5 - 1.0
+  return kinds
+
+
+def sweep(generator, g_vars, targets, start_ws, budgets) -> tuple[float, list[dict]]:
+  """(start MSE, [{"steps", "mse", "psnr", "seconds"} per budget]), means over targets."""
+  keys = latent.target_keys(0, range(len(targets)))
+  rows, start_mse = [], None
+  for steps in budgets:
+    settings = latent.ProjectionSettings(
+        **dict(reconstruction.default_config().projection.to_dict(), num_steps=steps))
+    project = latent.make_projector(generator, settings)
+    jax.block_until_ready(project(g_vars, None, targets, keys, start_ws))  # Compiles.
+    began = time.perf_counter()
+    out = jax.block_until_ready(project(g_vars, None, targets, keys, start_ws))
+    seconds = time.perf_counter() - began
+    start_mse = float(jnp.mean(out["start_mse"]))
+    rows.append({"steps": steps, "mse": float(jnp.mean(out["pixel_mse"])),
+                 "psnr": float(jnp.mean(metrics.psnr(out["images"], targets))),
+                 "seconds": seconds})
+  return start_mse, rows
+
+
+def main(argv):
+  del argv
+  progress.quiet_library_logs()
+  budgets = sorted(int(b) for b in _BUDGETS.value)
+  generator, g_vars, _ = sampling.load_generator(_GENERATOR.value)
+  if Checkpointer(_ENCODER.value).latest_step() is None:
+    config = latent_encoder_cpu_demo.get_config()
+    config.generator_workdir = _GENERATOR.value
+    began = time.perf_counter()
+    latent_encoder_training.train_and_evaluate(config, _ENCODER.value)
+    print(f"trained the encoder ({config.num_steps} steps) in {time.perf_counter() - began:.0f} s")
+  encoder, e_vars = latent_encoder_training.load_latent_encoder(_ENCODER.value,
+                                                                generator=generator)
+  trained_steps = Checkpointer(_ENCODER.value).latest_step()
+  train_speed = encoder_training_speed(generator, g_vars, _TIMED.value)
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; generator "
+        f"{generator.img_resolution} px, w_dim {generator.w_dim}; projection: the attack's "
+        f"defaults (W, noise maps), {_TARGETS.value} targets per kind")
+  print(f"encoder training: {train_speed:.2f} steps/s (batch "
+        f"{latent_encoder_cpu_demo.get_config().batch_size})")
+  predict = jax.jit(encoder.apply)
+  for kind, targets in targets_of(generator, g_vars, _TARGETS.value).items():
+    targets = jnp.asarray(targets)
+    start_ws = predict(e_vars, targets)
+    a_start, from_avg = sweep(generator, g_vars, targets, None, budgets)
+    e_start, from_encoder = sweep(generator, g_vars, targets, start_ws, budgets)
+    print(f"\n{kind} targets ({len(targets)}): pixel MSE at the start: w_avg {a_start:.4f}, "
+          f"encoder {e_start:.4f} ({a_start / e_start:.1f}x lower)")
+    print(" steps | w_avg MSE  PSNR | encoder MSE  PSNR | MSE ratio")
+    for a, e in zip(from_avg, from_encoder):
+      print(f" {a['steps']:5d} | {a['mse']:9.5f} {a['psnr']:5.2f} | {e['mse']:11.5f} "
+            f"{e['psnr']:5.2f} | {a['mse'] / e['mse']:6.2f}x")
+    goal = from_avg[-1]
+    reached = [e["steps"] for e in from_encoder if e["mse"] <= goal["mse"]]
+    if reached:
+      print(f" encoder start reaches the w_avg start's {goal['steps']}-step error "
+            f"({goal['mse']:.5f}) in {reached[0]} steps: {goal['steps'] / reached[0]:.1f}x fewer")
+    else:
+      print(f" encoder start does not reach the w_avg start's {goal['steps']}-step error "
+            f"({goal['mse']:.5f}) within {budgets[-1]} steps")
+    per_step = goal["seconds"] / (goal["steps"] * len(targets))
+    saved = goal["steps"] - reached[0] if reached else 0
+    if saved > 0:
+      print(f" projection {1 / per_step:.0f} target-steps/s: training 1 encoder step costs "
+            f"{1 / (train_speed * per_step):.0f} target-steps; its {trained_steps} training "
+            f"steps pay off after {trained_steps / (train_speed * per_step * saved):.0f} targets")
+
+
+if __name__ == "__main__":
+  app.run(main)

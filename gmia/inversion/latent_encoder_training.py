@@ -1,0 +1,322 @@
+"""Trains a feed-forward latent encoder on a generator's own samples: zero-shot, no photos.
+
+Every step draws fresh latents z ~ N(0, I), maps them to w and renders x = G(w); the encoder E
+learns x -> w with two terms: the squared error of E(x) against the true w, in units of the
+per-dimension spread of w (predicting w_avg scores 1), and the pixel reconstruction error
+||G(E(x)) - x||^2 (the generator's noise inputs the same draw in both renderings, so the true w
+reconstructs x exactly). Only the encoder trains; the generator is fixed. The latents are
+untruncated, as the projector's w_avg start is.
+
+The batch of step s is a function of (seed, s) alone, so a run killed and resumed from its
+checkpoint reproduces the uninterrupted one. The encoder then starts the gradient-based projection
+(gmia.inversion.latent) near the answer instead of at w_avg.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+from jax.sharding import Mesh
+
+from gmia import files, parallel
+from gmia.checkpoint import Checkpointer, check_config_matches
+from gmia.gan import sampling
+from gmia.models import stylegan
+from gmia.models.latent_encoder import LatentEncoder, check_matches_generator
+from gmia.models.latent_encoder import with_latent_statistics
+from gmia.progress import Progress
+
+# Config entries a resumed run must share with the checkpoint it continues.
+RESUME_KEYS = ("model", "loss", "optimizer", "batch_size", "num_steps", "seed",
+               "statistics_samples")
+EVAL_FILE = "eval.json"
+TRAIN_NOISE_MODES = ("random", "const", "none")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every option of the latent encoder trainer; train/configs/latent_encoder_*.py start here."""
+  return ml_collections.ConfigDict({
+      "generator_workdir": "",     # The generator to invert (required).
+      "seed": 0,
+      "batch_size": 32,
+      "num_steps": 2000,
+      "model": {"w_plus": False, "channel_base": 1024, "channel_max": 128, "hidden": 256},
+      "loss": {
+          "w_weight": 1.0,         # Squared w error in units of the spread of w.
+          "image_weight": 1.0,     # Pixel error of G(E(x)) against x; 0 skips the rendering.
+          "noise_mode": "random",  # Generator noise of the training images (one draw for both).
+      },
+      "optimizer": {"learning_rate": 1e-3, "warmup_steps": 100},
+      "statistics_samples": 10000,  # Mapped latents that estimate w_avg and the spread of w.
+      "eval_samples": 256,          # Held-out generator samples measured at eval_every.
+      "log_every": 50,
+      "eval_every": 500,
+      "checkpoint_every": 500,
+  })
+
+
+def create_model(config: ml_collections.ConfigDict, generator: stylegan.Generator) -> LatentEncoder:
+  """The encoder a config's `model` block describes, sized from the generator."""
+  return LatentEncoder(resolution=generator.img_resolution, w_dim=generator.w_dim,
+                       w_plus=config.model.w_plus, channel_base=config.model.channel_base,
+                       channel_max=config.model.channel_max, hidden=config.model.hidden)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def latent_moments(generator: stylegan.Generator, g_vars: dict, key: jax.Array,
+                   num_samples: int) -> tuple[jax.Array, jax.Array]:
+  """(mean f32[w_dim], standard deviation f32[w_dim]) of w = mapping(z), z ~ N(0, I)."""
+  z = jax.random.normal(key, (num_samples, generator.z_dim))
+  w = generator.apply(g_vars, z, method=generator.map)[:, 0]
+  return jnp.mean(w, axis=0), jnp.std(w, axis=0)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with linear warm-up and cosine decay to zero at num_steps."""
+  opt = config.optimizer
+  return optax.adam(optax.warmup_cosine_decay_schedule(
+      0.0, opt.learning_rate, max(opt.warmup_steps, 1), max(config.num_steps, 2)))
+
+
+def init_state(encoder: LatentEncoder, optimizer: optax.GradientTransformation,
+               w_avg: jax.Array, w_std: jax.Array, key: jax.Array) -> dict[str, Any]:
+  """Fresh training state: params, buffers (the latent statistics), opt_state, step."""
+  variables = encoder.init(key, jnp.zeros((1, encoder.resolution, encoder.resolution, 3)))
+  variables = with_latent_statistics(variables, w_avg, w_std)
+  return {"params": variables["params"], "buffers": variables["buffers"],
+          "opt_state": optimizer.init(variables["params"]), "step": jnp.zeros((), jnp.int32)}
+
+
+def encoder_variables(state: dict[str, Any]) -> dict[str, Any]:
+  """The encoder's {"params", "buffers"} in a training state."""
+  return {"params": state["params"], "buffers": state["buffers"]}
+
+
+def _render(generator: stylegan.Generator, g_vars: dict, w: jax.Array, noise_mode: str,
+            key: jax.Array) -> jax.Array:
+  """G at w f32[B, w_dim] or ws f32[B, num_ws, w_dim] -> f32[B, R, R, 3]."""
+  if w.ndim == 2:
+    w = jnp.broadcast_to(w[:, None], (w.shape[0], stylegan.num_ws(generator.img_resolution),
+                                      w.shape[1]))
+  return generator.apply(g_vars, w, noise_mode, method=generator.synthesize, rngs={"noise": key})
+
+
+def _as_ws(encoder: LatentEncoder, w: jax.Array) -> jax.Array:
+  """The encoder's output as f32[B, num_outputs, w_dim] (W+ layers, or one w)."""
+  return w if encoder.w_plus else w[:, None]
+
+
+def losses(encoder: LatentEncoder, e_vars: dict, generator: stylegan.Generator, g_vars: dict,
+           z: jax.Array, loss_config: ml_collections.ConfigDict,
+           key: jax.Array) -> dict[str, jax.Array]:
+  """Terms of the objective on latents z f32[B, z_dim]: {"w_error": mean squared w error over
+  the spread of w (1 at w_avg), "image_mse": pixel MSE of G(E(x)) (0 when image_weight is 0),
+  "loss": their weighted sum}."""
+  w_true = jax.lax.stop_gradient(generator.apply(g_vars, z, method=generator.map)[:, 0])
+  images = jax.lax.stop_gradient(_render(generator, g_vars, w_true, loss_config.noise_mode, key))
+  w_pred = encoder.apply(e_vars, images)
+  w_error = jnp.mean(jnp.square((_as_ws(encoder, w_pred) - w_true[:, None])
+                                / e_vars["buffers"]["w_std"]))
+  image_mse = jnp.float32(0.0)
+  if loss_config.image_weight > 0:
+    image_mse = jnp.mean(jnp.square(
+        _render(generator, g_vars, w_pred, loss_config.noise_mode, key) - images))
+  return {"w_error": w_error, "image_mse": image_mse,
+          "loss": loss_config.w_weight * w_error + loss_config.image_weight * image_mse}
+
+
+def make_train_step(config: ml_collections.ConfigDict, encoder: LatentEncoder,
+                    generator: stylegan.Generator,
+                    mesh: Mesh) -> Callable[[dict, dict], tuple[dict, dict]]:
+  """Jitted `step(state, g_vars) -> (state, metrics)`: one Adam step on a fresh batch of
+  batch_size generator samples, drawn from (seed, state["step"]) and split over the mesh.
+
+  Built once per process for each config, encoder, generator and mesh: compiling it takes
+  seconds, and a resumed or repeated run reuses it.
+  """
+  return _train_step_program(config.to_json(), encoder, generator, mesh)
+
+
+@functools.lru_cache(maxsize=4)
+def _train_step_program(config_json: str, encoder: LatentEncoder, generator: stylegan.Generator,
+                        mesh: Mesh) -> Callable[[dict, dict], tuple[dict, dict]]:
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  optimizer = make_optimizer(config)
+  data = parallel.data_sharding(mesh)
+  replicated = parallel.replicated(mesh)
+  base = jax.random.fold_in(jax.random.key(config.seed), 0)
+
+  def step(state, g_vars):
+    z_key, noise_key = jax.random.split(jax.random.fold_in(base, state["step"]))
+    z = jax.lax.with_sharding_constraint(
+        jax.random.normal(z_key, (config.batch_size, generator.z_dim)), data)
+
+    def loss_fn(params):
+      terms = losses(encoder, {"params": params, "buffers": state["buffers"]}, generator,
+                     g_vars, z, config.loss, noise_key)
+      return terms["loss"], terms
+
+    grads, terms = jax.grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    new_state = dict(state, params=optax.apply_updates(state["params"], updates),
+                     opt_state=opt_state, step=state["step"] + 1)
+    return new_state, {**terms, "grad_norm": optax.tree.norm(grads)}
+
+  return jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def evaluate(encoder: LatentEncoder, e_vars: dict, generator: stylegan.Generator, g_vars: dict,
+             z: jax.Array) -> dict[str, jax.Array]:
+  """Held-out quality on x = G(mapping(z)) with the generator's constant noise (as the
+  projector's targets): w error (spread units) and pixel MSE of G(E(x)), and of the w_avg start
+  the encoder replaces (`*_w_avg`)."""
+  w_true = generator.apply(g_vars, z, method=generator.map)[:, 0]
+  key = jax.random.key(0)  # Unused by constant noise.
+  images = _render(generator, g_vars, w_true, "const", key)
+  w_pred = encoder.apply(e_vars, images)
+  w_avg = jnp.broadcast_to(e_vars["buffers"]["w_avg"], w_true.shape)
+  w_std = e_vars["buffers"]["w_std"]
+  error = lambda w: jnp.mean(jnp.square((w - w_true[:, None]) / w_std))
+  image_mse = lambda w: jnp.mean(jnp.square(_render(generator, g_vars, w, "const", key) - images))
+  return {"w_error": error(_as_ws(encoder, w_pred)), "image_mse": image_mse(w_pred),
+          "w_error_w_avg": error(w_avg[:, None]), "image_mse_w_avg": image_mse(w_avg)}
+
+
+def eval_latents(config: ml_collections.ConfigDict, z_dim: int) -> jax.Array:
+  """f32[eval_samples, z_dim]: held-out latents, from a stream the training batches never use."""
+  return jax.random.normal(jax.random.fold_in(jax.random.key(config.seed), 1),
+                           (config.eval_samples, z_dim))
+
+
+def _config_json(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json())
+
+
+def _generator_meta(generator: stylegan.Generator) -> dict[str, int]:
+  """What a latent encoder checkpoint records of the generator it inverts."""
+  return {"img_resolution": generator.img_resolution, "w_dim": generator.w_dim,
+          "z_dim": generator.z_dim}
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  if not config.generator_workdir:
+    raise ValueError("config.generator_workdir is required: the workdir of the generator to invert")
+  if config.loss.noise_mode not in TRAIN_NOISE_MODES:
+    raise ValueError(f"loss.noise_mode must be one of {TRAIN_NOISE_MODES}, got "
+                     f"{config.loss.noise_mode!r}")
+  if min(config.loss.w_weight, config.loss.image_weight) < 0 or not (
+      config.loss.w_weight or config.loss.image_weight):
+    raise ValueError("loss weights must be non-negative and not both zero")
+  if min(config.num_steps, config.batch_size, config.eval_samples, config.log_every,
+         config.eval_every, config.checkpoint_every) < 1:
+    raise ValueError("num_steps, batch_size, eval_samples and the log/eval/checkpoint intervals "
+                     "must be positive")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) a latent encoder of config.generator_workdir's generator in `workdir`.
+
+  Writes checkpoints/ (state + meta {config, generator}), tensorboard/ and eval.json; returns
+  the held-out metrics of the final encoder (see `evaluate`).
+  """
+  _check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  generator, g_vars, _ = sampling.load_generator(config.generator_workdir)
+  mesh = parallel.make_mesh()
+  parallel.check_divisible(config.batch_size, mesh)
+  checkpointer = Checkpointer(workdir)
+  start = checkpointer.latest_step() or 0
+  meta = {"config": _config_json(config), "generator": _generator_meta(generator)}
+  if start:
+    saved = checkpointer.restore_meta(start)
+    check_config_matches(saved["config"], meta["config"], RESUME_KEYS)
+    if saved["generator"] != meta["generator"]:
+      raise ValueError(f"the workdir holds a latent encoder of another generator "
+                       f"({saved['generator']}, now {meta['generator']}); use a fresh --workdir")
+
+  encoder = create_model(config, generator)
+  replicated = parallel.replicated(mesh)
+  w_avg, w_std = latent_moments(generator, g_vars, jax.random.key(0), config.statistics_samples)
+  init = functools.partial(init_state, encoder, make_optimizer(config), w_avg, w_std)
+  if start:
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                            jax.eval_shape(init, jax.random.key(0)))
+    state, _ = checkpointer.restore(start, abstract)
+    logging.info("resumed %s from step %d", workdir, start)
+  else:
+    # Runs once: compiled without backend optimisation, several times faster to compile.
+    state = jax.jit(init, out_shardings=replicated).lower(jax.random.key(config.seed)).compile(
+        {"xla_backend_optimization_level": 0})(jax.random.key(config.seed))
+  step_fn = make_train_step(config, encoder, generator, mesh)
+  eval_z = eval_latents(config, generator.z_dim)
+  held_out = lambda state: {k: float(v) for k, v in evaluate(
+      encoder, encoder_variables(state), generator, g_vars, eval_z).items()}
+
+  progress = Progress(config.num_steps, workdir=workdir, every_steps=config.log_every,
+                      items_per_step=config.batch_size, start_step=start)
+  metrics: dict[str, float] = {}
+  for done in range(start + 1, config.num_steps + 1):
+    state, train_metrics = step_fn(state, g_vars)
+    last = done == config.num_steps
+    if done % config.eval_every == 0 or last:
+      metrics = held_out(state)
+      progress.update(done, {**train_metrics, **{f"eval/{k}": v for k, v in metrics.items()}})
+    else:
+      progress.update(done, train_metrics)
+    if done % config.checkpoint_every == 0 or last:
+      checkpointer.save(done, state, meta)
+  checkpointer.wait()
+  checkpointer.close()
+  progress.close()
+  if not metrics:  # Resumed a finished run: measure the final state again.
+    metrics = held_out(state)
+  if jax.process_index() == 0:
+    files.write_json(os.path.join(workdir, EVAL_FILE), metrics)
+  logging.info("held-out generator samples: %s", metrics)
+  return metrics
+
+
+def load_latent_encoder(workdir: str, step: int | None = None,
+                        generator: stylegan.Generator | None = None
+                        ) -> tuple[LatentEncoder, dict[str, Any]]:
+  """(encoder, {"params", "buffers"}) of a run of train_and_evaluate (latest step by default).
+
+  With `generator`, raises ValueError unless the encoder inverts a generator of its resolution
+  and latent width.
+  """
+  checkpointer = Checkpointer(workdir)
+  meta = checkpointer.restore_meta(step)
+  config = ml_collections.ConfigDict(meta["config"])
+  shape = meta["generator"]
+  saved_generator = stylegan.Generator(z_dim=shape["z_dim"], w_dim=shape["w_dim"],
+                                       img_resolution=shape["img_resolution"])
+  encoder = create_model(config, saved_generator)
+  if generator is not None:
+    check_matches_generator(encoder, generator)
+  replicated = parallel.replicated(parallel.make_mesh())
+  zeros = jnp.zeros((encoder.w_dim,))
+  abstract = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+      jax.eval_shape(functools.partial(init_state, encoder, make_optimizer(config), zeros, zeros),
+                     jax.random.key(0)))
+  state, _ = checkpointer.restore(step, abstract)
+  checkpointer.close()
+  return encoder, encoder_variables(state)
+
+
+def encoder_start(workdir: str, generator: stylegan.Generator) -> Callable[[jax.Array], jax.Array]:
+  """Jitted `start(targets f32[B, R, R, 3]) -> w f32[B, w_dim] (or f32[B, num_ws, w_dim])`: the
+  latent encoder in `workdir` as the projection's start (`start_ws`) for `generator`'s targets."""
+  encoder, e_vars = load_latent_encoder(workdir, generator=generator)
+  predict = jax.jit(encoder.apply)
+  return lambda targets: predict(e_vars, targets)
