@@ -13,7 +13,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gmia import cli, parallel  # noqa: E402
+from gmia import cli, parallel, progress  # noqa: E402
 from gmia.classifier import trainer  # noqa: E402
 
 cli.define_config()
@@ -24,6 +24,7 @@ flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard logs a
 def main(argv):
   del argv
   parallel.initialize_distributed()
+  progress.quiet_library_logs()
   trainer.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
