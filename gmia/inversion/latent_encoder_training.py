@@ -81,10 +81,12 @@ def latent_moments(generator: stylegan.Generator, g_vars: dict, key: jax.Array,
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam with linear warm-up and cosine decay to zero at num_steps."""
+  """Adam with linear warm-up and cosine decay to zero at num_steps (a run shorter than the
+  warm-up stops within it)."""
   opt = config.optimizer
+  warmup = max(opt.warmup_steps, 1)
   return optax.adam(optax.warmup_cosine_decay_schedule(
-      0.0, opt.learning_rate, max(opt.warmup_steps, 1), max(config.num_steps, 2)))
+      0.0, opt.learning_rate, warmup, max(config.num_steps, warmup + 1)))
 
 
 def init_state(encoder: LatentEncoder, optimizer: optax.GradientTransformation,
@@ -110,9 +112,18 @@ def _render(generator: stylegan.Generator, g_vars: dict, w: jax.Array, noise_mod
   return generator.apply(g_vars, w, noise_mode, method=generator.synthesize, rngs={"noise": key})
 
 
-def _as_ws(encoder: LatentEncoder, w: jax.Array) -> jax.Array:
-  """The encoder's output as f32[B, num_outputs, w_dim] (W+ layers, or one w)."""
-  return w if encoder.w_plus else w[:, None]
+def w_error(w: jax.Array, w_true: jax.Array, w_std: jax.Array) -> jax.Array:
+  """Mean squared error of w f32[B, w_dim] (or W+ f32[B, num_ws, w_dim]) against the true
+  w_true f32[B, w_dim], in units of the per-dimension spread w_std f32[w_dim]."""
+  if w.ndim == 3:
+    w_true = w_true[:, None]
+  return jnp.mean(jnp.square((w - w_true) / w_std))
+
+
+def reconstruction_mse(generator: stylegan.Generator, g_vars: dict, w: jax.Array,
+                       images: jax.Array, noise_mode: str, key: jax.Array) -> jax.Array:
+  """Pixel MSE of G(w) against images f32[B, R, R, 3], with the noise draw of `key`."""
+  return jnp.mean(jnp.square(_render(generator, g_vars, w, noise_mode, key) - images))
 
 
 def losses(encoder: LatentEncoder, e_vars: dict, generator: stylegan.Generator, g_vars: dict,
@@ -124,14 +135,12 @@ def losses(encoder: LatentEncoder, e_vars: dict, generator: stylegan.Generator, 
   w_true = jax.lax.stop_gradient(generator.apply(g_vars, z, method=generator.map)[:, 0])
   images = jax.lax.stop_gradient(_render(generator, g_vars, w_true, loss_config.noise_mode, key))
   w_pred = encoder.apply(e_vars, images)
-  w_error = jnp.mean(jnp.square((_as_ws(encoder, w_pred) - w_true[:, None])
-                                / e_vars["buffers"]["w_std"]))
+  error = w_error(w_pred, w_true, e_vars["buffers"]["w_std"])
   image_mse = jnp.float32(0.0)
   if loss_config.image_weight > 0:
-    image_mse = jnp.mean(jnp.square(
-        _render(generator, g_vars, w_pred, loss_config.noise_mode, key) - images))
-  return {"w_error": w_error, "image_mse": image_mse,
-          "loss": loss_config.w_weight * w_error + loss_config.image_weight * image_mse}
+    image_mse = reconstruction_mse(generator, g_vars, w_pred, images, loss_config.noise_mode, key)
+  return {"w_error": error, "image_mse": image_mse,
+          "loss": loss_config.w_weight * error + loss_config.image_weight * image_mse}
 
 
 def make_train_step(config: ml_collections.ConfigDict, encoder: LatentEncoder,
@@ -183,13 +192,13 @@ def evaluate(encoder: LatentEncoder, e_vars: dict, generator: stylegan.Generator
   w_true = generator.apply(g_vars, z, method=generator.map)[:, 0]
   key = jax.random.key(0)  # Unused by constant noise.
   images = _render(generator, g_vars, w_true, "const", key)
-  w_pred = encoder.apply(e_vars, images)
-  w_avg = jnp.broadcast_to(e_vars["buffers"]["w_avg"], w_true.shape)
   w_std = e_vars["buffers"]["w_std"]
-  error = lambda w: jnp.mean(jnp.square((w - w_true[:, None]) / w_std))
-  image_mse = lambda w: jnp.mean(jnp.square(_render(generator, g_vars, w, "const", key) - images))
-  return {"w_error": error(_as_ws(encoder, w_pred)), "image_mse": image_mse(w_pred),
-          "w_error_w_avg": error(w_avg[:, None]), "image_mse_w_avg": image_mse(w_avg)}
+  metrics = {}
+  for name, w in (("", encoder.apply(e_vars, images)),
+                  ("_w_avg", jnp.broadcast_to(e_vars["buffers"]["w_avg"], w_true.shape))):
+    metrics[f"w_error{name}"] = w_error(w, w_true, w_std)
+    metrics[f"image_mse{name}"] = reconstruction_mse(generator, g_vars, w, images, "const", key)
+  return metrics
 
 
 def eval_latents(config: ml_collections.ConfigDict, z_dim: int) -> jax.Array:
