@@ -1,0 +1,28 @@
+r"""Decoders trained on auxiliary photos (He et al., ACSAC 2019) for the CPU demo encoder.
+
+  python train/train_arcface.py --config=train/configs/arcface_cpu_demo.py \
+      --config.data.resolution=32 --workdir=/tmp/arcface
+  python train/train_decoder.py --config=train/configs/decoder_aux_cpu_demo.py \
+      --config.network.workdir=/tmp/arcface --workdir=/tmp/decoder_aux
+
+One decoder per split layer (stem, stage1, stage2), trained together on the 14,000 photos of the
+700 encoder identities (none of them a victim), measured on 256 photos of the non-members.
+Data at 32 px, the encoder's input size, as the encoder was trained.
+
+Measured: TODO.
+"""
+
+import ml_collections
+
+from gmia.inversion import decoder_training
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = decoder_training.default_config()
+  config.method = "aux"
+  config.data.resolution = 32
+  config.layers = ("stem", "stage1", "stage2")
+  config.decoder.width = 16  # The encoder's stem width: decoders no wider than the network.
+  config.batch_size = 32
+  config.aux.num_steps = 1500
+  return config

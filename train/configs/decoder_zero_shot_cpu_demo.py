@@ -1,0 +1,30 @@
+r"""Zero-shot decoders (Dong et al., arXiv 2107.06304) for the CPU demo encoder: no photos.
+
+  python train/train_arcface.py --config=train/configs/arcface_cpu_demo.py \
+      --config.data.resolution=32 --workdir=/tmp/arcface
+  python train/train_decoder.py --config=train/configs/decoder_zero_shot_cpu_demo.py \
+      --config.network.workdir=/tmp/arcface --workdir=/tmp/decoder_zero_shot
+
+256 DeepInversion images synthesised from the encoder's batch-norm statistics, plus fresh noise
+images (half of every batch); the inverse blocks train alone, then each split layer's chain
+is fine-tuned with cycle consistency. Measured on the same 256 non-member photos as the aux
+decoders (photos are only loaded for that measurement).
+
+Measured: TODO.
+"""
+
+import ml_collections
+
+from gmia.inversion import decoder_training
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = decoder_training.default_config()
+  config.method = "zero_shot"
+  config.data.resolution = 32
+  config.layers = ("stem", "stage1", "stage2")
+  config.decoder.width = 16  # The encoder's stem width: decoders no wider than the network.
+  config.batch_size = 32
+  config.blocks.num_steps = 1000
+  config.chain.num_steps = 1000
+  return config
