@@ -51,29 +51,41 @@ def test_feature_inversion_job_table_matches_report(models, tmp_path):
   config.data = sampling.load_generator(gan_workdir)[2].data
   config.data.split.path = os.path.join(gan_workdir, "split.json")
   config.layers, config.num_victims = ("stem", "stage2"), 3
-  config.inversion.num_steps = 60
+  config.methods = ("optimisation", "generator_prior")
+  config.generator_workdir = gan_workdir
+  config.inversion.update(num_steps=60, w_avg_samples=64)
   summary = feature_job.run(config, str(tmp_path))
-  layers = summary["layers"]
-  assert summary["num_victims"] == 3 and list(layers) == ["stem", "stage2"]
-  for layer, result in layers.items():
-    per_victim = result["per_victim"]
-    assert all(len(v) == 3 for v in per_victim.values())
-    for name in ("psnr", "ssim", "identity_cosine"):
-      assert result[name] == pytest.approx(np.mean(per_victim[name]), rel=1e-6), (layer, name)
+  results = summary["results"]
+  assert summary["num_victims"] == 3 and list(results) == ["stem", "stage2"]
+  for layer, by_method in results.items():
+    assert list(by_method) == ["optimisation", "generator_prior"]
+    for method, result in by_method.items():
+      per_victim = result["per_victim"]
+      assert all(len(v) == 3 for v in per_victim.values())
+      for name in ("psnr", "ssim", "identity_cosine"):
+        assert result[name] == pytest.approx(np.mean(per_victim[name]), rel=1e-6), (layer, name)
   # The stem is one conv, BN and PReLU away from the pixels: far easier to invert than stage 2
   # (inversion quality itself is measured in test_inversion_features.py).
-  assert layers["stem"]["psnr"] > layers["stage2"]["psnr"] + 2
-  assert layers["stem"]["identity_cosine"] > layers["stage2"]["identity_cosine"]
+  stem, deep = results["stem"]["optimisation"], results["stage2"]["optimisation"]
+  assert stem["psnr"] > deep["psnr"] + 2 and stem["identity_cosine"] > deep["identity_cosine"]
   table = (tmp_path / "table.md").read_text().splitlines()
-  assert len(table) == 4 and table[2].startswith("| stem | ")
-  assert f"{layers['stem']['psnr']:.2f}" in table[2]
-  assert json.load(open(tmp_path / "report.json"))["layers"] == layers
+  assert len(table) == 2 + 4 and table[2].startswith("| stem | optimisation | ")
+  assert f"{stem['psnr']:.2f}" in table[2]
+  assert json.load(open(tmp_path / "report.json"))["results"] == results
   width, height = Image.open(tmp_path / "inversions.png").size
-  assert width >= 3 * 32 and height >= 3 * 32  # Victims in rows: original, then each layer.
+  assert width >= 5 * 32 and height >= 3 * 32  # Victims in rows: original, then 4 inversions.
 
 
 def test_jobs_name_missing_models(tmp_path):
   with pytest.raises(ValueError, match="generator_workdir is required"):
     reconstruction.run(reconstruction.default_config(), str(tmp_path))
+  config = feature_job.default_config()
   with pytest.raises(ValueError, match="encoder_workdir is required"):
-    feature_job.run(feature_job.default_config(), str(tmp_path))
+    feature_job.run(config, str(tmp_path))
+  config.encoder_workdir = str(tmp_path)
+  config.methods = ("optimisation", "zero_shot_decoder")
+  with pytest.raises(ValueError, match="needs config.zero_shot_decoder_workdir"):
+    feature_job.run(config, str(tmp_path))
+  config.methods = ("magic",)
+  with pytest.raises(ValueError, match="unknown or no methods"):
+    feature_job.run(config, str(tmp_path))
