@@ -7,10 +7,12 @@ Trains the encoder first (train/configs/latent_encoder_cpu_demo.py) when --encod
 no checkpoint. Targets: held-out generator samples G(w*) (constant noise, latents no training
 batch used) and real photos (the members' training photos the reconstruction attack projects).
 For each projection budget (num_steps; NVIDIA's schedule stretches to the budget, so each
-budget is its own run) and each start (w_avg, encoder), the mean pixel MSE and PSNR of the
-result. Prints the smallest budget at which the encoder start reaches the w_avg start's error at
-the largest budget, the steps ratio, the error ratio at equal budgets, and the throughputs that
-say after how many targets training the encoder pays for itself.
+budget is its own run), each start (w_avg, encoder) and each initial_noise_factor (the noise
+added to w helps a w_avg start out of poor basins and shakes an encoder start out of a good
+one), the mean pixel MSE and PSNR of the result. Prints the error ratio at equal budgets, the
+smallest budget at which each start reaches the error of the attack's default projection (w_avg,
+first noise factor, largest budget) and the steps ratio, and the throughputs that say after how
+many targets training the encoder pays for itself.
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ _GENERATOR = flags.DEFINE_string("generator_workdir", None, "Trained generator."
 _ENCODER = flags.DEFINE_string("encoder_workdir", None,
                                "Latent encoder of that generator; trained here when empty.",
                                required=True)
-_TARGETS = flags.DEFINE_integer("num_targets", 16, "Targets per kind.")
+_TARGETS = flags.DEFINE_integer("num_targets", 8, "Targets per kind.")
 _BUDGETS = flags.DEFINE_list("budgets", ["25", "50", "100", "200", "400"],
                              "Projection num_steps to compare, increasing.")
+_NOISE = flags.DEFINE_list(
+    "noise_factors", ["0.05", "0"],
+    "Projection initial_noise_factor values; the first is the default the others compare to.")
 _REAL = flags.DEFINE_bool("real_photos", True, "Also project the members' training photos.")
 _TIMED = flags.DEFINE_integer("timed_train_steps", 30, "Encoder training steps timed.")
 HELD_OUT_SEED = 1_000_003  # Latents of the generated targets: key(seed), unlike any training batch.
@@ -50,10 +55,11 @@ HELD_OUT_SEED = 1_000_003  # Latents of the generated targets: key(seed), unlike
 def encoder_training_speed(generator, g_vars, steps: int) -> float:
   """Encoder training steps/s of the demo config (after a compiling step)."""
   config = latent_encoder_cpu_demo.get_config()
-  encoder = latent_encoder_training.create_model(config, generator)
+  encoder = latent_encoder_training.create_model(config, generator.img_resolution,
+                                                 generator.w_dim)
   w_avg, w_std = latent_encoder_training.latent_moments(generator, g_vars, jax.random.key(0), 256)
-  state = latent_encoder_training.init_state(encoder, latent_encoder_training.make_optimizer(config),
-                                             w_avg, w_std, jax.random.key(0))
+  optimizer = latent_encoder_training.make_optimizer(config)
+  state = latent_encoder_training.init_state(encoder, optimizer, w_avg, w_std, jax.random.key(0))
   step = latent_encoder_training.make_train_step(config, encoder, generator, parallel.make_mesh())
   state, _ = jax.block_until_ready(step(state, g_vars))
   start = time.perf_counter()
@@ -76,13 +82,15 @@ def targets_of(generator, g_vars, num: int) -> dict[str, np.ndarray]:
   return kinds
 
 
-def sweep(generator, g_vars, targets, start_ws, budgets) -> tuple[float, list[dict]]:
-  """(start MSE, [{"steps", "mse", "psnr", "seconds"} per budget]), means over targets."""
+def sweep(generator, g_vars, targets, start_ws, budgets, noise_factor) -> tuple[float, list]:
+  """(start MSE, [{"steps", "mse", "psnr", "seconds"} per budget]), means over targets, of the
+  attack's default projection with the given initial_noise_factor."""
   keys = latent.target_keys(0, range(len(targets)))
   rows, start_mse = [], None
   for steps in budgets:
-    settings = latent.ProjectionSettings(
-        **dict(reconstruction.default_config().projection.to_dict(), num_steps=steps))
+    settings = latent.ProjectionSettings(**dict(
+        reconstruction.default_config().projection.to_dict(), num_steps=steps,
+        initial_noise_factor=noise_factor))
     project = latent.make_projector(generator, settings)
     jax.block_until_ready(project(g_vars, None, targets, keys, start_ws))  # Compiles.
     began = time.perf_counter()
@@ -95,10 +103,16 @@ def sweep(generator, g_vars, targets, start_ws, budgets) -> tuple[float, list[di
   return start_mse, rows
 
 
+def steps_to_reach(rows: list[dict], mse: float) -> int | None:
+  """The smallest budget whose result is at most `mse`, None if none is."""
+  return next((r["steps"] for r in rows if r["mse"] <= mse), None)
+
+
 def main(argv):
   del argv
   progress.quiet_library_logs()
   budgets = sorted(int(b) for b in _BUDGETS.value)
+  noise_factors = [float(f) for f in _NOISE.value]
   generator, g_vars, _ = sampling.load_generator(_GENERATOR.value)
   if Checkpointer(_ENCODER.value).latest_step() is None:
     config = latent_encoder_cpu_demo.get_config()
@@ -106,8 +120,7 @@ def main(argv):
     began = time.perf_counter()
     latent_encoder_training.train_and_evaluate(config, _ENCODER.value)
     print(f"trained the encoder ({config.num_steps} steps) in {time.perf_counter() - began:.0f} s")
-  encoder, e_vars = latent_encoder_training.load_latent_encoder(_ENCODER.value,
-                                                                generator=generator)
+  start = latent_encoder_training.encoder_start(_ENCODER.value, generator)
   trained_steps = Checkpointer(_ENCODER.value).latest_step()
   train_speed = encoder_training_speed(generator, g_vars, _TIMED.value)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; generator "
@@ -115,32 +128,38 @@ def main(argv):
         f"defaults (W, noise maps), {_TARGETS.value} targets per kind")
   print(f"encoder training: {train_speed:.2f} steps/s (batch "
         f"{latent_encoder_cpu_demo.get_config().batch_size})")
-  predict = jax.jit(encoder.apply)
   for kind, targets in targets_of(generator, g_vars, _TARGETS.value).items():
     targets = jnp.asarray(targets)
-    start_ws = predict(e_vars, targets)
-    a_start, from_avg = sweep(generator, g_vars, targets, None, budgets)
-    e_start, from_encoder = sweep(generator, g_vars, targets, start_ws, budgets)
+    runs = {(name, factor): sweep(generator, g_vars, targets, start_ws, budgets, factor)
+            for factor in noise_factors
+            for name, start_ws in (("w_avg", None), ("encoder", start(targets)))}
+    a_start, e_start = runs["w_avg", noise_factors[0]][0], runs["encoder", noise_factors[0]][0]
     print(f"\n{kind} targets ({len(targets)}): pixel MSE at the start: w_avg {a_start:.4f}, "
           f"encoder {e_start:.4f} ({a_start / e_start:.1f}x lower)")
-    print(" steps | w_avg MSE  PSNR | encoder MSE  PSNR | MSE ratio")
-    for a, e in zip(from_avg, from_encoder):
-      print(f" {a['steps']:5d} | {a['mse']:9.5f} {a['psnr']:5.2f} | {e['mse']:11.5f} "
-            f"{e['psnr']:5.2f} | {a['mse'] / e['mse']:6.2f}x")
-    goal = from_avg[-1]
-    reached = [e["steps"] for e in from_encoder if e["mse"] <= goal["mse"]]
-    if reached:
-      print(f" encoder start reaches the w_avg start's {goal['steps']}-step error "
-            f"({goal['mse']:.5f}) in {reached[0]} steps: {goal['steps'] / reached[0]:.1f}x fewer")
-    else:
-      print(f" encoder start does not reach the w_avg start's {goal['steps']}-step error "
-            f"({goal['mse']:.5f}) within {budgets[-1]} steps")
-    per_step = goal["seconds"] / (goal["steps"] * len(targets))
-    saved = goal["steps"] - reached[0] if reached else 0
-    if saved > 0:
-      print(f" projection {1 / per_step:.0f} target-steps/s: training 1 encoder step costs "
-            f"{1 / (train_speed * per_step):.0f} target-steps; its {trained_steps} training "
-            f"steps pay off after {trained_steps / (train_speed * per_step * saved):.0f} targets")
+    for factor in noise_factors:
+      from_avg, from_encoder = runs["w_avg", factor][1], runs["encoder", factor][1]
+      print(f" initial_noise_factor {factor}:\n steps | w_avg MSE  PSNR | encoder MSE  PSNR | "
+            "MSE ratio")
+      for a, e in zip(from_avg, from_encoder):
+        print(f" {a['steps']:5d} | {a['mse']:9.5f} {a['psnr']:5.2f} | {e['mse']:11.5f} "
+              f"{e['psnr']:5.2f} | {a['mse'] / e['mse']:6.2f}x")
+    # Against the attack's default projection: the w_avg start, first noise factor, most steps.
+    goal = runs["w_avg", noise_factors[0]][1][-1]
+    for (name, factor), (_, rows) in runs.items():
+      reached = steps_to_reach(rows, goal["mse"])
+      outcome = (f"{reached} steps ({goal['steps'] / reached:.1f}x fewer)" if reached
+                 else f"none of the budgets up to {budgets[-1]}")
+      print(f" {name} start, noise {factor}: reaches the default projection's "
+            f"{goal['steps']}-step error ({goal['mse']:.5f}) in {outcome}")
+    best = min(filter(None, (steps_to_reach(runs["encoder", f][1], goal["mse"])
+                             for f in noise_factors)), default=None)
+    if best and best < goal["steps"]:
+      speed = goal["steps"] * len(targets) / goal["seconds"]  # Target-steps/s.
+      step_cost = speed / train_speed
+      payoff = trained_steps * step_cost / (goal["steps"] - best)
+      print(f" projection {speed:.0f} target-steps/s: one encoder training step costs "
+            f"{step_cost:.0f} target-steps; its {trained_steps} training steps pay off after "
+            f"{payoff:.0f} targets")
 
 
 if __name__ == "__main__":

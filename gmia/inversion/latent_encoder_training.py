@@ -64,10 +64,11 @@ def default_config() -> ml_collections.ConfigDict:
   })
 
 
-def create_model(config: ml_collections.ConfigDict, generator: stylegan.Generator) -> LatentEncoder:
-  """The encoder a config's `model` block describes, sized from the generator."""
-  return LatentEncoder(resolution=generator.img_resolution, w_dim=generator.w_dim,
-                       w_plus=config.model.w_plus, channel_base=config.model.channel_base,
+def create_model(config: ml_collections.ConfigDict, resolution: int, w_dim: int) -> LatentEncoder:
+  """The encoder a config's `model` block describes for a generator of `resolution` px images
+  and latent width `w_dim`."""
+  return LatentEncoder(resolution=resolution, w_dim=w_dim, w_plus=config.model.w_plus,
+                       channel_base=config.model.channel_base,
                        channel_max=config.model.channel_max, hidden=config.model.hidden)
 
 
@@ -96,6 +97,17 @@ def init_state(encoder: LatentEncoder, optimizer: optax.GradientTransformation,
   variables = with_latent_statistics(variables, w_avg, w_std)
   return {"params": variables["params"], "buffers": variables["buffers"],
           "opt_state": optimizer.init(variables["params"]), "step": jnp.zeros((), jnp.int32)}
+
+
+def abstract_state(encoder: LatentEncoder, config: ml_collections.ConfigDict,
+                   mesh: Mesh) -> dict[str, Any]:
+  """The structure of a training state, replicated over `mesh`: what a checkpoint restores into."""
+  zeros = jnp.zeros((encoder.w_dim,))
+  shapes = jax.eval_shape(functools.partial(init_state, encoder, make_optimizer(config), zeros,
+                                            zeros), jax.random.key(0))
+  replicated = parallel.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                      shapes)
 
 
 def encoder_variables(state: dict[str, Any]) -> dict[str, Any]:
@@ -253,14 +265,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       raise ValueError(f"the workdir holds a latent encoder of another generator "
                        f"({saved['generator']}, now {meta['generator']}); use a fresh --workdir")
 
-  encoder = create_model(config, generator)
+  encoder = create_model(config, generator.img_resolution, generator.w_dim)
   replicated = parallel.replicated(mesh)
   w_avg, w_std = latent_moments(generator, g_vars, jax.random.key(0), config.statistics_samples)
   init = functools.partial(init_state, encoder, make_optimizer(config), w_avg, w_std)
   if start:
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                            jax.eval_shape(init, jax.random.key(0)))
-    state, _ = checkpointer.restore(start, abstract)
+    state, _ = checkpointer.restore(start, abstract_state(encoder, config, mesh))
     logging.info("resumed %s from step %d", workdir, start)
   else:
     # Runs once: compiled without backend optimisation, several times faster to compile.
@@ -306,19 +316,11 @@ def load_latent_encoder(workdir: str, step: int | None = None,
   checkpointer = Checkpointer(workdir)
   meta = checkpointer.restore_meta(step)
   config = ml_collections.ConfigDict(meta["config"])
-  shape = meta["generator"]
-  saved_generator = stylegan.Generator(z_dim=shape["z_dim"], w_dim=shape["w_dim"],
-                                       img_resolution=shape["img_resolution"])
-  encoder = create_model(config, saved_generator)
+  encoder = create_model(config, meta["generator"]["img_resolution"],
+                         meta["generator"]["w_dim"])
   if generator is not None:
     check_matches_generator(encoder, generator)
-  replicated = parallel.replicated(parallel.make_mesh())
-  zeros = jnp.zeros((encoder.w_dim,))
-  abstract = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-      jax.eval_shape(functools.partial(init_state, encoder, make_optimizer(config), zeros, zeros),
-                     jax.random.key(0)))
-  state, _ = checkpointer.restore(step, abstract)
+  state, _ = checkpointer.restore(step, abstract_state(encoder, config, parallel.make_mesh()))
   checkpointer.close()
   return encoder, encoder_variables(state)
 
