@@ -1,8 +1,13 @@
 """Reconstruction attacks on a generator: projects members' and non-members' photos into it.
 
   python -m attack.project_latent --workdir=runs/gan_leaks \
-      --config.generator_workdir=runs/demo/gan \
-      [--config.latent_encoder_workdir=runs/demo/latent_encoder]  # Projections start there.
+      --config.generator_workdir=runs/demo/gan
+
+Projections start at w_avg, or at a latent encoder's guess (train/train_latent_encoder.py), which
+reaches the same error in fewer steps when the noise added to w is off:
+
+      --config.latent_encoder_workdir=runs/demo/latent_encoder \
+      --config.projection.initial_noise_factor=0
 
 Writes report.json (AUC, TPR at FPR per attack), scores.csv, roc.png and reconstructions.png.
 """

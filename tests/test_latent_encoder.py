@@ -101,7 +101,8 @@ def test_shapes_and_untrained_encoder_predicts_w_avg():
 
 
 def test_training_learns_w_from_generator_samples(run, targets):
-  """Measured on CPU: held-out w error 0.1-0.2 of the w_avg prediction's after 160 steps."""
+  """Measured on CPU: after 160 steps the held-out w error is 0.08 of the w_avg prediction's,
+  the pixel MSE of G(E(x)) 0.04 of G(w_avg)'s."""
   gan_workdir, encoder_workdir, config, metrics = run
   generator, g_vars, ws, images = targets
   encoder, e_vars = training.load_latent_encoder(encoder_workdir, generator=generator)
@@ -168,7 +169,7 @@ def few_steps(targets):
 
 def test_projection_from_true_latent_stays_at_the_target(targets, few_steps):
   """Starts exactly at the target; Adam's normalised steps (size ~ the learning rate, even on a
-  vanishing gradient) move it a little (measured: pixel MSE 1e-3, from w_avg 0.01-0.3)."""
+  vanishing gradient) move it a little (measured: mean pixel MSE 0.02 of the w_avg start's)."""
   generator, g_vars, ws, images = targets
   project, keys, from_avg = few_steps
   out = project(g_vars, None, images, keys, ws)
@@ -185,7 +186,7 @@ def test_projection_from_true_latent_stays_at_the_target(targets, few_steps):
 
 
 def test_encoder_start_beats_w_avg_start_at_equal_steps(run, targets, few_steps):
-  """Measured on CPU after 12 steps: pixel MSE 5-50x lower from the encoder's guess."""
+  """Measured on CPU after 12 steps: mean pixel MSE 17x lower from the encoder's guess."""
   generator, g_vars, _, images = targets
   project, keys, from_avg = few_steps
   start = training.encoder_start(run[1], generator)(images)

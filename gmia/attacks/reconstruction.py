@@ -92,6 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
       "projection": {
           "num_steps": 500, "w_plus": False, "noise_mode": "const",
           "initial_learning_rate": 0.1, "regularize_noise_weight": 1e5, "w_avg_samples": 10000,
+          "initial_noise_factor": 0.05,  # 0 suits a latent encoder start (bench_latent_encoder).
       },
       "grid_rows": 8,
   })
