@@ -48,7 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
       "generator_workdir": "",     # The generator to invert (required).
       "seed": 0,
       "batch_size": 32,
-      "num_steps": 2000,
+      "num_steps": 10_000,
       "model": {"w_plus": False, "channel_base": 1024, "channel_max": 128, "hidden": 256},
       "loss": {
           "w_weight": 1.0,         # Squared w error in units of the spread of w.

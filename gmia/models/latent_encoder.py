@@ -1,8 +1,8 @@
 """Feed-forward inverse of a StyleGAN2 generator: image -> latent w (or W+).
 
-A small convolutional network laid out like the generator's discriminator, run backwards from
-the generator's resolution: at each resolution a 3x3 conv and a 2x average pool, feature maps
-min(channel_base // res, channel_max), down to 4x4, then two dense layers. It predicts w as
+A small convolutional network laid out like StyleGAN2's discriminator: from the generator's
+resolution down to 4x4, at each resolution a 3x3 conv and a 2x average pool (feature maps
+min(channel_base // res, channel_max)), then two dense layers. It predicts w as
 `w_avg + w_std * head(features)`, with (w_avg, w_std) the generator's latent statistics held in
 the `buffers` collection; the head's last layer starts at zero, so an untrained encoder predicts
 w_avg, exactly where the projector starts.
