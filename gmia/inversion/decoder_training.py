@@ -63,14 +63,15 @@ from gmia.data import run_data
 from gmia.data.split import IdentitySplit
 from gmia.encoder.embed import preprocess
 from gmia.inversion import decoder_synthesis, priors
-from gmia.models.decoders import Decoder, block_name, feature_shapes, inverse_chain
+from gmia.models.decoders import (Decoder, activation_statistics, block_name, feature_shapes,
+                                  inverse_chain)
 from gmia.progress import Progress
 
 METHODS = ("aux", "zero_shot")
 NETWORK_KINDS = ("encoder", "classifier")
 # Config entries a resumed run must share with the checkpoint it continues.
 RESUME_KEYS = ("network", "layers", "method", "data", "aux_group", "decoder", "batch_size", "seed",
-               "aux", "synthesis", "blocks", "chain")
+               "stats_images", "aux", "synthesis", "blocks", "chain")
 EVAL_FILE = "eval.json"
 GRID_FILE = "decoded.png"
 GRID_ROWS = 8
@@ -88,6 +89,7 @@ def default_config() -> ml_collections.ConfigDict:
       "aux_group": "encoder",                  # aux: whose photos train the decoders.
       "eval_group": "non_members",             # Victims: photos the decoders are measured on.
       "num_eval": 256,
+      "stats_images": 256,                     # Training inputs that set the decoders' units.
       "decoder": {"width": 32, "depth": 1},    # gmia.models.decoders.InverseBlock.
       "batch_size": 64,
       "seed": 0,
@@ -169,12 +171,12 @@ def _mean_distance(prediction: jax.Array, target: jax.Array) -> jax.Array:
   return jnp.mean(priors.feature_distance(prediction, target))
 
 
-def aux_loss(decoder: Decoder, params: Any, network: Network, net_vars: Mapping[str, Any],
-             features: jax.Array, images: jax.Array,
+def aux_loss(decoder: Decoder, variables: Mapping[str, Any], network: Network,
+             net_vars: Mapping[str, Any], features: jax.Array, images: jax.Array,
              feature_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Pixel MSE of decoder(features) against images f32[B, S, S, 3], plus `feature_weight` x the
   relative feature distance of the reconstruction at the decoder's layer."""
-  reconstruction = decoder.apply({"params": params}, features)
+  reconstruction = decoder.apply(variables, features)
   pixel = jnp.mean(jnp.square(reconstruction - images))
   terms = {"pixel_mse": pixel}
   loss = pixel
@@ -185,12 +187,12 @@ def aux_loss(decoder: Decoder, params: Any, network: Network, net_vars: Mapping[
   return loss, terms
 
 
-def block_loss(block: Decoder, params: Any, network: Network, net_vars: Mapping[str, Any],
-               inputs: jax.Array, outputs: jax.Array,
+def block_loss(block: Decoder, variables: Mapping[str, Any], network: Network,
+               net_vars: Mapping[str, Any], inputs: jax.Array, outputs: jax.Array,
                cycle_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
   """One inverse block g on pairs (x = block input, y = f(x)): relative error of g(y) against x
   plus `cycle_weight` x the relative error of f(g(y)) against y."""
-  reconstruction = block.apply({"params": params}, outputs)
+  reconstruction = block.apply(variables, outputs)
   terms = {"error": _mean_distance(reconstruction, inputs)}
   loss = terms["error"]
   if cycle_weight > 0:
@@ -200,15 +202,16 @@ def block_loss(block: Decoder, params: Any, network: Network, net_vars: Mapping[
   return loss, terms
 
 
-def cycle_loss(decoder: Decoder, params: Any, network: Network, net_vars: Mapping[str, Any],
-               features: jax.Array, inputs: Mapping[str, jax.Array], cycle_weight: float,
+def cycle_loss(decoder: Decoder, variables: Mapping[str, Any], network: Network,
+               net_vars: Mapping[str, Any], features: jax.Array,
+               inputs: Mapping[str, jax.Array], cycle_weight: float,
                block_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The chained decoder on features f32[B, *feature_shape] of known inputs:
   `cycle_weight` x relative distance between the network's features of the reconstruction and
   `features`, plus `block_weight` x the mean over the chain of the relative error of every
   inverse block's output against its block's true input (`inputs`, as `block_inputs` gives
   them; the image for the last)."""
-  outputs = decoder.apply({"params": params}, features, intermediates=True)
+  outputs = decoder.apply(variables, features, intermediates=True)
   again = activations(network, net_vars, outputs[-1], (decoder.layer,))[decoder.layer]
   terms = {"cycle": _mean_distance(again, features),
            "blocks": sum(_mean_distance(out, inputs[name])
@@ -229,13 +232,20 @@ def _step_key(seed: int, step: jax.Array) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), step)
 
 
-def _summed(loss_fns: Mapping[str, Callable]) -> Callable:
-  """Loss of {name: params} as the sum of each entry's loss on its own params; per-entry terms
-  as metrics "<name>/<term>". Entries share no parameters, so each gets its own gradient."""
+def _statistics(network: Network, decoders: Mapping[str, Decoder], state: dict) -> dict:
+  """{name: the decoder's "stats" collection} from the state's per-layer statistics."""
+  return {name: decoder.statistics(network.model.layers, state["layer_stats"])
+          for name, decoder in decoders.items()}
+
+
+def _summed(loss_fns: Mapping[str, Callable], stats: Mapping[str, Any]) -> Callable:
+  """Loss of {name: params} as the sum of each entry's loss on its own variables {"params",
+  "stats"}; per-entry terms as metrics "<name>/<term>". Entries share no parameters, so each
+  gets the gradient it would get alone."""
   def total(params):
     loss, logged = 0.0, {}
     for name, fn in loss_fns.items():
-      value, terms = fn(params[name])
+      value, terms = fn({"params": params[name], "stats": stats[name]})
       loss = loss + value
       logged.update({f"{name}/{term}": v for term, v in terms.items()})
     return loss, logged
@@ -271,7 +281,7 @@ def make_aux_step(network: Network, decoders: Mapping[str, Decoder],
         layer: functools.partial(aux_loss, decoders[layer], network=network, net_vars=net_vars,
                                  features=acts[layer], images=images,
                                  feature_weight=feature_weight)
-        for layer in layers})
+        for layer in layers}, _statistics(network, decoders, state))
     params, opt_state, logged = _adam_update(tx, loss_fn, state["decoders"], state["decoder_opt"])
     return {**state, "decoders": params, "decoder_opt": opt_state,
             "step": state["step"] + 1}, logged
@@ -303,7 +313,7 @@ def make_block_step(network: Network, blocks: Mapping[str, Decoder],
         name: functools.partial(block_loss, block, network=network, net_vars=net_vars,
                                 inputs=inputs[block.layer], outputs=acts[block.layer],
                                 cycle_weight=cycle_weight)
-        for name, block in blocks.items()})
+        for name, block in blocks.items()}, _statistics(network, blocks, state))
     params, opt_state, logged = _adam_update(tx, loss_fn, state["blocks"], state["block_opt"])
     return {**state, "blocks": params, "block_opt": opt_state,
             "step": state["step"] + 1}, logged
@@ -328,7 +338,7 @@ def make_chain_step(network: Network, decoders: Mapping[str, Decoder],
         layer: functools.partial(cycle_loss, decoder, network=network, net_vars=net_vars,
                                  features=acts[layer], inputs=inputs,
                                  cycle_weight=cycle_weight, block_weight=block_weight)
-        for layer, decoder in decoders.items()})
+        for layer, decoder in decoders.items()}, _statistics(network, decoders, state))
     params, opt_state, logged = _adam_update(tx, loss_fn, state["decoders"], state["decoder_opt"])
     return {**state, "decoders": params, "decoder_opt": opt_state,
             "step": state["step"] + 1}, logged
@@ -347,14 +357,15 @@ def chain_params(blocks_params: Mapping[str, Any], decoder: Decoder) -> dict[str
 # Decoders, state, phases.
 
 
-def _decoder_specs(network: Network, layers: Sequence[str]) -> dict[str, list]:
+def decoder_specs(network: Network, layers: Sequence[str]) -> dict[str, tuple]:
+  """{layer: the inverse chain of its decoder} (gmia.models.decoders.inverse_chain)."""
   shapes = feature_shapes(network.model, network.variables, network.image_size)
   return {layer: inverse_chain(network.model.layers, shapes, network.image_size, layer)
           for layer in layers}
 
 
-def _decoders(specs: Mapping[str, Sequence], decoder_config: Mapping[str, int]
-              ) -> dict[str, Decoder]:
+def make_decoders(specs: Mapping[str, Sequence], decoder_config: Mapping[str, int]
+                  ) -> dict[str, Decoder]:
   """{layer: Decoder} from {layer: chain} (tuples or their JSON lists)."""
   return {layer: Decoder(tuple((name, tuple(a), tuple(b)) for name, a, b in chain),
                          width=decoder_config["width"], depth=decoder_config["depth"])
@@ -379,14 +390,16 @@ def _optimizer(learning_rate: float, num_steps: int) -> optax.GradientTransforma
   return optax.adam(optax.cosine_decay_schedule(learning_rate, max(num_steps, 1)))
 
 
-def _init_state(config: ml_collections.ConfigDict, decoders: Mapping[str, Decoder],
-                pool: jax.Array | None, key: jax.Array) -> dict[str, Any]:
-  """Fresh state. aux: {decoders, decoder_opt, step}; zero_shot adds {blocks, block_opt, pool}."""
+def init_state(config: ml_collections.ConfigDict, decoders: Mapping[str, Decoder],
+               layer_stats: dict, pool: jax.Array | None, key: jax.Array) -> dict[str, Any]:
+  """Fresh state. aux: {decoders, decoder_opt, layer_stats, step}; zero_shot adds {blocks,
+  block_opt, pool}. layer_stats: {layer: {"mean", "std"}} of the network on training inputs."""
   keys = dict(zip(decoders, jax.random.split(key, len(decoders))))
   params = {layer: _init_params(decoder, keys[layer]) for layer, decoder in decoders.items()}
+  common = {"layer_stats": layer_stats, "step": jnp.zeros((), jnp.int32)}
   if config.method == "aux":
     tx = _optimizer(config.aux.learning_rate, config.aux.num_steps)
-    return {"decoders": params, "decoder_opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    return {"decoders": params, "decoder_opt": tx.init(params), **common}
   blocks = _blocks(decoders)
   block_keys = jax.random.split(jax.random.fold_in(key, 1), len(blocks))
   block_params = {name: _init_params(block, block_key)
@@ -394,7 +407,7 @@ def _init_state(config: ml_collections.ConfigDict, decoders: Mapping[str, Decode
   block_tx = _optimizer(config.blocks.learning_rate, config.blocks.num_steps)
   chain_tx = _optimizer(config.chain.learning_rate, config.chain.num_steps)
   return {"blocks": block_params, "block_opt": block_tx.init(block_params), "decoders": params,
-          "decoder_opt": chain_tx.init(params), "pool": pool, "step": jnp.zeros((), jnp.int32)}
+          "decoder_opt": chain_tx.init(params), "pool": pool, **common}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,8 +422,11 @@ class Phase:
   enter: Callable[[dict], dict] | None = None
 
 
-def _phases(config: ml_collections.ConfigDict, network: Network, decoders: Mapping[str, Decoder],
-            net_vars: dict, photos: jax.Array | None, mesh: Mesh) -> list[Phase]:
+def make_phases(config: ml_collections.ConfigDict, network: Network,
+                decoders: Mapping[str, Decoder], net_vars: dict, photos: jax.Array | None,
+                mesh: Mesh) -> list[Phase]:
+  """The run's phases: aux: [aux]; zero_shot: [blocks, chain], the chain phase starting from
+  the chains of the trained blocks with a fresh optimiser. photos: uint8[N, H, W, 3] (aux)."""
   common = dict(batch_size=config.batch_size, seed=config.seed)
   if config.method == "aux":
     tx = _optimizer(config.aux.learning_rate, config.aux.num_steps)
@@ -484,8 +500,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"unknown method {config.method!r}; choose from {METHODS}")
   if not config.layers or len(set(config.layers)) != len(config.layers):
     raise ValueError(f"layers must be a non-empty list without repeats, got {config.layers}")
-  if config.batch_size < 1 or config.num_eval < 1:
-    raise ValueError("batch_size and num_eval must be positive")
+  if min(config.batch_size, config.num_eval, config.stats_images) < 1:
+    raise ValueError("batch_size, num_eval and stats_images must be positive")
   if config.log_every < 1 or config.checkpoint_every < 1:
     raise ValueError("log_every and checkpoint_every must be positive")
   steps = ([config.aux.num_steps] if config.method == "aux"
@@ -522,19 +538,42 @@ def _abstract_state(config: ml_collections.ConfigDict, decoders: Mapping[str, De
   if config.method == "zero_shot":
     pool = jax.ShapeDtypeStruct((config.synthesis.num_images, image_size, image_size, 3),
                                 jnp.float32)
-  return _replicated_abstract(
-      jax.eval_shape(lambda key: _init_state(config, decoders, pool, key), jax.random.key(0)),
-      mesh)
+  deepest = max(decoders.values(), key=lambda d: len(d.blocks))
+  layer_stats = {name: {moment: jax.ShapeDtypeStruct(out_shape[-1:], jnp.float32)
+                        for moment in ("mean", "std")} for name, _, out_shape in deepest.blocks}
+  return _replicated_abstract(jax.eval_shape(
+      lambda key: init_state(config, decoders, layer_stats, pool, key), jax.random.key(0)), mesh)
 
 
-def evaluate(decoders: Mapping[str, Decoder], params: Mapping[str, Any], network: Network,
+def layer_statistics(network: Network, net_vars: Mapping[str, Any], images: jax.Array,
+                     layers: Sequence[str]) -> dict[str, dict[str, jax.Array]]:
+  """{layer: {"mean", "std"}} per channel of the network's activations on training inputs
+  f32[B, S, S, 3], for every layer up to the deepest of `layers`: the decoders' units."""
+  return activation_statistics(activations(network, net_vars, images,
+                                           layers_through(network, layers)))
+
+
+def decoder_variables(network_layers: Sequence[str], decoders: Mapping[str, Decoder],
+                      state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+  """{layer: {"params", "stats"}}: what `decode` needs for each layer's decoder in a state."""
+  return {layer: {"params": state["decoders"][layer],
+                  "stats": decoder.statistics(network_layers, state["layer_stats"])}
+          for layer, decoder in decoders.items()}
+
+
+def _jitted_activations(network: Network, layers: tuple[str, ...]) -> Callable:
+  return jax.jit(lambda net_vars, images: activations(network, net_vars, images, layers))
+
+
+def evaluate(decoders: Mapping[str, Decoder], variables: Mapping[str, Any], network: Network,
              images: jax.Array) -> dict[str, dict[str, float]]:
-  """{layer: {"psnr", "ssim"}} of each decoder on the network's features of images
-  f32[B, S, S, 3], and {"constant": ...} for the best constant image (their own mean)."""
-  acts = activations(network, network.variables, images, tuple(decoders))
+  """{layer: {"psnr", "ssim"}} of each decoder (variables {layer: {"params", "stats"}}) on the
+  network's features of images f32[B, S, S, 3], and {"constant": ...} for the best constant
+  image (their own mean)."""
+  acts = _jitted_activations(network, tuple(decoders))(network.variables, images)
   results = {}
   for layer, decoder in decoders.items():
-    decoded = decode(decoder, {"params": params[layer]}, acts[layer])
+    decoded = decode(decoder, variables[layer], acts[layer])
     results[layer] = {"psnr": float(jnp.mean(metrics.psnr(decoded, images))),
                       "ssim": float(jnp.mean(metrics.ssim(decoded, images)))}
   constant = jnp.broadcast_to(jnp.mean(images, axis=0), images.shape)
@@ -557,8 +596,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   parallel.check_divisible(config.batch_size, mesh)
   replicated = parallel.replicated(mesh)
 
-  specs = _decoder_specs(network, layers)
-  decoders = _decoders(specs, config.decoder)
+  specs = decoder_specs(network, layers)
+  decoders = make_decoders(specs, config.decoder)
   photos = None
   if config.method == "aux":
     photos = group_photos(arrays, split, config.aux_group)
@@ -567,13 +606,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     photos = jax.device_put(photos, replicated)
     logging.info("aux decoders: %d photos of group %s", len(photos), config.aux_group)
   net_vars = jax.device_put(network.variables, replicated)
-  phases = _phases(config, network, decoders, net_vars, photos, mesh)
+  phases = make_phases(config, network, decoders, net_vars, photos, mesh)
   total = phases[-1].end
 
   meta = {"config": _config_json(config), "method": config.method, "layers": list(layers),
           "image_size": network.image_size, "decoders": specs,
           "network": {"kind": config.network.kind, "workdir": config.network.workdir,
-                      "model": type(network.model).__name__}}
+                      "model": type(network.model).__name__,
+                      "layers": list(network.model.layers)}}
   checkpointer = Checkpointer(workdir)
   start = checkpointer.latest_step() or 0
   if start:
@@ -582,17 +622,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                            network.image_size, mesh))
     logging.info("resumed from step %d", start)
   else:
+    key = jax.random.fold_in(jax.random.key(config.seed), 2**20)
     pool = None
     if config.method == "zero_shot":
       began = time.perf_counter()
       settings = decoder_synthesis.SynthesisSettings(**config.synthesis)
-      pool = decoder_synthesis.deep_inversion_images(
-          network.model, net_vars, network.image_size, settings,
-          jax.random.fold_in(jax.random.key(config.seed), 2**20))
+      pool = decoder_synthesis.deep_inversion_images(network.model, net_vars, network.image_size,
+                                                     settings, key)
       logging.info("synthesised %d DeepInversion images in %.1f s", len(pool),
                    time.perf_counter() - began)
+      inputs = decoder_synthesis.synthetic_batch(jax.random.fold_in(key, 1), pool,
+                                                 config.stats_images, network.image_size,
+                                                 settings.noise_fraction)
+    else:
+      chosen = jax.random.choice(jax.random.fold_in(key, 1), len(photos),
+                                 (min(config.stats_images, len(photos)),), replace=False)
+      inputs = preprocess(photos[chosen], network.image_size)
+    layer_stats = jax.jit(functools.partial(layer_statistics, network, layers=layers))(
+        net_vars, inputs)
     state = jax.jit(functools.partial(_init_state, config, decoders),
-                    out_shardings=replicated)(pool, jax.random.key(config.seed))
+                    out_shardings=replicated)(layer_stats, pool, jax.random.key(config.seed))
 
   began = time.perf_counter()
   progress = Progress(total, workdir=workdir, every_steps=config.log_every,
@@ -614,25 +663,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_seconds = time.perf_counter() - began
 
   victims = eval_images(arrays, split, config, network.image_size)
-  results = evaluate(decoders, state["decoders"], network, victims)
+  variables = decoder_variables(network.model.layers, decoders, state)
+  results = evaluate(decoders, variables, network, victims)
   summary = {"layers": {layer: results[layer] for layer in layers},
              "constant": results["constant"], "method": config.method,
              "num_eval": int(len(victims)), "train_seconds": train_seconds,
              "steps": total, "resumed_from": start}
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, EVAL_FILE), summary)
-    _save_grid(os.path.join(workdir, GRID_FILE), decoders, state["decoders"], network,
+    _save_grid(os.path.join(workdir, GRID_FILE), decoders, variables, network,
                victims[:GRID_ROWS])
   logging.info("decoders on %d photos of %s: %s", len(victims), config.eval_group,
                json.dumps(summary["layers"]))
   return summary
 
 
-def _save_grid(path: str, decoders: Mapping[str, Decoder], params: Mapping[str, Any],
+def _save_grid(path: str, decoders: Mapping[str, Decoder], variables: Mapping[str, Any],
                network: Network, images: jax.Array) -> None:
   """original | decoded at each layer, one row per photo."""
-  acts = activations(network, network.variables, images, tuple(decoders))
-  columns = [images] + [decode(decoder, {"params": params[layer]}, acts[layer])
+  acts = _jitted_activations(network, tuple(decoders))(network.variables, images)
+  columns = [images] + [decode(decoder, variables[layer], acts[layer])
                         for layer, decoder in decoders.items()]
   grid = np.stack([np.asarray(c) for c in columns], axis=1)
   viz.save_grid(path, grid.reshape(-1, *grid.shape[2:]), ncols=len(columns),
@@ -646,9 +696,9 @@ def _save_grid(path: str, decoders: Mapping[str, Decoder], params: Mapping[str, 
 
 def load_decoder(workdir: str, layer: str | None = None,
                  step: int | None = None) -> tuple[Decoder, dict[str, Any], dict[str, Any]]:
-  """(decoder, variables {"params"}, meta) of `layer`'s decoder trained in `workdir` (the only
-  one when `layer` is None). meta holds the run's config, "layers", "image_size" (the network
-  input side S the decoder outputs) and "method"."""
+  """(decoder, variables {"params", "stats"}, meta) of `layer`'s decoder trained in `workdir`
+  (the only one when `layer` is None). meta holds the run's config, "layers", "image_size" (the
+  network input side S the decoder outputs), "method" and "network" (kind, workdir, layers)."""
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise ValueError(f"{workdir!r} holds no decoder checkpoints")
   checkpointer = Checkpointer(workdir)
@@ -660,10 +710,11 @@ def load_decoder(workdir: str, layer: str | None = None,
     layer = meta["layers"][0]
   if layer not in meta["layers"]:
     raise ValueError(f"{workdir} holds no decoder of layer {layer!r}; it has {meta['layers']}")
-  decoders = _decoders(meta["decoders"], config.decoder)
+  decoders = make_decoders(meta["decoders"], config.decoder)
   abstract = _abstract_state(config, decoders, meta["image_size"], parallel.make_mesh())
   state, _ = checkpointer.restore(step, abstract)
-  return decoders[layer], {"params": state["decoders"][layer]}, meta
+  variables = decoder_variables(meta["network"]["layers"], {layer: decoders[layer]}, state)
+  return decoders[layer], variables[layer], meta
 
 
 @functools.partial(jax.jit, static_argnums=0)

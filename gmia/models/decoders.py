@@ -10,9 +10,9 @@ so one builder serves every layer of every such network.
 
 The same Decoder serves both learned attacks of gmia.inversion.decoder_training: trained end to
 end on auxiliary photos (He et al., ACSAC 2019), or block by block on synthesised inputs and then
-re-synced with cycle consistency (Dong et al., arXiv 2107.06304). Its parameters are a plain
-dict {"invert_<layer>": block params}, so inverse blocks trained one at a time assemble into the
-decoder of any deeper layer by dict lookup.
+re-synced with cycle consistency (Dong et al., arXiv 2107.06304). Its variables are plain dicts
+{"params": {"invert_<layer>": ...}, "stats": {"invert_<layer>": ...}}, so inverse blocks
+trained one at a time assemble into the decoder of any deeper layer by dict lookup.
 """
 
 from __future__ import annotations
@@ -66,8 +66,25 @@ def _upsample2(x: jax.Array) -> jax.Array:
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
+def activation_statistics(acts: Mapping[str, jax.Array]) -> dict[str, dict[str, jax.Array]]:
+  """{layer: {"mean", "std"}}: per-channel (last axis) moments of activations f32[B, ..., C]
+  over every other axis. Standard deviations are floored at 1% of the layer's mean one, so a
+  dead channel does not blow up what it divides."""
+  stats = {}
+  for name, x in acts.items():
+    axes = tuple(range(x.ndim - 1))
+    std = jnp.std(x, axis=axes)
+    stats[name] = {"mean": jnp.mean(x, axis=axes), "std": jnp.maximum(std, 0.01 * jnp.mean(std))}
+  return stats
+
+
 class InverseBlock(nn.Module):
   """Maps a block's output f32[B, *out_shape] back to its input f32[B, *in_shape].
+
+  It works in standard units: the features are standardised with the per-channel mean and std
+  of the network's activations at the block's output layer, and the result de-standardised with
+  those at its input layer ("stats" collection, set from data by `chain_statistics`), so the
+  learning problem looks the same whatever the scale of a layer's activations.
 
   Two paths, summed. A linear one that undoes the block's resampling in one step (a transposed
   conv with kernel = stride = the block's downsampling; a dense layer when the block flattened
@@ -82,7 +99,7 @@ class InverseBlock(nn.Module):
     out_shape: [h, w, c] or [D] of the block's output.
     width: least hidden channels (the block's own channel counts when larger).
     depth: 3x3 convs at the input resolution before the output conv.
-    image: the input is the image: the output goes through tanh into [-1, 1].
+    image: the input is the image: no de-standardisation; tanh into [-1, 1] instead.
   """
   in_shape: tuple[int, ...]
   out_shape: tuple[int, ...]
@@ -97,8 +114,15 @@ class InverseBlock(nn.Module):
     if features.shape[1:] != tuple(self.out_shape):
       raise ValueError(f"features must be f32[B, {', '.join(map(str, self.out_shape))}], got "
                        f"shape {features.shape}")
-    act = lambda x: nn.leaky_relu(x, 0.2)
     height, width, channels = self.in_shape
+
+    def moments(prefix, size):
+      return (self.variable("stats", f"{prefix}_mean", jnp.zeros, (size,)).value,
+              self.variable("stats", f"{prefix}_std", jnp.ones, (size,)).value)
+
+    mean, std = moments("feature", self.out_shape[-1])
+    features = (features - mean) / std
+    act = lambda x: nn.leaky_relu(x, 0.2)
     hidden = max(self.width, channels, self.out_shape[-1] if len(self.out_shape) == 3 else 0)
     if len(self.out_shape) == 1:
       linear = nn.Dense(height * width * channels, name="linear")(features)
@@ -116,11 +140,17 @@ class InverseBlock(nn.Module):
       x = act(nn.Conv(hidden, (3, 3), name=f"conv{step}")(x))
     out = linear + nn.Conv(channels, (3, 3), kernel_init=nn.initializers.zeros,
                            name="conv_out")(x)
-    return jnp.tanh(out) if self.image else out
+    if self.image:
+      return jnp.tanh(out)
+    mean, std = moments("input", channels)
+    return mean + std * out
 
 
 class Decoder(nn.Module):
   """Chain of inverse blocks: features at `blocks[0]`'s layer -> the network's input.
+
+  Variables: {"params", "stats"}, both {block_name(layer): ...} per inverse block; the stats
+  come from `chain_statistics`.
 
   Attributes:
     blocks: the chain, deepest first, as `inverse_chain` gives it.
@@ -161,6 +191,23 @@ class Decoder(nn.Module):
                        image=self.to_image and last, name=block_name(name))(x)
       outputs.append(x)
     return outputs if intermediates else x
+
+  def statistics(self, layers: Sequence[str],
+                 layer_stats: Mapping[str, Mapping[str, jax.Array]]) -> dict[str, dict]:
+    """The decoder's "stats" collection from {layer: {"mean", "std"}} (`activation_statistics`
+    of the network's activations on training inputs); `layers` is the network's layer order,
+    which names each block's input layer."""
+    stats = {}
+    for index, (name, _, _) in enumerate(self.blocks):
+      entry = {"feature_mean": layer_stats[name]["mean"], "feature_std": layer_stats[name]["std"]}
+      if not (self.to_image and index == len(self.blocks) - 1):
+        position = list(layers).index(name)
+        if not position:
+          raise ValueError(f"the block of {name!r} reads the image: its inverse must be to_image")
+        below = layer_stats[layers[position - 1]]
+        entry.update(input_mean=below["mean"], input_std=below["std"])
+      stats[block_name(name)] = entry
+    return stats
 
 
 def block_name(layer: str) -> str:
