@@ -9,7 +9,9 @@ One decoder per split layer (stem, stage1, stage2), trained together on the 14,0
 700 encoder identities (none of them a victim), measured on 256 photos of the non-members.
 Data at 32 px, the encoder's input size, as the encoder was trained.
 
-Measured: TODO.
+Measured (2 CPU cores shared with other jobs, 1,500 steps in 14 min): PSNR / SSIM on the 256
+non-member photos: stem 31.2 dB / 0.909, stage1 31.3 / 0.875, stage2 29.7 / 0.820; the best
+constant image scores 14.7 dB / 0.166.
 """
 
 import ml_collections
