@@ -124,12 +124,9 @@ def main(argv):
     print(f"trained the encoder ({config.num_steps} steps) in {time.perf_counter() - began:.0f} s")
   start = latent_encoder_training.encoder_start(_ENCODER.value, generator)
   trained_steps = Checkpointer(_ENCODER.value).latest_step()
-  train_speed = encoder_training_speed(generator, g_vars, _TIMED.value)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; generator "
         f"{generator.img_resolution} px, w_dim {generator.w_dim}; projection: the attack's "
         f"defaults (W, noise maps), {_TARGETS.value} targets per kind")
-  print(f"encoder training: {train_speed:.2f} steps/s (batch "
-        f"{latent_encoder_cpu_demo.get_config().batch_size})")
   for kind, targets in targets_of(generator, g_vars, _TARGETS.value).items():
     targets = jnp.asarray(targets)
     runs = {(name, factor): sweep(generator, g_vars, targets, start_ws, budgets, factor)
@@ -155,13 +152,15 @@ def main(argv):
             f"{goal['steps']}-step error ({goal['mse']:.5f}) in {outcome}")
     best = min(filter(None, (steps_to_reach(runs["encoder", f][1], goal["mse"])
                              for f in noise_factors)), default=None)
+    # Timed next to the projection: on a shared machine speeds drift over minutes.
+    train_speed = encoder_training_speed(generator, g_vars, _TIMED.value)
+    speed = goal["steps"] * len(targets) / goal["seconds"]  # Target-steps/s.
+    print(f" encoder training {train_speed:.2f} steps/s (batch "
+          f"{latent_encoder_cpu_demo.get_config().batch_size}); projection {speed:.0f} "
+          f"target-steps/s: one training step costs {speed / train_speed:.0f} target-steps")
     if best and best < goal["steps"]:
-      speed = goal["steps"] * len(targets) / goal["seconds"]  # Target-steps/s.
-      step_cost = speed / train_speed
-      payoff = trained_steps * step_cost / (goal["steps"] - best)
-      print(f" projection {speed:.0f} target-steps/s: one encoder training step costs "
-            f"{step_cost:.0f} target-steps; its {trained_steps} training steps pay off after "
-            f"{payoff:.0f} targets")
+      payoff = trained_steps * speed / train_speed / (goal["steps"] - best)
+      print(f" the encoder's {trained_steps} training steps pay off after {payoff:.0f} targets")
 
 
 if __name__ == "__main__":
