@@ -6,8 +6,9 @@ noise added to w whose scale (a fraction of the spread of w) decays to zero over
 and the per-layer noise maps optimised too (noise_mode "const"), held at zero mean and unit
 variance and kept free of spatial structure by an autocorrelation penalty at every scale. W
 optimises one w shared by all layers; W+ one w per layer. Instead of w_avg, each target may start
-from a given w, such as a feed-forward latent encoder's guess (gmia.models.latent_encoder), which
-reaches a given error in fewer steps.
+from a given w, such as a feed-forward latent encoder's guess (gmia.models.latent_encoder): with
+the noise on w off (initial_noise_factor=0), which would shake it out of its good basin, that
+start reaches a given error in fewer steps (bench/bench_latent_encoder.py).
 
 No LPIPS weights exist offline, so the perceptual distance is the feature distance at chosen
 layers of the identity encoder; the identity loss is 1 - cosine of its embeddings.
