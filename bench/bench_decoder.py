@@ -33,15 +33,16 @@ LAYERS = ("stem", "stage1", "stage2")
 SIZE = 32
 
 
-def steps_per_second(phase: decoder_training.Phase, state: dict, num_steps: int) -> float:
-  """Training steps/s of a phase's jitted step, after a compiling step."""
+def steps_per_second(phase: decoder_training.Phase, state: dict,
+                     num_steps: int) -> tuple[float, dict]:
+  """(training steps/s of a phase's jitted step after a compiling step, the state reached)."""
   state, _ = phase.step(state, 0, phase.consts)
   jax.block_until_ready(state)
   start = time.perf_counter()
   for step in range(1, num_steps + 1):
     state, _ = phase.step(state, step, phase.consts)
   jax.block_until_ready(state)
-  return num_steps / (time.perf_counter() - start)
+  return num_steps / (time.perf_counter() - start), state
 
 
 def main(argv):
@@ -73,7 +74,7 @@ def main(argv):
             layer_stats, pool, jax.random.key(2))
         if phase.enter is not None:
           state = phase.enter(state)
-        rates[phase.name] = steps_per_second(phase, state, _STEPS.value)
+        rates[phase.name], state = steps_per_second(phase, state, _STEPS.value)
     print(f"{name:5s} network: " + "; ".join(
         f"{phase} {rate:6.2f} steps/s ({rate * batch:7.1f} images/s)"
         for phase, rate in rates.items()))

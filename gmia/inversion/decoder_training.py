@@ -640,7 +640,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       inputs = preprocess(photos[chosen], network.image_size)
     layer_stats = jax.jit(functools.partial(layer_statistics, network, layers=layers))(
         net_vars, inputs)
-    state = jax.jit(functools.partial(_init_state, config, decoders),
+    state = jax.jit(functools.partial(init_state, config, decoders),
                     out_shardings=replicated)(layer_stats, pool, jax.random.key(config.seed))
 
   began = time.perf_counter()
