@@ -26,7 +26,7 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gmia import parallel
+from gmia import parallel, training_step
 from gmia.checkpoint import Checkpointer, check_config_matches
 from gmia.data import run_data
 from gmia.data.arrays import FaceArrays
@@ -209,14 +209,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, train_metrics = step_fn(state, parallel.shard_batch(images, mesh),
                                    parallel.shard_batch(batch_labels, mesh))
     done = step + 1
-    last = done == config.num_steps
-    if done % config.eval_every == 0 or last:
-      metrics = held_out_metrics(state)
-      progress.update(done, {**train_metrics, **{f"eval/{k}": v for k, v in metrics.items()}})
-    else:
-      progress.update(done, train_metrics)
-    if done % config.checkpoint_every == 0 or last:
-      checkpointer.save(done, state, meta)
+    metrics = training_step.after_step(done, state, train_metrics, metrics, config=config,
+                                         evaluate=held_out_metrics, progress=progress,
+                                         checkpointer=checkpointer, meta=meta)
   checkpointer.wait()
   progress.close()
   if not metrics:  # Resumed a finished run: measure the final state again.

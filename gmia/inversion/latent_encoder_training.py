@@ -27,7 +27,7 @@ import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from gmia import files, parallel
+from gmia import files, parallel, training_step
 from gmia.checkpoint import Checkpointer, check_config_matches
 from gmia.gan import sampling
 from gmia.models import stylegan
@@ -286,14 +286,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   metrics: dict[str, float] = {}
   for done in range(start + 1, config.num_steps + 1):
     state, train_metrics = step_fn(state, g_vars)
-    last = done == config.num_steps
-    if done % config.eval_every == 0 or last:
-      metrics = held_out(state)
-      progress.update(done, {**train_metrics, **{f"eval/{k}": v for k, v in metrics.items()}})
-    else:
-      progress.update(done, train_metrics)
-    if done % config.checkpoint_every == 0 or last:
-      checkpointer.save(done, state, meta)
+    metrics = training_step.after_step(done, state, train_metrics, metrics, config=config,
+                                         evaluate=held_out, progress=progress,
+                                         checkpointer=checkpointer, meta=meta)
   checkpointer.wait()
   checkpointer.close()
   progress.close()
