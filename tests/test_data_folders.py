@@ -98,3 +98,39 @@ def test_folder_without_photos(tmp_path):
   (tmp_path / "empty" / "someone").mkdir(parents=True)
   with pytest.raises(ValueError, match="no photos"):
     gmia.data.load("identity_folder", data_dir=str(tmp_path), manual_dir=str(tmp_path / "empty"))
+
+
+def test_identity_folder_reads_photos_as_a_viewer_shows_them(tmp_path, caplog):
+  root, rng = tmp_path / "people", np.random.default_rng(5)
+  upright = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  gradient = np.linspace(0, 65535, 256).round().astype(np.uint16).reshape(16, 16)
+  rgba = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
+  rgba[:8, :, 3] = 0  # The top half is transparent: it shows the white background.
+  opaque = rgba[..., 3:] / 255.0
+  shown = {"turned.png": upright, "gray16.png": np.repeat((gradient >> 8)[..., None], 3, -1),
+           "clear.png": np.rint(rgba[..., :3] * opaque + 255 * (1 - opaque))}
+  ann = root / "ann"
+  (ann / "x.jpg").mkdir(parents=True)  # A folder named like a photo, with a photo in it.
+  _write_photo(str(ann / "x.jpg" / "inside.png"))
+  turned = Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1)))
+  exif = turned.getexif()
+  exif[0x0112] = 6  # Displayed turned 90 degrees clockwise: upright again.
+  turned.save(ann / "turned.png", exif=exif)
+  Image.fromarray(gradient).save(ann / "gray16.png")
+  Image.fromarray(rgba, "RGBA").save(ann / "clear.png")
+  (ann / "broken.png").write_bytes((ann / "clear.png").read_bytes()[:60])
+  (ann / "._turned.png").write_bytes(b"\0\5\26\7")  # macOS resource fork: hidden, not a photo.
+  _write_photo(str(root / ".thumbnails" / "t.png"))
+  _write_photo(str(root / "bob" / "b.jpg"))
+  with caplog.at_level(logging.INFO):
+    arrays = gmia.data.load("identity_folder", data_dir=str(tmp_path / "tfds"),
+                            manual_dir=str(root), resolution=8)
+  assert "broken.png: cannot decode" in caplog.text
+  assert "4 photos used, 1 skipped" in caplog.text
+  assert folders.identity_names("identity_folder", str(root)) == ["ann", "bob"]
+  assert len(arrays) == 4 and 0 not in arrays.photo_id  # Photo 0, broken.png, is skipped.
+  for photo_id, name in enumerate(["broken.png", "clear.png", "gray16.png", "turned.png"]):
+    if name in shown:
+      expected = Image.fromarray(shown[name].astype(np.uint8)).resize((8, 8), Image.LANCZOS)
+      np.testing.assert_allclose(arrays.images[arrays.photo_id == photo_id][0],
+                                 np.asarray(expected), atol=1, err_msg=name)

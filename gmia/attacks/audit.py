@@ -16,7 +16,7 @@ import numpy as np
 from gmia import files
 from gmia.attacks import identity_membership as im
 from gmia.attacks import membership_job
-from gmia.data import folders
+from gmia.data import folders, photos
 from gmia.encoder import evaluation
 
 PERSON = -1  # Identity id of the audited person (no data-set identity is negative).
@@ -89,8 +89,10 @@ def _photos_from_config(config: ml_collections.ConfigDict, target) -> np.ndarray
       raise ValueError(f"identity {config.dataset_identity} is no target of the split: it has no "
                        "reference photos")
     return target.arrays.select(target.split.reference[config.dataset_identity]).images
-  paths = sorted(os.path.join(config.photos_dir, name) for name in os.listdir(config.photos_dir)
-                 if name.lower().endswith(folders.EXTENSIONS))
-  if not paths:
-    raise ValueError(f"no photos (.jpg/.jpeg/.png) in {config.photos_dir}")
-  return np.stack([folders.load_photo(p, target.arrays.resolution, None) for p in paths])
+  resolution = target.arrays.resolution
+  read = photos.Reader().read(photos.list_photos(config.photos_dir),
+                              prepare=lambda image: folders.fit_photo(image, resolution, None))
+  if not read.images:
+    raise ValueError(f"no readable photos ({'/'.join(photos.EXTENSIONS)}) in {config.photos_dir}: "
+                     f"{read.summary()}")
+  return np.stack(read.images)

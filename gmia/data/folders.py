@@ -1,9 +1,10 @@
 """Face photo collections on local disk, as tfds builders: identity folders, CelebA, LFW, VGGFace2.
 
 None of the real sets can be downloaded by gmia: put the files in a folder (the builder's
-`manual_dir`) in the layout below. Every photo is decoded with Pillow, optionally cropped to the
-face, centre-cropped to a square and resized to the requested resolution. A corrupt or unreadable
-file is skipped with a warning naming it. Identity ids are the positions of the identity names
+`manual_dir`) in the layout below. Every photo is decoded by `gmia.data.photos` (EXIF orientation,
+16-bit, palette and transparent photos; hidden files ignored), optionally cropped to the face,
+centre-cropped to a square and resized to the requested resolution. An unreadable file is skipped
+with a warning naming it and the reason. Identity ids are the positions of the identity names
 in sorted order (`identity_names` gives them back); photo ids are positions in the sorted file list.
 """
 
@@ -17,43 +18,32 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from gmia.data import tfds_io
+from gmia.data import photos, tfds_io
 
-EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Face region of CelebA's aligned 178x218 photos (x0, y0, x1, y1), as commonly used for GANs.
 _CELEBA_FACE_BOX = (15, 40, 163, 188)
 
 INSTRUCTIONS = {
     "identity_folder": "Put one folder per person under the manual_dir: "
-                       "<manual_dir>/<identity>/<photo>.jpg (or .png).",
+                       "<manual_dir>/<identity>/<photo>.jpg (extensions: "
+                       f"{', '.join(photos.EXTENSIONS)}).",
     "lfw": "Download and extract LFW (lfw.tgz or lfw-deepfunneled.tgz) into the manual_dir so that "
            "<manual_dir>/lfw/<Person_Name>/<Person_Name>_0001.jpg exists.",
     "vggface2": "Download VGGFace2 (CC BY-NC 4.0) and extract it into the manual_dir so that "
-                "<manual_dir>/train/n000002/0001_01.jpg (and optionally <manual_dir>/test/...) exist.",
+                "<manual_dir>/train/n000002/0001_01.jpg (and optionally <manual_dir>/test/...) "
+                "exist.",
     "celeb_a": "Download CelebA's aligned photos and identity file into the manual_dir: "
                "<manual_dir>/img_align_celeba/000001.jpg ... and <manual_dir>/identity_CelebA.txt.",
 }
 
 
-def _photo_folders(root: str) -> list[tuple[str, str]]:
-  """(path, identity name) for root/<identity>/<photo>, sorted."""
-  items = []
-  for name in sorted(os.listdir(root)):
-    folder = os.path.join(root, name)
-    if not os.path.isdir(folder):
-      continue
-    items.extend((os.path.join(folder, photo), name) for photo in sorted(os.listdir(folder))
-                 if photo.lower().endswith(EXTENSIONS))
-  return items
-
-
 def _lfw(root: str) -> list[tuple[str, str]]:
   for sub in ("lfw", "lfw-deepfunneled", "lfw_funneled"):
     if os.path.isdir(os.path.join(root, sub)):
-      return _photo_folders(os.path.join(root, sub))
-  return _photo_folders(root)
+      return photos.list_identity_photos(os.path.join(root, sub))
+  return photos.list_identity_photos(root)
 
 
 def _vggface2(root: str) -> list[tuple[str, str]]:
@@ -61,7 +51,7 @@ def _vggface2(root: str) -> list[tuple[str, str]]:
   if not splits:
     raise FileNotFoundError(f"no train/ or test/ folder in {root}. {INSTRUCTIONS['vggface2']}")
   # VGGFace2's train and test identities are disjoint; gmia makes its own split by identity.
-  return sorted(item for s in splits for item in _photo_folders(os.path.join(root, s)))
+  return sorted(item for s in splits for item in photos.list_identity_photos(os.path.join(root, s)))
 
 
 def _celeb_a(root: str) -> list[tuple[str, str]]:
@@ -82,7 +72,8 @@ def _celeb_a(root: str) -> list[tuple[str, str]]:
 
 
 LAYOUTS: dict[str, Callable[[str], list[tuple[str, str]]]] = {
-    "identity_folder": _photo_folders, "lfw": _lfw, "vggface2": _vggface2, "celeb_a": _celeb_a}
+    "identity_folder": photos.list_identity_photos, "lfw": _lfw, "vggface2": _vggface2,
+    "celeb_a": _celeb_a}
 CROP_BOXES = {"celeb_a": _CELEBA_FACE_BOX}
 
 
@@ -94,7 +85,8 @@ def list_photos(layout: str, root: str) -> list[tuple[str, str]]:
     raise FileNotFoundError(f"manual_dir {root!r} does not exist. {INSTRUCTIONS[layout]}")
   items = LAYOUTS[layout](root)
   if not items:
-    raise ValueError(f"no photos (.jpg/.jpeg/.png) found in {root}. {INSTRUCTIONS[layout]}")
+    raise ValueError(f"no photos ({'/'.join(photos.EXTENSIONS)}) found in {root}. "
+                     f"{INSTRUCTIONS[layout]}")
   return items
 
 
@@ -103,10 +95,10 @@ def identity_names(layout: str, root: str) -> list[str]:
   return sorted({name for _, name in list_photos(layout, root)})
 
 
-def load_photo(path: str, resolution: int, box: tuple[int, int, int, int] | None) -> np.ndarray:
-  """Decodes one photo -> u8[R, R, 3]: crop to `box`, centre square, resize (Lanczos)."""
-  with Image.open(path) as opened:
-    picture = opened.convert("RGB")
+def fit_photo(image: np.ndarray, resolution: int,
+              box: tuple[int, int, int, int] | None) -> np.ndarray:
+  """u8[H, W, 3] -> u8[R, R, 3]: crop to `box` (x0, y0, x1, y1), centre square, resize (Lanczos)."""
+  picture = Image.fromarray(image)
   if box is not None:
     picture = picture.crop(box)
   w, h = picture.size
@@ -115,6 +107,11 @@ def load_photo(path: str, resolution: int, box: tuple[int, int, int, int] | None
   picture = picture.crop((left, top, left + side, top + side))
   picture = picture.resize((resolution, resolution), Image.LANCZOS)
   return np.asarray(picture, np.uint8)
+
+
+def load_photo(path: str, resolution: int, box: tuple[int, int, int, int] | None) -> np.ndarray:
+  """Decodes one photo and fits it -> u8[R, R, 3]; raises photos.UnreadablePhoto naming the file."""
+  return fit_photo(photos.decode(path), resolution, box)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -127,8 +124,10 @@ class PhotoFoldersConfig(tfds.core.BuilderConfig):
 class FacePhotoFolders(tfds.core.GeneratorBasedBuilder):
   """Local photo collections: {"image": u8[R,R,3], "identity": i64, "photo_id": i64}."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "Photos decoded by gmia.data.photos: EXIF orientation, 16-bit scaled, "
+                            "transparency on white, hidden files ignored."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = "\n".join(f"{k}: {v}" for k, v in INSTRUCTIONS.items())
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -145,18 +144,19 @@ class FacePhotoFolders(tfds.core.GeneratorBasedBuilder):
     items = list_photos(config.layout, config.root)
     ids = {name: i for i, name in enumerate(sorted({name for _, name in items}))}
     box = CROP_BOXES.get(config.layout)
-    skipped = 0
+    reader = photos.Reader()
     for photo_id, (path, name) in enumerate(items):
-      try:
-        image = load_photo(path, config.resolution, box)
-      except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
-        logging.warning("skipping unreadable image %s: %s", path, error)
-        skipped += 1
+      image = reader(path)
+      if image is None:
         continue
-      yield photo_id, {"image": image, "identity": np.int64(ids[name]),
-                       "photo_id": np.int64(photo_id)}
-    if skipped == len(items):
-      raise ValueError(f"every one of the {len(items)} photos in {config.root} was unreadable")
+      yield photo_id, {"image": fit_photo(image, config.resolution, box),
+                       "identity": np.int64(ids[name]), "photo_id": np.int64(photo_id)}
+    if len(reader.skipped) == len(items):
+      first = reader.skipped[0]
+      raise ValueError(f"every one of the {len(items)} photos in {config.root} was unreadable "
+                       f"(the first, {first.path}: {first.reason})")
+    logging.info("%s in %s: %d photos used, %d skipped", config.layout, config.root,
+                 len(items) - len(reader.skipped), len(reader.skipped))
 
 
 def make_builder(layout: str, root: str | None, data_dir: str, *,
