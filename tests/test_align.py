@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmia.encoder.align import ARCFACE_TEMPLATE, align_face, umeyama, warp_affine
+from gmia.faces.align import ARCFACE_TEMPLATE, align_face, umeyama, warp_affine
 
 
 def similarity(scale, angle, shift):

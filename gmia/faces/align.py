@@ -1,4 +1,4 @@
-"""5-point face alignment to the ArcFace template (insightface's norm_crop), in JAX.
+"""Face alignment in JAX: 5 points to the ArcFace template (insightface's norm_crop), or a crop.
 
 A similarity transform (scale, rotation, translation) is fitted by least squares from a face's
 five landmarks (eyes, nose tip, mouth corners; (x, y) in pixels, pixel centres at integers) to the
@@ -56,15 +56,41 @@ def warp_affine(image: jax.Array, transform: jax.Array, size: int) -> jax.Array:
   return channels.reshape(size, size, image.shape[-1])
 
 
-def align_face(image: jax.Array, landmarks: jax.Array, size: int = 112) -> jax.Array:
+def align_face(image: jax.Array, landmarks: jax.Array, size: int = 112,
+               template: np.ndarray | None = None) -> jax.Array:
   """One photo [H, W, 3] with landmarks f32[5, 2] -> aligned crop f32[size, size, 3].
 
-  The template is scaled by size / 112 (insightface's convention for square crops). Pixel values
-  keep their range (uint8 photos give floats in [0, 255]); vmap for batches.
+  template: f32[5, 2], where the landmarks go in the crop's pixels; default the arcface template
+  scaled by size / 112 (insightface's convention for square crops). Pixel values keep their range
+  (uint8 photos give floats in [0, 255]); vmap for batches.
   """
   if landmarks.shape != (5, 2):
     raise ValueError(f"landmarks must be [5, 2] (x, y) points, got {landmarks.shape}")
   if image.ndim != 3:
     raise ValueError(f"image must be [H, W, C], got shape {image.shape}")
-  transform = umeyama(landmarks, ARCFACE_TEMPLATE * (size / 112.0))
+  if template is None:
+    template = ARCFACE_TEMPLATE * (size / 112.0)
+  if np.shape(template) != (5, 2):
+    raise ValueError(f"template must be [5, 2] (x, y) points, got {np.shape(template)}")
+  transform = umeyama(landmarks, template)
   return warp_affine(image, transform, size)
+
+
+def crop_fixed(images: jax.Array, box: tuple[float, float, float, float], size: int = 112
+               ) -> jax.Array:
+  """The same crop of every image, resized: alignment for generators whose faces are aligned.
+
+  images: [B, H, W, C]; box: (top, left, bottom, right) as fractions of the height and width.
+  Returns f32[B, size, size, C], antialiased bilinear, values keeping their range.
+  """
+  top, left, bottom, right = box
+  if not 0 <= top < bottom <= 1 or not 0 <= left < right <= 1:
+    raise ValueError(f"box must be (top, left, bottom, right) fractions with top < bottom and "
+                     f"left < right, got {box}")
+  if images.ndim != 4:
+    raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
+  _, height, width, channels = images.shape
+  rows = slice(int(round(top * height)), max(int(round(bottom * height)), 1))
+  cols = slice(int(round(left * width)), max(int(round(right * width)), 1))
+  crop = jnp.asarray(images, jnp.float32)[:, rows, cols]
+  return jax.image.resize(crop, (crop.shape[0], size, size, channels), "linear")

@@ -1,0 +1,325 @@
+"""ONNX graphs as pure JAX functions of (params, inputs), with shapes fixed at import.
+
+Import walks the graph once with the given input shapes: a node whose inputs are all constants
+(initialisers, Constant nodes, shapes of known tensors) is computed there and then, in numpy, so
+shape arithmetic and DequantizeLinear of int8 weights become constants; the other nodes are kept,
+and every tensor's shape is recorded. The float constants the kept nodes read are `params`, a flat
+dict {tensor name: array}; the integer ones and those in shape-like input slots (Reshape's shape,
+Resize's scales...) stay fixed inside the network, so `apply` jits, vmaps, differentiates and
+shards like a flax model's apply.
+
+Batch: shapes, the batch dimension included, are those of import. A graph exported for batch 1
+(many hard-code it in their Reshapes) runs on [B, ...] batches with `apply_each`, a vmap over
+samples that XLA turns into batched convolutions; a graph with a free batch dimension can instead
+be imported at the batch size it will run at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmia.onnx import ops
+
+# Outputs of these operators end a stage: where a split network can be cut.
+_STAGE_ENDS = frozenset({"Relu", "PRelu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Add",
+                         "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul"})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Node:
+  name: str
+  op_type: str
+  inputs: tuple[str, ...]  # "" for an omitted optional input.
+  outputs: tuple[str, ...]
+  attrs: ops.Attributes
+  op: ops.Op
+
+  def run(self, xp: Any, args: Sequence[Any]) -> tuple[Any, ...]:
+    out = self.op.fn(xp, self.attrs, *args)
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _load(model: Any) -> tuple[Any, str]:
+  import onnx
+  if isinstance(model, (str, os.PathLike)):
+    return onnx.load(os.fspath(model)), os.fspath(model)
+  if isinstance(model, onnx.ModelProto):
+    return model, f"<graph {model.graph.name or 'unnamed'}>"
+  raise TypeError(f"expected an .onnx path or an onnx.ModelProto, got {type(model).__name__}")
+
+
+def _attributes(proto: Any, opset: int) -> ops.Attributes:
+  from onnx import helper, numpy_helper
+
+  def value(attribute):
+    v = helper.get_attribute_value(attribute)
+    if isinstance(v, bytes):
+      return v.decode()
+    if hasattr(v, "dims"):  # A TensorProto.
+      return numpy_helper.to_array(v)
+    if isinstance(v, list):
+      return tuple(x.decode() if isinstance(x, bytes) else x for x in v)
+    return v
+
+  return ops.Attributes({a.name: value(a) for a in proto.attribute}, opset, len(proto.output))
+
+
+def _opset(proto: Any, source: str) -> int:
+  for entry in proto.opset_import:
+    if entry.domain in ("", "ai.onnx"):
+      return int(entry.version)
+  raise ValueError(f"{source}: the model imports no version of the default ONNX operator set")
+
+
+def _input_shapes(declared: Sequence[Any], given: Mapping[str, Sequence[int]],
+                  source: str) -> dict[str, tuple[int, ...]]:
+  names = [value.name for value in declared]
+  unknown = sorted(set(given) - set(names))
+  if unknown:
+    raise ValueError(f"{source}: input_shapes names {unknown}, not graph inputs {names}")
+  shapes = {}
+  for value in declared:
+    dims = value.type.tensor_type.shape.dim
+    if value.name in given:
+      shape = tuple(int(d) for d in given[value.name])
+      if len(shape) != len(dims):
+        raise ValueError(f"{source}: input {value.name!r} has rank {len(dims)}, "
+                         f"input_shapes gives {shape}")
+    else:
+      shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+      if -1 in shape:
+        symbolic = [d.dim_param or "?" for d in dims]
+        raise ValueError(f"{source}: input {value.name!r} has free dims {symbolic}: give its "
+                         f"shape, input_shapes={{{value.name!r}: (...)}}")
+    shapes[value.name] = shape
+  return shapes
+
+
+def _split_points(nodes: Sequence[_Node], inputs: Sequence[str], outputs: Sequence[str],
+                  constant: set[str]) -> tuple[str, ...]:
+  """Stage outputs through which every path from the inputs to the outputs passes.
+
+  In graph order: after node i, the activations still needed later must be only its output.
+  """
+  last_use = {}
+  for position, node in enumerate(nodes):
+    for name in node.inputs:
+      if name and name not in constant:
+        last_use[name] = position
+  for name in outputs:
+    last_use[name] = len(nodes)
+  alive = {name for name in inputs if name in last_use}
+  points = []
+  for position, node in enumerate(nodes):
+    alive |= {name for name in node.outputs if name in last_use}
+    alive = {name for name in alive if last_use[name] > position}
+    (only,) = alive if len(alive) == 1 else (None,)
+    if only in node.outputs and node.op_type in _STAGE_ENDS and only not in outputs:
+      points.append(only)
+  return tuple(points)
+
+
+class OnnxNetwork:
+  """An imported ONNX graph: `params`, tensor shapes, split points and a pure `apply`.
+
+  Attributes: source (file or graph name, for messages); input_names, output_names (graph
+  order); shapes, dtypes: {tensor name: shape / dtype} for every tensor at the import shapes;
+  split_points: tensors in graph order that a split network can be cut at (each a stage output
+  through which everything from the inputs to the outputs passes); params: {name: float array}.
+  """
+
+  def __init__(self, source: str, nodes: Sequence[_Node], input_names: Sequence[str],
+               output_names: Sequence[str], shapes: dict[str, tuple[int, ...]],
+               dtypes: dict[str, np.dtype], params: dict[str, np.ndarray],
+               fixed: dict[str, np.ndarray]):
+    self.source = source
+    self.input_names, self.output_names = tuple(input_names), tuple(output_names)
+    self.shapes, self.dtypes = shapes, dtypes
+    self.params = params
+    self._nodes, self._fixed = tuple(nodes), fixed
+    self.split_points = _split_points(self._nodes, self.input_names, self.output_names,
+                                      set(params) | set(fixed))
+    self._plans: dict[tuple[Any, ...], tuple[_Node, ...]] = {}
+
+  @property
+  def input_shapes(self) -> tuple[tuple[int, ...], ...]:
+    return tuple(self.shapes[name] for name in self.input_names)
+
+  @property
+  def output_shapes(self) -> tuple[tuple[int, ...], ...]:
+    return tuple(self.shapes[name] for name in self.output_names)
+
+  def _plan(self, outputs: tuple[str, ...], fed: frozenset[str],
+            given_inputs: bool) -> tuple[_Node, ...]:
+    """The nodes that compute `outputs` from the fed tensors (and the inputs, if given)."""
+    key = (outputs, fed, given_inputs)
+    if key not in self._plans:
+      needed = {name for name in outputs if name not in fed}
+      plan = []
+      for node in reversed(self._nodes):
+        if needed.intersection(node.outputs):
+          plan.append(node)
+          needed |= {name for name in node.inputs if name and name not in fed}
+      missing = sorted(needed & set(self.input_names)) if not given_inputs else []
+      if missing:
+        raise ValueError(f"{self.source}: computing {list(outputs)} needs inputs {missing}; "
+                         "pass them or feed tensors that cut them off")
+      self._plans[key] = tuple(reversed(plan))
+    return self._plans[key]
+
+  def _checked(self, name: str, value: Any, what: str) -> jax.Array:
+    value = jnp.asarray(value)
+    if value.shape != self.shapes[name]:
+      raise ValueError(f"{self.source}: {what} {name!r} must have shape {self.shapes[name]} "
+                       f"(fixed at import), got {value.shape}")
+    dtype = jax.dtypes.canonicalize_dtype(self.dtypes[name])
+    return value if value.dtype == dtype else value.astype(dtype)
+
+  def apply(self, params: Mapping[str, Any], *inputs: Any,
+            outputs: str | Sequence[str] | None = None,
+            feeds: Mapping[str, Any] | None = None) -> Any:
+    """Runs the graph: one array per name in `outputs` (a tuple; one array for a single name).
+
+    params: like self.params (any float dtype, traced or not). inputs: the graph's inputs in
+    order, at the import shapes (cast to the graph's dtypes), or none when `feeds` cut them off.
+    outputs: tensor names to return (default the graph's outputs; a str gives one array).
+    feeds: {tensor name: value} replacing the tensors the graph would compute, e.g. the features
+    at a split point, so that only the nodes after them run.
+    """
+    single = isinstance(outputs, str) or (outputs is None and len(self.output_names) == 1)
+    names = ((outputs,) if isinstance(outputs, str)
+             else self.output_names if outputs is None else tuple(outputs))
+    feeds = dict(feeds or {})
+    for name in (*names, *feeds):
+      if name not in self.shapes:
+        raise ValueError(f"{self.source}: the graph has no tensor {name!r}")
+    if inputs and len(inputs) != len(self.input_names):
+      raise ValueError(f"{self.source}: expected inputs {list(self.input_names)}, "
+                       f"got {len(inputs)} arrays")
+    env = dict(self._fixed)
+    env.update(params)
+    env.update({name: self._checked(name, x, "input") for name, x in zip(self.input_names, inputs)})
+    for name, value in feeds.items():
+      if name in self.params or name in self._fixed:
+        raise ValueError(f"{self.source}: {name!r} is a constant of the graph, not a tensor to "
+                         "feed")
+      env[name] = self._checked(name, value, "feed")
+    for node in self._plan(names, frozenset(feeds), bool(inputs)):
+      values = node.run(jnp, [env[name] if name else None for name in node.inputs])
+      env.update(zip(node.outputs, values))
+    results = tuple(env[name] for name in names)
+    return results[0] if single else results
+
+  def apply_each(self, params: Mapping[str, Any], *inputs: Any,
+                 outputs: str | Sequence[str] | None = None,
+                 feeds: Mapping[str, Any] | None = None) -> Any:
+    """`apply` over a batch of samples of a graph imported with batch size 1.
+
+    Every input, feed and returned tensor of the graph has leading dim 1; here they are [B, ...]
+    instead (the same B for all).
+    """
+    feeds = dict(feeds or {})
+    names = ((outputs,) if isinstance(outputs, str)
+             else self.output_names if outputs is None else tuple(outputs))
+    for name in (*self.input_names, *feeds, *names):
+      if name in self.shapes and self.shapes[name][:1] != (1,):
+        raise ValueError(f"{self.source}: apply_each needs a leading dim 1 on {name!r}, whose "
+                         f"import shape is {self.shapes[name]}")
+
+    def one(sample_inputs, sample_feeds):
+      out = self.apply(params, *[x[None] for x in sample_inputs], outputs=outputs,
+                       feeds={k: v[None] for k, v in sample_feeds.items()})
+      return jax.tree_util.tree_map(lambda y: y[0], out)
+
+    return jax.vmap(one)(inputs, feeds)
+
+
+def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None
+                ) -> OnnxNetwork:
+  """Imports an ONNX model (path or onnx.ModelProto) as an OnnxNetwork.
+
+  input_shapes: {input name: shape} for inputs whose declared shape has free dims (e.g. a
+  symbolic batch) or should change (YuNet accepts any multiple of 32 px); the others keep their
+  declared shapes. Declared inputs that no node reads are dropped. An operator outside
+  gmia.onnx.ops.OPS, or an attribute form it lacks, is a one-line error naming the file, the
+  node and the operator.
+  """
+  from onnx import helper, numpy_helper
+
+  proto, source = _load(model)
+  graph = proto.graph
+  opset = _opset(proto, source)
+  values: dict[str, Any] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+  # Inputs that no node reads (some exporters leave the names of replaced weights) are dropped.
+  read = {name for node in graph.node for name in node.input} | {v.name for v in graph.output}
+  declared = [value for value in graph.input if value.name not in values and value.name in read]
+  shapes = _input_shapes(declared, input_shapes or {}, source)
+  for value in declared:
+    dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+    values[value.name] = jax.ShapeDtypeStruct(shapes[value.name], dtype)
+  kept: list[_Node] = []
+  for index, node_proto in enumerate(graph.node):
+    name = node_proto.name or f"#{index}"
+    op_name = node_proto.op_type if node_proto.domain in ("", "ai.onnx") else (
+        f"{node_proto.domain}.{node_proto.op_type}")
+    if op_name not in ops.OPS:
+      raise NotImplementedError(f"{source}: node {name!r}: operator {op_name} is not supported "
+                                "by gmia.onnx")
+    node = _Node(name, node_proto.op_type, tuple(node_proto.input), tuple(node_proto.output),
+                 _attributes(node_proto, opset), ops.OPS[op_name])
+    for slot, tensor in enumerate(node.inputs):
+      if tensor and tensor not in values:
+        raise ValueError(f"{source}: node {name!r} reads {tensor!r}, which nothing before it "
+                         "computes")
+    args = [values[tensor] if tensor else None for tensor in node.inputs]
+    if node.op_type in ("Shape", "Size"):  # Only the (known) shape is read.
+      args = [np.broadcast_to(np.zeros((), a.dtype), a.shape) for a in args]
+    try:
+      if all(a is None or isinstance(a, np.ndarray) for a in args):
+        if node.op.numpy:
+          results = node.run(np, args)
+        else:
+          results = node.run(jnp, [None if a is None else jnp.asarray(a) for a in args])
+        values.update((o, np.asarray(r)) for o, r in zip(node.outputs, results))
+        continue
+      for slot in node.op.static:
+        if slot < len(args) and isinstance(args[slot], jax.ShapeDtypeStruct):
+          raise ValueError(f"input {slot} ({node.inputs[slot]!r}) must be known at import "
+                           "(gmia.onnx fixes shapes there)")
+      static = {slot: args[slot] for slot in node.op.static if slot < len(args)}
+      dynamic = [a for slot, a in enumerate(args) if slot not in static]
+
+      def run(*traced, node=node, static=static, count=len(args)):
+        it = iter(traced)
+        return node.run(jnp, [static[i] if i in static else next(it) for i in range(count)])
+
+      results = jax.eval_shape(run, *dynamic)
+    except (ops.OpError, ValueError, TypeError) as error:
+      message = str(error).splitlines()[0] if str(error) else type(error).__name__
+      raise ValueError(f"{source}: node {name!r} ({node.op_type}): {message}") from error
+    values.update(zip(node.outputs, results))
+    kept.append(node)
+
+  params, fixed = {}, {}
+  static_slots = {(id(node), slot) for node in kept for slot in node.op.static}
+  for node in kept:
+    for slot, tensor in enumerate(node.inputs):
+      value = values.get(tensor) if tensor else None
+      if isinstance(value, np.ndarray):
+        floating = np.issubdtype(value.dtype, np.floating)
+        target = fixed if (id(node), slot) in static_slots or not floating else params
+        target[tensor] = value
+  for value in graph.output:
+    if isinstance(values.get(value.name), np.ndarray):
+      fixed[value.name] = values[value.name]
+  tensors = {k: v for k, v in values.items() if v is not None}
+  return OnnxNetwork(
+      source, kept, [v.name for v in declared], [v.name for v in graph.output],
+      shapes={k: tuple(v.shape) for k, v in tensors.items()},
+      dtypes={k: np.dtype(v.dtype) for k, v in tensors.items()}, params=params, fixed=fixed)
