@@ -112,15 +112,18 @@ def conv2d_resample(x: jax.Array, w: jax.Array, *, up: int = 1, down: int = 1, p
 
 
 def bias_act(x: jax.Array, bias: jax.Array | None, activation: str = "linear",
-             gain: float = 1.0) -> jax.Array:
-  """Adds a per-channel bias, applies the activation and scales by its gain (lrelu: sqrt 2)."""
+             gain: float = 1.0, clamp: float | None = None) -> jax.Array:
+  """Adds a per-channel bias, applies the activation, scales by its gain (lrelu: sqrt 2) and
+  clips to [-clamp, clamp] when `clamp` is set (NVIDIA's conv_clamp, applied in fp32 too)."""
   if bias is not None:
     x = x + bias
   if activation == "lrelu":
-    return jax.nn.leaky_relu(x, LRELU_SLOPE) * (LRELU_GAIN * gain)
-  if activation == "linear":
-    return x * gain if gain != 1.0 else x
-  raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    x = jax.nn.leaky_relu(x, LRELU_SLOPE) * (LRELU_GAIN * gain)
+  elif activation == "linear":
+    x = x * gain if gain != 1.0 else x
+  else:
+    raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+  return x if clamp is None else jnp.clip(x, -clamp, clamp)
 
 
 def _check_activation(activation: str) -> None:
@@ -158,7 +161,8 @@ class Conv2d(nn.Module):
   """Convolution with equalised learning rate and optional FIR resampling (NVIDIA's Conv2dLayer).
 
   x: f32[B, H, W, Cin] -> f32[B, H*up/down, W*up/down, features]. `gain` scales the output
-  (the discriminator's residual branches use sqrt(0.5)).
+  (the discriminator's residual branches use sqrt(0.5)); `conv_clamp` clips it to
+  +-conv_clamp * gain.
   """
   features: int
   kernel_size: int
@@ -166,6 +170,7 @@ class Conv2d(nn.Module):
   use_bias: bool = True
   up: int = 1
   down: int = 1
+  conv_clamp: float | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, gain: float = 1.0) -> jax.Array:
@@ -177,7 +182,8 @@ class Conv2d(nn.Module):
     bias = None
     if self.use_bias:
       bias = self.param("bias", jax.nn.initializers.zeros, (self.features,))
-    return bias_act(x, bias, self.activation, gain)
+    clamp = None if self.conv_clamp is None else self.conv_clamp * gain
+    return bias_act(x, bias, self.activation, gain, clamp)
 
 
 def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array, *, up: int = 1,
