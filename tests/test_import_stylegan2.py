@@ -31,6 +31,7 @@ code on it and compare with `import_stylegan2.load_generator` (README.md shows h
 
 import os
 import pickle
+import subprocess
 import sys
 import types
 
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gmia import viz
 from gmia.attacks import reconstruction
 from gmia.gan import sampling
 from gmia.inversion import latent
@@ -145,6 +147,16 @@ def test_sampling_projection_and_gan_leaks_run_jitted_on_the_import(class0):
     assert np.all(np.asarray(out["pixel_mse"]) < np.asarray(out["start_mse"]))
     spread = np.asarray(out["ws"]).std(axis=1).max()
     assert (spread > 1e-4) == w_plus  # W+ moves each layer's w on its own
+
+
+def test_sample_gan_cli_samples_a_pickle(class0, tmp_path):
+  (generator, g_vars, _), _ = class0
+  out = tmp_path / "samples.npz"
+  subprocess.run([sys.executable, "-m", "train.sample_gan",
+                  f"--generator=stylegan2_pkl:{fixture('cond32')[0]}", "--class_idx=0", "--num=2",
+                  "--seed=5", f"--out={out}"], check=True, capture_output=True)
+  want = viz.to_uint8(sampling.generate(generator, g_vars, seed=5, num=2))
+  np.testing.assert_allclose(np.load(out)["images"], want, atol=1)
 
 
 def write_pickle(tmp_path, obj, name="net.pkl"):
