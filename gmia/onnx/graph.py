@@ -131,7 +131,8 @@ class OnnxNetwork:
   Attributes: source (file or graph name, for messages); input_names, output_names (graph
   order); shapes, dtypes: {tensor name: shape / dtype} for every tensor at the import shapes;
   split_points: tensors in graph order that a split network can be cut at (each a stage output
-  through which everything from the inputs to the outputs passes); params: {name: float array}.
+  through which everything from the inputs to the outputs passes); params: {name: float array};
+  nodes: (name, operator) of the nodes that run, in order (the folded ones are gone).
   """
 
   def __init__(self, source: str, nodes: Sequence[_Node], input_names: Sequence[str],
@@ -146,6 +147,10 @@ class OnnxNetwork:
     self.split_points = _split_points(self._nodes, self.input_names, self.output_names,
                                       set(params) | set(fixed))
     self._plans: dict[tuple[Any, ...], tuple[_Node, ...]] = {}
+
+  @property
+  def nodes(self) -> tuple[tuple[str, str], ...]:
+    return tuple((node.name, node.op_type) for node in self._nodes)
 
   @property
   def input_shapes(self) -> tuple[tuple[int, ...], ...]:

@@ -156,17 +156,18 @@ def _window(a, x, kernel=None):
   return kernel, strides, dilations, _window_pads(a, spatial, kernel, strides, dilations)
 
 
-def _taps(x, kernel, strides, dilations, pads, fill=0.0):
+def _taps(x, kernel, strides, dilations, pads, fill=0.0, xp=jnp):
   """The strided slices of x (NC..., padded with `fill`) that each kernel tap sees, in tap
   order. Convolutions with one filter per channel and pools are sums / maxima of them: XLA:CPU
   runs such a fused loop tens of times faster than its grouped convolution or reduce_window."""
-  x = jnp.pad(x, [(0, 0), (0, 0)] + list(pads), constant_values=jnp.asarray(fill, x.dtype))
+  x = xp.pad(x, [(0, 0), (0, 0)] + list(pads), constant_values=np.asarray(fill, x.dtype))
   out_shape = [(size - (k - 1) * d - 1) // s + 1
                for size, k, s, d in zip(x.shape[2:], kernel, strides, dilations)]
   for tap in itertools.product(*(range(k) for k in kernel)):
-    start = [t * d for t, d in zip(tap, dilations)]
-    limit = [o + (n - 1) * s + 1 for o, n, s in zip(start, out_shape, strides)]
-    yield tap, lax.slice(x, [0, 0] + start, list(x.shape[:2]) + limit, [1, 1] + list(strides))
+    starts = [t * d for t, d in zip(tap, dilations)]
+    yield tap, x[(slice(None), slice(None)) + tuple(
+        slice(start, start + (n - 1) * s + 1, s)
+        for start, n, s in zip(starts, out_shape, strides))]
 
 
 def _depthwise(x, w, strides, pads, dilations):
@@ -276,8 +277,8 @@ def _average_pool(xp, a, x):
                    constant_values=1.0 if a.get("count_include_pad", 0) else 0.0)
   extra = [(0, 0), (0, 0)] + [(0, c[1] - p[1]) for c, p in zip(ceil_pads, pads)]
   counted = np.pad(counted, extra)
-  count = sum(np.asarray(shifted) for _, shifted in
-              _taps(counted, kernel, strides, dilations, [(0, 0)] * len(kernel)))
+  count = sum(shifted for _, shifted in
+              _taps(counted, kernel, strides, dilations, [(0, 0)] * len(kernel), xp=np))
   return total / count.astype(x.dtype)
 
 
