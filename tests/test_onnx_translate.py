@@ -20,6 +20,7 @@ from tests.multidevice import run_with_devices  # noqa: E402
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(2, 4, 9, 8)).astype(np.float32)
 INT64_MAX = np.iinfo(np.int64).max
+NO_ROI = np.zeros(0, np.float32)
 
 
 def f32(*shape, low=None):
@@ -172,24 +173,24 @@ CASES = {
     "reduce_l2": single("ReduceL2", {"x": X}, {"axes": i64(-1)}, opset=18),
     # Resize in the forms exporters write (YuNet's first).
     "resize_nearest_asymmetric_floor": single(
-        "Resize", {"x": X}, {"roi": np.zeros(0, np.float32), "scales": np.float32([1, 1, 2, 2])},
+        "Resize", {"x": X}, {"roi": NO_ROI, "scales": np.float32([1, 1, 2, 2])},
         opset=11, mode="nearest", coordinate_transformation_mode="asymmetric",
         nearest_mode="floor"),
     "resize_nearest_half_pixel_sizes": single(
-        "Resize", {"x": X}, {"roi": np.zeros(0, np.float32), "scales": np.zeros(0, np.float32),
+        "Resize", {"x": X}, {"roi": NO_ROI, "scales": NO_ROI,
                              "sizes": i64(2, 4, 14, 5)}, opset=13, mode="nearest"),
     "resize_nearest_prefer_ceil": single(
-        "Resize", {"x": X}, {"roi": np.zeros(0, np.float32), "scales": np.float32([1, 1, 0.6, 1.7])},
+        "Resize", {"x": X}, {"roi": NO_ROI, "scales": np.float32([1, 1, 0.6, 1.7])},
         opset=13, mode="nearest", nearest_mode="round_prefer_ceil",
         coordinate_transformation_mode="asymmetric"),
     "resize_linear_down": single(
-        "Resize", {"x": X}, {"roi": np.zeros(0, np.float32), "scales": np.zeros(0, np.float32),
+        "Resize", {"x": X}, {"roi": NO_ROI, "scales": NO_ROI,
                              "sizes": i64(2, 4, 5, 4)}, opset=13, mode="linear"),
     "resize_linear_align_corners": single(
-        "Resize", {"x": X}, {"roi": np.zeros(0, np.float32), "scales": np.float32([1, 1, 1.5, 1.5])},
+        "Resize", {"x": X}, {"roi": NO_ROI, "scales": np.float32([1, 1, 1.5, 1.5])},
         opset=13, mode="linear", coordinate_transformation_mode="align_corners"),
     "resize_linear_pytorch_half_pixel": single(
-        "Resize", {"x": X}, {"roi": np.zeros(0, np.float32), "scales": np.zeros(0, np.float32),
+        "Resize", {"x": X}, {"roi": NO_ROI, "scales": NO_ROI,
                              "sizes": i64(2, 4, 1, 12)}, opset=13, mode="linear",
         coordinate_transformation_mode="pytorch_half_pixel"),
     "upsample": single("Upsample", {"x": X}, {"scales": np.float32([1, 1, 2, 3])}, opset=9),
@@ -212,7 +213,7 @@ CASES = {
                                     {"scale": np.float32(0.05), "zero": np.int8(3)}),
     "dequantize_per_axis": single("DequantizeLinear",
                                   {"q": RNG.integers(0, 255, (4, 6)).astype(np.uint8)},
-                                  {"scale": f32(6, low=0.01), "zero": i64(*range(6)).astype(np.uint8)},
+                                  {"scale": f32(6, low=0.01), "zero": np.arange(6, dtype=np.uint8)},
                                   axis=1),
     "dequantize_blocked": blocked_dequantize(),
     # Shape arithmetic that import folds: view(x.size(0), -1), ConstantOfShape, Expand, Range.
@@ -258,7 +259,8 @@ def test_import_folds_constant_subgraphs():
       [node("DequantizeLinear", ["q", "scale", "zero"], ["w_flat"], axis=1, block_size=4),
        node("Reshape", ["w_flat", "w_shape"], ["w"]), node("Conv", ["x", "w"], ["c"]),
        node("Shape", ["c"], ["shape"]), node("Gather", ["shape", "zero_index"], ["n"]),
-       node("Unsqueeze", ["n", "axes"], ["n1"]), node("Concat", ["n1", "minus"], ["target"], axis=0),
+       node("Unsqueeze", ["n", "axes"], ["n1"]),
+       node("Concat", ["n1", "minus"], ["target"], axis=0),
        node("Reshape", ["c", "target"], ["y"])],
       {"x": X}, {"q": q, "scale": scale, "zero": zero, "w_shape": i64(3, 4, 3, 3),
                  "zero_index": np.int64(0), "axes": i64(0), "minus": i64(-1)}, opset=21)
@@ -359,8 +361,9 @@ from gmia.onnx import import_onnx
 net = import_onnx({path!r}, input_shapes={{"x": (8, 4, 9, 8)}})
 x = np.random.default_rng(0).normal(size=(8, 4, 9, 8)).astype(np.float32)
 mesh = jax.make_mesh((4,), ("data",))
-sharded = jax.jit(net.apply, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))),
-                  out_shardings=NamedSharding(mesh, P("data")))(net.params, x)
+rows = NamedSharding(mesh, P("data"))
+sharded = jax.jit(net.apply, in_shardings=(NamedSharding(mesh, P()), rows),
+                  out_shardings=rows)(net.params, x)
 RESULT = {{"sharded": sharded, "single": jax.jit(net.apply)(net.params, x),
            "shards": len(sharded.addressable_shards)}}
 """)
