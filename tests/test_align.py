@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmia.faces.align import ARCFACE_TEMPLATE, align_face, umeyama, warp_affine
+from gmia.faces.align import ARCFACE_TEMPLATE, align_face, crop_fixed, umeyama, warp_affine
 
 
 def similarity(scale, angle, shift):
@@ -78,3 +78,22 @@ def test_align_batch_puts_landmarks_on_template():
 def test_align_rejects_bad_landmarks():
   with pytest.raises(ValueError, match="landmarks must be"):
     align_face(jnp.zeros((50, 50, 3)), jnp.zeros((4, 2)))
+
+
+def test_fixed_crop_of_linear_ramp_is_exact_inside():
+  # Halving with an antialiased linear resize averages pixel pairs' neighbourhoods with weights
+  # symmetric about each output centre, so a linear image gives the ramp's value there wherever
+  # the kernel stays inside the crop.
+  h, w, size = 120, 100, 30
+  y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+  images = np.stack([0.5 * x + 0.25 * y, -0.3 * x + y], -1)[None]
+  box = (0.25, 0.2, 0.75, 0.8)  # Rows 30..90, columns 20..80: 60 x 60 px into 30 x 30.
+  out = np.asarray(crop_fixed(jnp.asarray(images), box, size))
+  assert out.shape == (1, size, size, 2)
+  rows = 30 + 2 * np.arange(size) + 0.5
+  cols = 20 + 2 * np.arange(size) + 0.5
+  cy, cx = np.meshgrid(rows, cols, indexing="ij")
+  expected = np.stack([0.5 * cx + 0.25 * cy, -0.3 * cx + cy], -1)
+  np.testing.assert_allclose(out[0, 1:-1, 1:-1], expected[1:-1, 1:-1], atol=1e-3)
+  with pytest.raises(ValueError, match="box must be"):
+    crop_fixed(jnp.asarray(images), (0.5, 0.0, 0.4, 1.0))
