@@ -1,16 +1,15 @@
 """Release filter: drop generated samples too close to a training identity.
 
   python -m attack.filter --workdir=runs/filter \
-      --config.generator_workdir=runs/demo/gan --config.encoder_workdir=runs/demo/encoder
+      --config.generator_workdir=runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
 
 Writes kept.npz (the samples that pass), dropped.png and filter.json.
 """
 
 import os
 
-from attack import cli
+from gmia import cli
 from gmia.attacks import release_filter
-from gmia.cli import run
 
 
 def _show(result, workdir):
@@ -19,7 +18,6 @@ def _show(result, workdir):
         f"{os.path.join(workdir, 'kept.npz')}")
 
 
-main = cli.entry_point("filter.py", release_filter.run, _show)
-
 if __name__ == "__main__":
-  run(main)
+  cli.launch(release_filter.run, show=_show, default_config=os.path.join(
+      os.path.dirname(__file__), "configs", "filter.py"))

@@ -1,7 +1,7 @@
 """Identity membership attack: was this person in the generator's training set?
 
   python -m attack.identity_membership --workdir=runs/attack \
-      --config.generator_workdir=runs/demo/gan --config.encoder_workdir=runs/demo/encoder
+      --config.generator_workdir=runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
 
 Writes report.json, scores.csv, samples.csv, roc.png and matches.png; a killed run resumes from
 its last finished chunk of samples, and a larger num_samples extends a finished run.
@@ -9,9 +9,8 @@ its last finished chunk of samples, and a larger num_samples extends a finished 
 
 import os
 
-from attack import cli
+from gmia import cli
 from gmia.attacks import membership_job
-from gmia.cli import run
 
 
 def _show(summary, workdir):
@@ -19,7 +18,6 @@ def _show(summary, workdir):
   print(f"report: {os.path.join(workdir, membership_job.REPORT_FILE)}")
 
 
-main = cli.entry_point("identity_membership.py", membership_job.run, _show)
-
 if __name__ == "__main__":
-  run(main)
+  cli.launch(membership_job.run, show=_show, default_config=os.path.join(
+      os.path.dirname(__file__), "configs", "identity_membership.py"))

@@ -12,9 +12,9 @@ reaches the same error in fewer steps when the noise added to w is off:
 Writes report.json (AUC, TPR at FPR per attack), scores.csv, roc.png and reconstructions.png.
 """
 
-from absl import app
+import os
 
-from attack import cli
+from gmia import cli
 from gmia.attacks import reconstruction
 
 
@@ -23,7 +23,6 @@ def _show(summary, _):
     print(f"{name}: AUC {result['auc']:.3f}")
 
 
-main = cli.entry_point("project_latent.py", reconstruction.run, _show)
-
 if __name__ == "__main__":
-  app.run(main)
+  cli.launch(reconstruction.run, show=_show, default_config=os.path.join(
+      os.path.dirname(__file__), "configs", "project_latent.py"))

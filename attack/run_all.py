@@ -4,7 +4,7 @@
 
 Stages (a second run reuses every finished stage; a killed run resumes the one it was in):
   data      render the synthetic faces, split identities, save split.json and data_overview.png;
-  encoder   train the face encoder on the encoder identities only (workdir/encoder);
+  face_encoder  train the face encoder on the encoder identities only (workdir/face_encoder);
   gan       train the target generator on the members' training photos (workdir/gan);
   control   train the same generator on the shadow identities instead (workdir/gan_control);
   attack    the identity membership attack on both generators (workdir/attack,
@@ -17,17 +17,15 @@ from __future__ import annotations
 import copy
 import os
 
+import ml_collections
 import numpy as np
-from absl import app, flags, logging
 
-from gmia import cli, files, parallel, progress, viz
+from gmia import cli, files, viz
 from gmia.attacks import membership_job
 from gmia.data import run_data
-from gmia.encoder import trainer as encoder_trainer
+from gmia.face_encoder import trainer as encoder_trainer
 from gmia.gan import trainer as gan_trainer
 
-_CONFIG = cli.define_config(os.path.join(os.path.dirname(__file__), "configs", "main_job.py"))
-_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where every stage keeps its results.")
 DONE = "DONE"
 
 
@@ -53,12 +51,8 @@ def stage(workdir: str, name: str, run) -> None:
   files.write_atomic(marker, "")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  parallel.initialize_distributed()
-  progress.quiet_library_logs()
-  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Every stage in `workdir`; returns {attack name: its report's metrics}."""
   os.makedirs(workdir, exist_ok=True)
 
   arrays, split = run_data.load_for_run(config.data, workdir)
@@ -77,8 +71,8 @@ def main(argv):
     sub_config.update(fields)
     return sub_config
 
-  stage(workdir, "encoder", lambda: encoder_trainer.train_and_evaluate(
-      trained(config.encoder), os.path.join(workdir, "encoder")))
+  stage(workdir, "face_encoder", lambda: encoder_trainer.train_and_evaluate(
+      trained(config.face_encoder), os.path.join(workdir, "face_encoder")))
   stage(workdir, "gan", lambda: gan_trainer.train_and_evaluate(
       trained(config.gan, train_group="members"), os.path.join(workdir, "gan")))
   stage(workdir, "gan_control", lambda: gan_trainer.train_and_evaluate(
@@ -88,7 +82,7 @@ def main(argv):
   for name, generator in (("attack", "gan"), ("attack_control", "gan_control")):
     attack = copy.deepcopy(config.attack)
     attack.generator_workdir = os.path.join(workdir, generator)
-    attack.encoder_workdir = os.path.join(workdir, "encoder")
+    attack.encoder_workdir = os.path.join(workdir, "face_encoder")
     attack.title = ("target generator (trained on the members)" if name == "attack" else
                     "control generator (trained on other people)")
     stage(workdir, name, lambda: membership_job.run(attack, os.path.join(workdir, name)))
@@ -97,12 +91,13 @@ def main(argv):
   for name, summary in summaries.items():
     print(f"\n{summary['config']['title']}:")
     print("\n".join(membership_job.summary_lines(summary)))
-  files.write_json(os.path.join(workdir, "summary.json"),
-                   {name: s["metrics"] for name, s in summaries.items()})
+  metrics = {name: s["metrics"] for name, s in summaries.items()}
+  files.write_json(os.path.join(workdir, "summary.json"), metrics)
   print(f"\nreports: {workdir}/attack/ and {workdir}/attack_control/ "
         "(report.json, roc.png, matches.png, scores.csv)")
-  logging.info("done")
+  return metrics
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.launch(run, workdir_default="runs/demo", workdir_help="Where every stage keeps its results.",
+             default_config=os.path.join(os.path.dirname(__file__), "configs", "main_job.py"))

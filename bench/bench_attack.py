@@ -20,11 +20,11 @@ from absl import app, flags
 from gmia import parallel
 from gmia.attacks import generate_embed
 from gmia.attacks import identity_membership as im
-from gmia.encoder import embed as encoder_embed, trainer as encoder_trainer
+from gmia.face_encoder import embed as encoder_embed, trainer as encoder_trainer
 from gmia.gan import train_step
 
 _GAN = flags.DEFINE_string("gan_config", "train/configs/gan_tiny.py", "Generator config file.")
-_ENCODER = flags.DEFINE_string("encoder_config", "train/configs/arcface_cpu_demo.py",
+_ENCODER = flags.DEFINE_string("encoder_config", "train/configs/face_encoder_cpu_demo.py",
                                "Encoder config file.")
 _CHUNK = flags.DEFINE_integer("chunk_size", 500, "Samples per chunk.")
 _CHUNKS = flags.DEFINE_integer("chunks", 5, "Timed chunks.")

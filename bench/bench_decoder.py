@@ -3,7 +3,7 @@
   python bench/bench_decoder.py [--batch=32] [--width=16] [--opt_steps=100]
 
 Randomly initialised IResNets (speed does not depend on training): "tiny" (width 4, 16
-features) and "demo" (train/configs/arcface_cpu_demo.py: width 16, 128 features), one block per
+features) and "demo" (train/configs/face_encoder_cpu_demo.py: width 16, 128 features), one block per
 stage, 32 px inputs, split layers stem, stage1 and stage2 trained together as the CPU demo
 configs do. Prints training steps/s (and images/s) of the aux step, and of the zero-shot blocks
 and chain steps. Then the peer: recovering 8 images from stage2 features by optimisation

@@ -24,11 +24,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gmia.encoder.embed import embed  # noqa: E402
+from gmia.face_encoder.embed import embed  # noqa: E402
 from gmia.models.export_onnx import INPUT_NAME, export_onnx  # noqa: E402
 from gmia.models.iresnet import ARCHS, IResNet, init_key  # noqa: E402
 
-# name -> (blocks, width, features, input size); "demo" is train/configs/arcface_cpu_demo.py.
+# name -> (blocks, width, features, input size); "demo" is train/configs/face_encoder_cpu_demo.py.
 MODELS = {
     "r18": (ARCHS["r18"], 64, 512, 112),
     "r50": (ARCHS["r50"], 64, 512, 112),

@@ -18,24 +18,35 @@ Reading one without gmia:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+
+from gmia import parallel
 
 ITEMS = ("state", "meta")
 
 
 class Checkpointer:
-  """Keeps the last `max_to_keep` checkpoints of a run in `workdir/checkpoints`."""
+  """Keeps the last `max_to_keep` checkpoints of a run in `workdir/checkpoints`.
 
-  def __init__(self, workdir: str, *, max_to_keep: int = 3):
+  `read_only` opens an existing run without creating anything (a missing one is an error).
+  """
+
+  def __init__(self, workdir: str, *, max_to_keep: int = 3, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if read_only and not os.path.isdir(self.directory):
+      raise FileNotFoundError(f"no checkpoints in {os.path.abspath(workdir)}: not a trained "
+                              "gmia workdir (or not trained yet)")
     self._manager = ocp.CheckpointManager(
         self.directory,
-        item_names=ITEMS,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                             read_only=read_only),
     )
 
   def latest_step(self) -> int | None:
@@ -64,6 +75,22 @@ class Checkpointer:
           f"(a checkpoint of another config or architecture?): {error}") from error
     return restored.state, dict(restored.meta)
 
+  def restore_replicated(self, step: int | None = None, *, kind: str | None = None,
+                         mesh: Mesh | None = None) -> tuple[Any, dict]:
+    """Restores `(state, meta)` at `step` (latest when None) with every array replicated over
+    `mesh` (default: all devices), the structure read from the checkpoint itself: loading a
+    trained model works whatever topology trained it. `kind` ("gan", "face_encoder", ...) must
+    be the kind of run the checkpoint records."""
+    step = self._resolve(step)
+    meta = self.restore_meta(step)
+    check_kind(meta, kind, self.directory)
+    sharding = parallel.replicated(mesh or parallel.make_mesh())
+    saved = self._manager.item_metadata(step)["state"].tree
+    abstract = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), saved,
+        is_leaf=lambda leaf: isinstance(leaf, ocp.metadata.ArrayMetadata))
+    return self.restore(step, abstract)[0], meta
+
   def restore_meta(self, step: int | None = None) -> dict:
     """Reads only the JSON metadata of `step` (latest when None)."""
     step = self._resolve(step)
@@ -85,30 +112,8 @@ class Checkpointer:
     return step
 
 
-def check_config_matches(saved: Mapping[str, Any], current: Mapping[str, Any],
-                         keys: Iterable[str]) -> None:
-  """Raises ValueError naming the first of `keys` on which two configs differ.
-
-  Guards resumption: a workdir holding a checkpoint of another architecture must not be
-  silently continued (or crash deep inside Orbax). Keys are dotted paths ("model.resolution").
-  """
-  for key in keys:
-    saved_value, current_value = _lookup(saved, key), _lookup(current, key)
-    if saved_value != current_value:
-      raise ValueError(
-          f"the workdir holds a checkpoint of another config: {key} is {saved_value!r} there "
-          f"but {current_value!r} now; use a fresh --workdir or the original config")
-
-
-def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
-  node: Any = tree
-  for part in dotted.split("."):
-    if not isinstance(node, Mapping) or part not in node:
-      return None
-    node = node[part]
-  return node
-
-
-def abstract_like(tree: Any) -> Any:
-  """The abstract (shape/dtype/sharding) structure of a concrete pytree, for `restore`."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+def check_kind(meta: Mapping[str, Any], kind: str | None, where: str) -> None:
+  """Raises ValueError when a checkpoint's metadata records another kind of run than `kind`."""
+  found = meta.get("kind")
+  if kind is not None and found is not None and found != kind:
+    raise ValueError(f"{where} holds a {found} checkpoint, not a {kind}: check the path")

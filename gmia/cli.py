@@ -1,19 +1,31 @@
-"""The `--config` flag every command line shares, with plain errors for mistyped fields.
+"""The one entry-point helper every command line uses: `--config`, `--workdir`, plain errors.
 
-ml_collections resolves `--config.FIELD=VALUE` overrides when the flag is defined (default file)
-or parsed (`--config=FILE`), and a field the config lacks ends there in a bare KeyError or
-AttributeError traceback. `define_config` and `run` turn that into one line naming the override.
+    python -m train.train_gan --config=train/configs/gan_tiny.py --workdir=runs/gan \
+        --config.num_steps=100
+
+`launch(job)` defines `--config` (an ml_collections file; any field can be overridden with
+--config.FIELD=VALUE) and `--workdir`, joins a multi-host job when one is configured, runs
+`job(config, workdir)` and shows its result. Mistakes a user makes end in one line on stderr
+and exit status 1, not a traceback: a mistyped config field (ml_collections resolves overrides
+when the flag is defined or parsed, and would end in a bare KeyError), a missing checkpoint, a
+wrong kind of workdir, bad input. `--verbose` shows the traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from gmia import parallel, progress
+
 CONFIG_HELP = "Config file (ml_collections); override fields with --config.FIELD=VALUE."
+# Errors a user's input causes: shown as one line. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 def unknown_field_message(error: Exception, argv: Sequence[str]) -> str:
@@ -25,10 +37,10 @@ def unknown_field_message(error: Exception, argv: Sequence[str]) -> str:
   return f"unknown config field {detail} (overrides given: {', '.join(overrides) or 'none'})"
 
 
-def define_config(default: str | None = None, help_text: str = CONFIG_HELP) -> flags.FlagHolder:
-  """Defines `--config` (required when there is no default) with locked fields."""
+def _define_config(default: str | None) -> flags.FlagHolder:
+  """`--config` (required when there is no default) with locked fields."""
   try:
-    holder = config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)
+    holder = config_flags.DEFINE_config_file("config", default, CONFIG_HELP, lock_config=True)
   except (KeyError, AttributeError) as error:  # An override resolved against the default file.
     sys.exit(f"FATAL Flags parsing error: {unknown_field_message(error, sys.argv)}")
   if default is None:
@@ -43,6 +55,29 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f"FATAL Flags parsing error: {unknown_field_message(error, argv)}")
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """`app.run(main)`, with unknown config fields reported as flag errors."""
+def launch(job: Callable[[Any, str], Any], *, default_config: str | None = None,
+           show: Callable[[Any, str], None] | None = None,
+           workdir_default: str | None = None,
+           workdir_help: str = "Where the run keeps its checkpoints and results.") -> None:
+  """Runs `job(config, workdir)` as a command line (see the module docstring); `show(result,
+  workdir)` prints the outcome. Never returns (absl exits)."""
+  config = _define_config(default_config)
+  workdir = flags.DEFINE_string("workdir", workdir_default, workdir_help,
+                                required=workdir_default is None)
+  verbose = flags.DEFINE_bool("verbose", False, "Show the traceback of an error.")
+
+  def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    parallel.initialize_distributed()
+    progress.quiet_library_logs()
+    try:
+      result = job(config.value, os.path.abspath(workdir.value))
+    except USER_ERRORS as error:
+      if verbose.value:
+        raise
+      sys.exit(f"error: {error} (--verbose shows where)")
+    if show is not None:
+      show(result, workdir.value)
+
   app.run(main, flags_parser=_parse_flags)

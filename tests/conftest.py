@@ -1,10 +1,22 @@
-"""Fixtures shared by test modules: tiny trained models on one tiny synthetic split."""
+"""What every test module shares: a persistent JAX compilation cache, and tiny trained models on
+one tiny synthetic split.
 
-import pytest
+The cache is set in the environment before JAX starts, so the subprocesses of the multi-device
+and multi-process tests share it too: a program compiled once (a resumed run's step, the same
+tiny model in another test) is read back instead of compiled again.
+"""
 
-from gmia.encoder import trainer as encoder_trainer
-from gmia.gan import trainer as gan_trainer
-from train.configs import arcface_tiny, gan_tiny
+import os
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import pytest  # noqa: E402
+
+from gmia.face_encoder import trainer as encoder_trainer  # noqa: E402
+from gmia.gan import trainer as gan_trainer  # noqa: E402
+from train.configs import face_encoder_tiny, gan_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -13,9 +25,9 @@ def models(tmp_path_factory):
   root = tmp_path_factory.mktemp("models")
   gan = gan_tiny.get_config()
   gan.data.data_dir = str(root / "data")
-  gan.total_steps, gan.save_every, gan.log_every = 2, 2, 1
+  gan.num_steps, gan.checkpoint_every, gan.log_every = 2, 2, 1
   gan_trainer.train_and_evaluate(gan, str(root / "gan"))
-  encoder = arcface_tiny.get_config()
+  encoder = face_encoder_tiny.get_config()
   encoder.data = gan.data
   encoder.data.split.path = str(root / "gan" / "split.json")
   encoder.eval_identities = 2

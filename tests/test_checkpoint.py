@@ -1,4 +1,5 @@
-"""Checkpoints round-trip, refuse other configs, and open without gmia."""
+"""Checkpoints round-trip, restore whatever topology saved them, name what they are, and open
+without gmia."""
 
 import json
 import subprocess
@@ -8,7 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmia.checkpoint import Checkpointer, abstract_like, check_config_matches
+import jax
+
+from gmia.checkpoint import Checkpointer
+
+
+def abstract_like(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
 
 
 def _state():
@@ -40,12 +47,23 @@ def test_empty_workdir_is_a_clear_error(tmp_path):
     Checkpointer(str(tmp_path)).restore_meta()
 
 
-def test_config_mismatch_names_the_key():
-  check_config_matches({"model": {"resolution": 32}}, {"model": {"resolution": 32}},
-                       ["model.resolution"])
-  with pytest.raises(ValueError, match="model.resolution is 32 there but 64 now"):
-    check_config_matches({"model": {"resolution": 32}}, {"model": {"resolution": 64}},
-                         ["model.resolution"])
+def test_restore_replicated_reads_the_structure_from_the_checkpoint(tmp_path):
+  ckpt = Checkpointer(str(tmp_path))
+  ckpt.save(3, _state(), {"kind": "toy", "config": {}})
+  ckpt.wait()
+  state, meta = Checkpointer(str(tmp_path), read_only=True).restore_replicated(kind="toy")
+  np.testing.assert_array_equal(state["params"]["dense"]["kernel"], _state()["params"]["dense"][
+      "kernel"])
+  assert int(state["step"]) == 7 and meta["kind"] == "toy"
+  assert state["step"].sharding.is_fully_replicated
+  with pytest.raises(ValueError, match="holds a toy checkpoint, not a gan"):
+    Checkpointer(str(tmp_path), read_only=True).restore_replicated(kind="gan")
+
+
+def test_read_only_open_of_a_missing_run_creates_nothing(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoints in"):
+    Checkpointer(str(tmp_path / "nowhere"), read_only=True)
+  assert not (tmp_path / "nowhere").exists()
 
 
 def test_plain_orbax_reads_it_without_gmia(tmp_path):

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmia.models.classifiers import LAYERS, ResNetClassifier, check_split
+from gmia.models.classifiers import LAYERS, ResNetClassifier
+from gmia.models.split import check_split
 from gmia.models.iresnet import init_key
 
 TINY = ResNetClassifier(num_classes=5, widths=(4, 8, 8), blocks=(1, 2, 1))

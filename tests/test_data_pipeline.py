@@ -14,13 +14,14 @@ def _images(n=10):
 def test_batches_are_scaled_images_in_range():
   images = _images()
   batches = Batches(images, global_batch_size=4, seed=0)
-  batch = batches.at(3)
+  batch = batches.at(3)["images"]
   assert batch.shape == (4, 4, 4, 3) and batch.dtype == np.float32
   assert batch.min() >= -1 and batch.max() <= 1
   expected = images[batches.global_indices(3)].astype(np.float32) / 127.5 - 1
   np.testing.assert_allclose(batch, expected)
-  np.testing.assert_array_equal(Batches(images, global_batch_size=4, seed=0).at(3), batch)
-  assert not np.array_equal(Batches(images, global_batch_size=4, seed=1).at(3), batch)
+  np.testing.assert_array_equal(Batches(images, global_batch_size=4, seed=0).at(3)["images"],
+                                batch)
+  assert not np.array_equal(Batches(images, global_batch_size=4, seed=1).at(3)["images"], batch)
 
 
 def test_every_photo_once_per_epoch_even_across_batch_boundaries():
@@ -37,38 +38,34 @@ def test_batch_larger_than_the_data_set():
 
 
 def test_process_slices_tile_the_global_batch():
-  images = _images(12)
-  whole = Batches(images, global_batch_size=8, seed=5, process_index=0, process_count=1)
+  images, labels = _images(12), np.arange(12) * 10
+  whole = Batches(images, global_batch_size=8, seed=5, process_index=0, process_count=1,
+                  labels=labels).at(7)
   parts = [Batches(images, global_batch_size=8, seed=5, process_index=p, process_count=4,
-                   mirror=False).at(7) for p in range(4)]
-  assert all(p.shape == (2, 4, 4, 3) for p in parts)
-  np.testing.assert_array_equal(np.concatenate(parts), whole.at(7))
+                   mirror=False, labels=labels).at(7) for p in range(4)]
+  assert all(p["images"].shape == (2, 4, 4, 3) for p in parts)
+  for name in ("images", "labels"):
+    np.testing.assert_array_equal(np.concatenate([p[name] for p in parts]), whole[name])
+  # Each label stays with its image.
+  np.testing.assert_array_equal(
+      whole["images"], images[whole["labels"] // 10].astype(np.float32) / 127.5 - 1)
 
 
 def test_mirror_flips_some_images_deterministically():
   images = _images(16)
-  plain = Batches(images, global_batch_size=16, seed=0).at(0)
-  mirrored = Batches(images, global_batch_size=16, seed=0, mirror=True).at(0)
+  plain = Batches(images, global_batch_size=16, seed=0).at(0)["images"]
+  mirrored = Batches(images, global_batch_size=16, seed=0, mirror=True).at(0)["images"]
   flipped = [not np.array_equal(a, b) for a, b in zip(plain, mirrored)]
   assert 0 < sum(flipped) < 16
   for a, b, f in zip(plain, mirrored, flipped):
     np.testing.assert_array_equal(b, a[:, ::-1] if f else a)
 
 
-def test_prefetching_iterator_matches_at():
-  batches = Batches(_images(), global_batch_size=4, seed=0)
-  iterator = batches.iterate(start_step=5)
-  for expected_step in (5, 6, 7):
-    step, batch = next(iterator)
-    assert step == expected_step
-    np.testing.assert_array_equal(batch, batches.at(step))
-  iterator.close()
-
-
 @pytest.mark.parametrize("kwargs, message", [
     ({"images": np.zeros((0, 4, 4, 3), np.uint8)}, "empty"),
     ({"images": np.zeros((4, 4, 4, 3), np.float32)}, "uint8"),
     ({"global_batch_size": 6, "process_count": 4, "process_index": 0}, "divisible"),
+    ({"labels": np.zeros(3)}, "3 labels for 10 images"),
 ])
 def test_bad_input(kwargs, message):
   args = {"images": _images(), "global_batch_size": 4, "seed": 0, **kwargs}

@@ -11,8 +11,8 @@ import optax
 import pytest
 
 from gmia import parallel
-from gmia.inversion import decoder_synthesis, decoder_training, priors
-from gmia.models import decoders
+from gmia.inversion import decoder_losses, decoder_synthesis, decoder_training, priors
+from gmia.models import decoders, split
 from gmia.models.iresnet import IResNet, init_key
 
 SIZE = 32
@@ -20,9 +20,15 @@ TINY = IResNet(blocks=(1, 1, 1, 1), width=4, num_features=16)
 
 
 @functools.cache
-def tiny_network() -> decoder_training.Network:
+def tiny_network() -> split.Network:
   variables = jax.jit(TINY.init)(init_key(0), jnp.zeros((1, SIZE, SIZE, 3)))
-  return decoder_training.Network(TINY, variables, SIZE)
+  return split.Network(TINY, variables, SIZE)
+
+
+def make_decoder(network: split.Network, layer: str) -> decoders.Decoder:
+  """The decoder of `layer` as the trainer builds it, with width 8."""
+  specs = decoders.decoder_specs(network, [layer])
+  return decoders.make_decoders(specs, {"width": 8, "depth": 1})[layer]
 
 
 @jax.jit
@@ -35,12 +41,12 @@ def perturbed(params, key, scale=0.1):
 
 def test_decoder_shapes_for_every_layer_of_a_tiny_iresnet():
   net = tiny_network()
-  shapes = decoders.feature_shapes(TINY, net.variables, SIZE)
+  shapes = split.feature_shapes(TINY, net.variables, SIZE)
   images = jax.random.uniform(jax.random.key(0), (2, SIZE, SIZE, 3), minval=-1, maxval=1)
   acts = jax.jit(functools.partial(TINY.apply, capture=TINY.layers))(net.variables, images)
   assert shapes == {name: acts[name].shape[1:] for name in TINY.layers}
   for index, layer in enumerate(TINY.layers):
-    decoder = decoders.make_decoder(TINY, net.variables, SIZE, layer, width=8)
+    decoder = make_decoder(net, layer)
     assert decoder.feature_shape == shapes[layer] and len(decoder.blocks) == index + 1
     params = jax.eval_shape(decoder.init, jax.random.key(1), acts[layer])
     outputs = jax.eval_shape(functools.partial(decoder.apply, intermediates=True), params,
@@ -49,7 +55,7 @@ def test_decoder_shapes_for_every_layer_of_a_tiny_iresnet():
     expected = [shapes[TINY.layers[i - 1]] for i in range(index, 0, -1)] + [(SIZE, SIZE, 3)]
     assert [o.shape[1:] for o in outputs] == expected
   # Computed for real: the stem decoder (tanh image block) and the dense block of the embedding.
-  stem = decoders.make_decoder(TINY, net.variables, SIZE, "stem", width=8)
+  stem = make_decoder(net, "stem")
   params = perturbed(jax.jit(stem.init)(jax.random.key(1), acts["stem"]), jax.random.key(2))
   decoded = jax.jit(stem.apply)(params, acts["stem"])
   assert decoded.shape == images.shape and 0 < float(jnp.abs(decoded).max()) <= 1.0
@@ -66,8 +72,8 @@ def test_decoder_shapes_for_a_classifier_if_present():
   classifiers = pytest.importorskip("gmia.models.classifiers")
   model = classifiers.ResNetClassifier(num_classes=5, widths=(4, 8, 8))
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-  for layer, shape in decoders.feature_shapes(model, variables, 16).items():
-    decoder = decoders.make_decoder(model, variables, 16, layer, width=8)
+  for layer, shape in split.feature_shapes(model, variables, 16).items():
+    decoder = make_decoder(split.Network(model, variables, 16), layer)
     features = jnp.zeros((3, *shape))
     params = jax.eval_shape(decoder.init, jax.random.key(1), features)
     assert jax.eval_shape(decoder.apply, params, features).shape == (3, 16, 16, 3)
@@ -121,8 +127,8 @@ def test_inverse_block_learns_a_linear_block_whose_inverse_is_known():
   variables = {"params": {**variables["params"],
                           "mix": {"kernel": jnp.asarray(q.reshape(stride, stride, 4, n),
                                                         jnp.float32)}}}
-  network = decoder_training.Network(model, variables, 8)
-  shapes = decoders.feature_shapes(model, variables, 8)
+  network = split.Network(model, variables, 8)
+  shapes = split.feature_shapes(model, variables, 8)
   chain = decoders.inverse_chain(model.layers, shapes, 8, "mix")
   block = decoders.Decoder(chain[:1], width=8, to_image=False)
   tx = optax.adam(optax.cosine_decay_schedule(0.01, 150))
@@ -148,8 +154,8 @@ def test_inverse_block_learns_a_linear_block_whose_inverse_is_known():
     return float(np.sum((np.asarray(learned) - exact) ** 2) / np.sum(exact ** 2))
 
   before = error(state)
-  for i in range(150):
-    state, logged = step(state, i, {"variables": variables})
+  for _ in range(150):
+    state, logged = step(state, None, {"variables": variables})
   after = error(state)
   assert after < 0.02 and after < before / 50, (before, after)
   # An orthogonal block preserves distances: its cycle error is its reconstruction error.
@@ -161,7 +167,7 @@ def test_losses_match_direct_computation():
   images = decoder_synthesis.noise_images(jax.random.key(3), 4, SIZE)
   run = jax.jit(TINY.apply, static_argnames=("capture", "start"))
   acts = run(net.variables, images, capture=("stem", "stage1"))
-  decoder = decoders.make_decoder(TINY, net.variables, SIZE, "stage1", width=8)
+  decoder = make_decoder(net, "stage1")
   params = perturbed(decoder.init(jax.random.key(1), acts["stage1"])["params"],
                      jax.random.key(4))
   stats = decoder.statistics(TINY.layers, decoders.activation_statistics(acts))
@@ -173,8 +179,8 @@ def test_losses_match_direct_computation():
   mid, image = jax.jit(functools.partial(decoder.apply, intermediates=True))(variables,
                                                                              acts["stage1"])
   again = run(net.variables, image, capture=("stage1",))["stage1"]
-  inputs = decoder_training.block_inputs(net, acts, images)
-  loss, terms = jax.jit(functools.partial(decoder_training.cycle_loss, decoder, network=net,
+  inputs = split.block_inputs(net, acts, images)
+  loss, terms = jax.jit(functools.partial(decoder_losses.cycle_loss, decoder, network=net,
                                           cycle_weight=0.7, block_weight=0.3))(
       variables, net_vars=net.variables, features=acts["stage1"], inputs=inputs)
   cycle = rel(again, acts["stage1"])
@@ -188,14 +194,14 @@ def test_losses_match_direct_computation():
   block = decoders.Decoder(decoder.blocks[:1], width=8, to_image=False)
   block_variables = {name: {"invert_stage1": tree["invert_stage1"]}
                      for name, tree in variables.items()}
-  loss, terms = jax.jit(functools.partial(decoder_training.block_loss, block, network=net,
+  loss, terms = jax.jit(functools.partial(decoder_losses.block_loss, block, network=net,
                                           cycle_weight=2.0))(
       block_variables, net_vars=net.variables, inputs=acts["stem"], outputs=acts["stage1"])
   rerun = run(net.variables, mid, start="stem", capture=("stage1",))["stage1"]
   np.testing.assert_allclose(loss, rel(mid, acts["stem"]) + 2.0 * rel(rerun, acts["stage1"]),
                              rtol=1e-4)
 
-  loss, terms = jax.jit(functools.partial(decoder_training.aux_loss, decoder, network=net,
+  loss, terms = jax.jit(functools.partial(decoder_losses.aux_loss, decoder, network=net,
                                           feature_weight=0.5))(
       variables, net_vars=net.variables, features=acts["stage1"], images=images)
   pixel = np.mean((np.asarray(image, np.float64) - np.asarray(images)) ** 2)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gmia.encoder import evaluation
+from gmia.face_encoder import evaluation
 
 
 def unit_embeddings(rng, n, dim=8):

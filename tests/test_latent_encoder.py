@@ -13,10 +13,12 @@ import pytest
 
 from gmia.attacks import reconstruction
 from gmia.checkpoint import Checkpointer
+from gmia.training import EVAL_FILE
 from gmia.gan import sampling, train_step
 from gmia.inversion import latent, latent_encoder_training as training
 from gmia.models import stylegan
 from gmia.models.latent_encoder import LatentEncoder, with_latent_statistics
+from tests.resume_check import check_resume
 from train.configs import gan_tiny
 
 RESOLUTION, W_DIM = 16, 8
@@ -60,7 +62,7 @@ def run(tmp_path_factory):
   root = tmp_path_factory.mktemp("latent_encoder")
   save_generator(str(root / "gan"), RESOLUTION, W_DIM)
   config = encoder_config(str(root / "gan"))
-  metrics = training.train_and_evaluate(config, str(root / "encoder"))
+  metrics = training.train_and_evaluate(config, str(root / "encoder")).metrics
   return str(root / "gan"), str(root / "encoder"), config, metrics
 
 
@@ -118,22 +120,19 @@ def test_training_learns_w_from_generator_samples(run, targets):
   assert predicted < 0.3 * at_w_avg, (predicted, at_w_avg)
   assert metrics["w_error"] < 0.3 * metrics["w_error_w_avg"], metrics
   assert metrics["image_mse"] < 0.3 * metrics["image_mse_w_avg"], metrics
-  with open(os.path.join(encoder_workdir, training.EVAL_FILE)) as handle:
+  with open(os.path.join(encoder_workdir, EVAL_FILE)) as handle:
     assert json.load(handle) == pytest.approx(metrics)
 
 
-def test_resume_reproduces_uninterrupted_run(run, tmp_path):
+def test_resume_runs_only_the_remaining_steps(run, tmp_path):
   gan_workdir, encoder_workdir, config, metrics = run
   resumed = str(tmp_path / "resumed")
-  shutil.copytree(encoder_workdir, resumed)
-  shutil.rmtree(os.path.join(resumed, "checkpoints", str(NUM_STEPS)))  # Killed after half.
-  assert training.train_and_evaluate(config, resumed) == metrics
-  _, expected = training.load_latent_encoder(encoder_workdir)
-  _, got = training.load_latent_encoder(resumed)
-  jax.tree.map(np.testing.assert_array_equal, got, expected)
+  check_resume(training.train_and_evaluate, config, encoder_workdir, resumed)
+  with open(os.path.join(resumed, EVAL_FILE)) as handle:
+    assert json.load(handle) == pytest.approx(metrics)
   changed = encoder_config(gan_workdir)
   changed.model.hidden = 32
-  with pytest.raises(ValueError, match="model"):
+  with pytest.raises(ValueError, match="another config: model.hidden"):
     training.train_and_evaluate(changed, resumed)
 
 
@@ -149,8 +148,12 @@ def test_mismatched_generator_and_encoder_are_named(run, tmp_path):
   save_generator(other, RESOLUTION, 4, zeros=True)
   copy = str(tmp_path / "copy")
   shutil.copytree(encoder_workdir, copy)
-  with pytest.raises(ValueError, match="another generator"):
+  with pytest.raises(ValueError, match="trained from another generator"):
     training.train_and_evaluate(encoder_config(other), copy)
+  # The same generator moved elsewhere is the same generator: the run continues.
+  moved = str(tmp_path / "moved_gan")
+  shutil.copytree(gan_workdir, moved)
+  assert training.train_and_evaluate(encoder_config(moved), copy).steps_run == 0
   job = reconstruction.default_config()
   job.generator_workdir = job.reference_generator_workdir = gan_workdir
   job.latent_encoder_workdir = encoder_workdir

@@ -7,22 +7,8 @@ r"""Trains a StyleGAN2 target generator on the member identities of a face data 
 Rerunning the same command resumes from the latest checkpoint in --workdir.
 """
 
-from absl import app, flags
-
-from gmia import cli, parallel
+from gmia import cli
 from gmia.gan import trainer
 
-_CONFIG = cli.define_config()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and logs.",
-                               required=True)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  parallel.initialize_distributed()
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-  cli.run(main)
+  cli.launch(trainer.train_and_evaluate)

@@ -7,23 +7,8 @@ Rerunning the same command resumes from the latest checkpoint in --workdir. Give
 the reconstruction attack (--config.latent_encoder_workdir) to start its projections there.
 """
 
-from absl import app, flags
-
-from gmia import cli, parallel, progress
+from gmia import cli
 from gmia.inversion import latent_encoder_training
 
-_CONFIG = cli.define_config()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard logs and "
-                               "eval.json.", required=True)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  parallel.initialize_distributed()
-  progress.quiet_library_logs()
-  latent_encoder_training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-  cli.run(main)
+  cli.launch(latent_encoder_training.train_and_evaluate)

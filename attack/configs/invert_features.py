@@ -1,7 +1,7 @@
 """Feature inversion of a split encoder at several layers.
 
   python -m attack.invert_features --workdir=runs/inversion \
-      --config.encoder_workdir=runs/demo/encoder --config.data.resolution=32
+      --config.encoder_workdir=runs/demo/face_encoder --config.data.resolution=32
 """
 
 from gmia.inversion import feature_job

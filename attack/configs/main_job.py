@@ -1,7 +1,7 @@
 """The main job on the embedded synthetic faces: encoder, target and control generators, attacks.
 
   python -m attack.run_all --workdir=runs/demo
-  python -m attack.run_all --workdir=runs/demo --config.gan.total_steps=4000
+  python -m attack.run_all --workdir=runs/demo --config.gan.num_steps=4000
 
 Data: 1,000 identities x 40 photos at 32 px; 25 members, 100 non-members and 25 shadow
 identities, each with 35 training and 5 reference photos; the encoder trains on the other 850.
@@ -19,7 +19,7 @@ import ml_collections
 
 from gmia.attacks import membership_job
 from gmia.data import run_data
-from train.configs import arcface_cpu_demo, gan_cpu_demo
+from train.configs import face_encoder_cpu_demo, gan_cpu_demo
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -28,8 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.split.update(members=25, non_members=100, shadow=25, reference_photos=5)
   config = ml_collections.ConfigDict()
   config.data = data
-  config.encoder = arcface_cpu_demo.get_config()
-  config.encoder.eval_every = config.encoder.num_steps  # Evaluate once, at the end.
+  config.face_encoder = face_encoder_cpu_demo.get_config()
+  config.face_encoder.eval_every = 0  # Evaluate once, at the end.
   config.gan = gan_cpu_demo.get_config()
   config.gan.mirror = False  # Mirroring would move moles and partings: identity cues here.
   config.attack = membership_job.default_config()

@@ -8,7 +8,7 @@ The models train for a few steps only, so the attack numbers mean nothing here.
 import ml_collections
 
 from attack.configs import main_job
-from train.configs import arcface_tiny, gan_tiny
+from train.configs import face_encoder_tiny, gan_tiny
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -16,10 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = gan_tiny.get_config().data
   config.data.identities = 20
   config.data.split.update(members=4, non_members=4, shadow=4, reference_photos=2)
-  config.encoder = arcface_tiny.get_config()
-  config.encoder.eval_identities = 2
+  config.face_encoder = face_encoder_tiny.get_config()
+  config.face_encoder.eval_identities = 2
   config.gan = gan_tiny.get_config()
-  config.gan.update(total_steps=2, save_every=2, log_every=1)
+  config.gan.update(num_steps=2, checkpoint_every=2, log_every=1)
   config.attack.update(num_samples=48, chunk_size=16, topk=3, bootstrap_resamples=50)
   config.overview_identities = 2
   return config

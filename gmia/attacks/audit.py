@@ -17,7 +17,7 @@ from gmia import files
 from gmia.attacks import identity_membership as im
 from gmia.attacks import membership_job
 from gmia.data import folders, photos
-from gmia.encoder import evaluation
+from gmia.face_encoder import evaluation
 
 PERSON = -1  # Identity id of the audited person (no data-set identity is negative).
 REPORT_FILE = "audit.json"

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from gmia import parallel
-from gmia.encoder.embed import embed
+from gmia.face_encoder.embed import embed
 from gmia.models.iresnet import IResNet
 from gmia.models.stylegan import Generator
 

@@ -25,7 +25,7 @@ from gmia.attacks import generate_embed, report
 from gmia.attacks import identity_membership as im
 from gmia.data import run_data
 from gmia.data.split import IdentitySplit
-from gmia.encoder import evaluation, trainer as encoder_trainer
+from gmia.face_encoder import evaluation, trainer as encoder_trainer
 from gmia.gan import sampling
 from gmia.models import import_insightface, iresnet
 from gmia.progress import Progress
@@ -37,7 +37,7 @@ def default_config() -> ml_collections.ConfigDict:
   """Every option of the attack; attack/configs/identity_membership.py returns this."""
   return ml_collections.ConfigDict({
       "generator_workdir": "",   # Training workdir of the target generator (required).
-      "encoder_workdir": "",     # Workdir of train/train_arcface.py, or:
+      "encoder_workdir": "",     # Workdir of train/train_face_encoder.py, or:
       "encoder_onnx": "",        # an insightface ONNX file (e.g. w600k_r50.onnx) ...
       "encoder_arch": "r50",     # ... and its architecture.
       "split_path": "",          # Default: the generator workdir's split.json.

@@ -16,7 +16,7 @@ import numpy as np
 from gmia import files, kernels, viz
 from gmia.attacks import identity_membership as im
 from gmia.attacks import generate_embed, membership_job, report
-from gmia.encoder import evaluation
+from gmia.face_encoder import evaluation
 from gmia.progress import Progress
 
 REPORT_FILE = "filter.json"

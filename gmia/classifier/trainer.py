@@ -1,4 +1,5 @@
-"""Trains the ResNet classifier (gmia.models.classifiers) that names the encoder identities.
+"""Training the ResNet classifier (gmia.models.classifiers) that names the encoder identities, as
+a task of the gmia training loop.
 
 A closed-set classifier over the split's "encoder" identities (never the attacks' targets): the
 victim network of the split-network inversion studies. `config.eval_photos` photos of every
@@ -6,16 +7,14 @@ identity (chosen with `config.seed`) are held out and never trained on; the held
 accuracy is measured on them.
 
 Data parallel over a 1-D mesh: the batch is split over the `data` axis, the network replicated.
-Checkpoints (params, BN statistics, optimiser state, step) are saved with Orbax; a rerun with the
-same --workdir resumes and, since batches are functions of the step, reproduces the
+The loop (gmia.training) checkpoints params, BN statistics, optimiser state and step; a rerun
+with the same --workdir resumes and, since batches are functions of the step, reproduces the
 uninterrupted run.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
 from typing import Any
 
 import jax
@@ -26,22 +25,33 @@ import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from gmia import parallel, training_step
-from gmia.checkpoint import Checkpointer, check_config_matches
+from gmia import parallel, training
+from gmia.checkpoint import Checkpointer
 from gmia.data import run_data
 from gmia.data.arrays import FaceArrays
 from gmia.data.pipeline import Batches
 from gmia.data.split import IdentitySplit
-from gmia.encoder.embed import preprocess
-from gmia.encoder.trainer import make_optimizer
+from gmia.face_encoder.embed import preprocess
+from gmia.face_encoder.trainer import make_optimizer
 from gmia.models.classifiers import ResNetClassifier
 from gmia.models.iresnet import init_key
-from gmia.progress import Progress
 
-# Config entries a resumed run must share with the checkpoint it continues.
-RESUME_KEYS = ("data", "eval_photos", "model", "optimizer", "mirror", "batch_size", "num_steps",
-               "seed")
-EVAL_FILE = "eval.json"
+KIND = "classifier"
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every option of the classifier trainer; train/configs/classifier_*.py start here."""
+  config = training.default_config()
+  config.data = run_data.default_config()
+  config.eval_photos = 4         # Photos of every identity held out for the accuracy.
+  config.model = dict(widths=(16, 32, 64), blocks=(1, 1, 1), strides=(2, 2, 2), input_size=32,
+                      dtype="float32")
+  config.optimizer = dict(name="adamw", learning_rate=2e-2, momentum=0.9, weight_decay=5e-4,
+                          warmup_steps=50)
+  config.mirror = False
+  config.batch_size = 128
+  config.num_steps = 800
+  return config
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> ResNetClassifier:
@@ -133,12 +143,9 @@ def _variables(state: dict[str, Any]) -> dict[str, Any]:
   return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) in `workdir`; returns the final held-out metrics (also in eval.json)."""
-  if config.eval_every % config.log_every:
-    raise ValueError(f"eval_every ({config.eval_every}) must be a multiple of log_every "
-                     f"({config.log_every}): evaluations are logged with the training metrics")
-  os.makedirs(workdir, exist_ok=True)
+def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
+  """The classifier's task: the encoder identities' training photos with their classes, the
+  network, and the held-out top-1 accuracy."""
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh)
   arrays, split = run_data.load_for_run(config.data, workdir)
@@ -147,75 +154,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_labels = np.searchsorted(classes, eval_set.identity)
   logging.info("classifier training: %d photos of %d identities; evaluation: %d held-out photos",
                len(train_set), len(classes), len(eval_set))
-
-  checkpointer = Checkpointer(workdir)
-  start = checkpointer.latest_step() or 0
-  config_json = json.loads(config.to_json())
-  if start:
-    check_config_matches(checkpointer.restore_meta(start)["config"], config_json, RESUME_KEYS)
-
   model = create_model(config.model, len(classes))
   optimizer = make_optimizer(config)
-  init = functools.partial(init_state, model, optimizer, config.model.input_size)
-  replicated, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  step_fn = jax.jit(
-      functools.partial(train_step, model=model, optimizer=optimizer,
-                        input_size=config.model.input_size),
-      in_shardings=(replicated, data, data), out_shardings=(replicated, replicated),
-      donate_argnums=0)
-
-  meta = {"config": config_json, "classes": classes.tolist()}
-  if start:
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                            jax.eval_shape(init, init_key(0)))
-    state, _ = checkpointer.restore(start, abstract)
-    logging.info("resumed from step %d", start)
-  else:
-    state = jax.jit(init, out_shardings=replicated)(init_key(config.seed))
+  step = functools.partial(train_step, model=model, optimizer=optimizer,
+                           input_size=config.model.input_size)
+  batches = Batches(train_set.images, global_batch_size=config.batch_size, seed=config.seed,
+                    mirror=config.mirror, labels=labels)
 
   def held_out_metrics(state):
     predicted = predict(model, _variables(state), eval_set.images, config.model.input_size, mesh)
     return {"accuracy": float(np.mean(predicted == eval_labels)), "chance": 1.0 / len(classes)}
 
-  progress = Progress(config.num_steps, workdir=workdir, every_steps=config.log_every,
-                      items_per_step=config.batch_size, start_step=start)
-  batches = Batches(train_set.images, global_batch_size=config.batch_size, seed=config.seed,
-                    mirror=config.mirror)
-  rows = slice(batches.process_index * batches.local_batch_size,
-               (batches.process_index + 1) * batches.local_batch_size)
-  metrics: dict[str, float] = {}
-  for step, images in batches.iterate(start):
-    if step >= config.num_steps:
-      break
-    batch_labels = labels[batches.global_indices(step)[rows]]
-    state, train_metrics = step_fn(state, parallel.shard_batch(images, mesh),
-                                   parallel.shard_batch(batch_labels, mesh))
-    done = step + 1
-    metrics = training_step.after_step(done, state, train_metrics, metrics, config=config,
-                                         evaluate=held_out_metrics, progress=progress,
-                                         checkpointer=checkpointer, meta=meta)
-  checkpointer.wait()
-  progress.close()
-  if not metrics:  # Resumed a finished run: measure the final state again.
-    metrics = held_out_metrics(state)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, EVAL_FILE), "w") as handle:
-      json.dump(metrics, handle, indent=1)
-  logging.info("held-out evaluation: %s", metrics)
-  return metrics
+  return training.Task(
+      kind=KIND,
+      init=lambda _: init_state(model, optimizer, config.model.input_size,
+                                init_key(config.seed)),
+      phases=[training.Phase(
+          "train", config.num_steps,
+          lambda state, batch, _: step(state, batch["images"], batch["labels"]), batches.at)],
+      meta={"classes": classes.tolist()}, evaluate=held_out_metrics,
+      items_per_step=config.batch_size)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> training.Result:
+  """Trains (or resumes) in `workdir`; the result's metrics are the final held-out ones (also
+  in eval.json)."""
+  return training.run(make_task(config, workdir), config, workdir)
 
 
 def load_classifier(workdir: str, step: int | None = None
                     ) -> tuple[ResNetClassifier, dict[str, Any]]:
   """(model, variables {"params", "batch_stats"}) of a classifier trained by train_and_evaluate;
   its input size is config.model.input_size of the checkpoint's metadata."""
-  checkpointer = Checkpointer(workdir)
-  meta = checkpointer.restore_meta(step)
+  checkpointer = Checkpointer(workdir, read_only=True)
+  try:
+    state, meta = checkpointer.restore_replicated(step, kind=KIND)
+  finally:
+    checkpointer.close()
   config = ml_collections.ConfigDict(meta["config"])
-  model = create_model(config.model, len(meta["classes"]))
-  init = functools.partial(init_state, model, make_optimizer(config), config.model.input_size)
-  replicated = parallel.replicated(parallel.make_mesh())
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                          jax.eval_shape(init, init_key(0)))
-  state, _ = checkpointer.restore(step, abstract)
-  return model, _variables(state)
+  return create_model(config.model, len(meta["classes"])), _variables(state)

@@ -3,29 +3,29 @@
 The batch of step s is a pure function of (seed, s): a killed run resumes at step s and sees
 exactly the batches it would have seen. The photo stream is a concatenation of per-epoch
 permutations, so every photo is seen once per epoch whatever the batch size. On a multi-host
-job each process materialises only its own slice of each global batch.
+job each process materialises only its own slice of each global batch (the training loop
+prefetches and assembles them, gmia.training).
 """
 
 from __future__ import annotations
-
-import queue
-import threading
-from collections.abc import Iterator
 
 import jax
 import numpy as np
 
 
 class Batches:
-  """Batches from images held in memory: u8[N, H, W, 3] -> f32[global_batch / P, H, W, 3]."""
+  """Batches from images held in memory: u8[N, H, W, 3] -> f32[global_batch / P, H, W, 3],
+  with their labels i32[global_batch / P] when `labels` (one per image) are given."""
 
   def __init__(self, images: np.ndarray, *, global_batch_size: int, seed: int,
                process_index: int | None = None, process_count: int | None = None,
-               mirror: bool = False):
+               mirror: bool = False, labels: np.ndarray | None = None):
     if len(images) == 0:
       raise ValueError("no images to batch: the selected photo set is empty")
     if images.ndim != 4 or images.dtype != np.uint8:
       raise ValueError(f"images must be uint8[N, H, W, C], got {images.dtype}{list(images.shape)}")
+    if labels is not None and len(labels) != len(images):
+      raise ValueError(f"{len(labels)} labels for {len(images)} images")
     self.process_index = jax.process_index() if process_index is None else process_index
     self.process_count = jax.process_count() if process_count is None else process_count
     if global_batch_size <= 0 or global_batch_size % self.process_count:
@@ -36,10 +36,7 @@ class Batches:
     self.local_batch_size = global_batch_size // self.process_count
     self.seed = seed
     self.mirror = mirror
-
-  @property
-  def steps_per_epoch(self) -> float:
-    return len(self.images) / self.global_batch_size
+    self.labels = labels
 
   def global_indices(self, step: int) -> np.ndarray:
     """i64[global_batch]: which photos make up the global batch of `step`."""
@@ -53,38 +50,16 @@ class Batches:
       indices[mask] = permutation[within[mask]]
     return indices
 
-  def at(self, step: int) -> np.ndarray:
-    """This process's slice of the batch of `step`: f32[local_batch, H, W, 3] in [-1, 1]."""
+  def at(self, step: int) -> dict[str, np.ndarray]:
+    """This process's slice of the batch of `step`: {"images": f32[local_batch, H, W, 3] in
+    [-1, 1]} and, with labels, {"labels": their labels}."""
     start = self.process_index * self.local_batch_size
     rows = self.global_indices(step)[start:start + self.local_batch_size]
-    batch = self.images[rows].astype(np.float32) / 127.5 - 1.0
+    images = self.images[rows].astype(np.float32) / 127.5 - 1.0
     if self.mirror:
       flips = np.random.default_rng([self.seed, 2**31 + step]).random(self.global_batch_size) < 0.5
       flips = flips[start:start + self.local_batch_size]
-      batch[flips] = batch[flips, :, ::-1]
-    return batch
-
-  def iterate(self, start_step: int = 0, prefetch: int = 2) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields (step, batch) from `start_step` on, preparing the next batches in a thread."""
-    buffer: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-    stop = threading.Event()
-
-    def produce():
-      step = start_step
-      while not stop.is_set():
-        item = (step, self.at(step))
-        while not stop.is_set():
-          try:
-            buffer.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        step += 1
-
-    worker = threading.Thread(target=produce, daemon=True)
-    worker.start()
-    try:
-      while True:
-        yield buffer.get()
-    finally:
-      stop.set()
+      images[flips] = images[flips, :, ::-1]
+    if self.labels is None:
+      return {"images": images}
+    return {"images": images, "labels": self.labels[rows]}

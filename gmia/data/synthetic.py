@@ -9,7 +9,7 @@ Identity survives the nuisance but is not trivially readable from raw pixels: pi
 1-nearest-neighbour identification (squared L2 on raw pixels, each photo against every other
 photo) is 2.9% accurate at 64 px with 1,000 identities x 20 photos (chance: 0.1%), and 2.4% at
 32 px: backgrounds, lighting and pose dominate raw pixel distances. A face encoder is expected to
-do far better (`gmia.encoder.evaluation` measures both).
+do far better (`gmia.face_encoder.evaluation` measures both).
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gmia import parallel
 from gmia.checkpoint import Checkpointer
 from gmia.gan import train_step
 from gmia.models import stylegan
@@ -61,10 +60,12 @@ def load_generator(
 
   g_vars = {"params": EMA (or raw) generator weights, "buffers": w_avg and noise_const}.
   """
-  ckpt = Checkpointer(workdir)
-  config = ml_collections.ConfigDict(ckpt.restore_meta(step)["config"])
-  models = train_step.build_models(config)
-  state, _ = ckpt.restore(step, train_step.abstract_state(config, models, parallel.make_mesh()))
-  ckpt.close()
+  ckpt = Checkpointer(workdir, read_only=True)
+  try:
+    state, meta = ckpt.restore_replicated(step, kind="gan")
+  finally:
+    ckpt.close()
+  config = ml_collections.ConfigDict(meta["config"])
+  generator = train_step.build_models(config).generator
   params = state["g_ema"] if use_ema else state["g_params"]
-  return models.generator, {"params": params, "buffers": state["g_buffers"]}, config
+  return generator, {"params": params, "buffers": state["g_buffers"]}, config

@@ -3,7 +3,8 @@
 The iteration runs NVIDIA's phases in order: G main, G path-length regularisation (every
 `g_reg_interval` steps), D main, D R1 regularisation (every `d_reg_interval` steps), then the EMA
 update. Each phase is an Adam step of its network; the regularisation phases run under
-`lax.cond`, so one compiled program serves every step. Lazy regularisation makes Adam take
+`lax.cond`, so one compiled program serves every step; their penalties are carried in the
+state, so every step reports the latest measured ones. Lazy regularisation makes Adam take
 interval + 1 steps per interval, which NVIDIA offsets with mb_ratio = interval / (interval + 1):
 lr *= mb_ratio, betas **= mb_ratio.
 
@@ -65,7 +66,7 @@ def make_optimizer(lr: float, betas: tuple[float, float], eps: float,
 
 def optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, ...]:
   """(generator, discriminator) optimisers."""
-  o, l = config.optim, config.loss
+  o, l = config.optimizer, config.loss
   return (make_optimizer(o.g_lr, tuple(o.betas), o.eps, l.g_reg_interval),
           make_optimizer(o.d_lr, tuple(o.betas), o.eps, l.d_reg_interval))
 
@@ -74,7 +75,8 @@ def init_state(config: ml_collections.ConfigDict, models: GanModels) -> State:
   """Fresh training state from `config.seed`: a plain nested dict of arrays.
 
   Keys: step, key (RNG key data), g_params, g_buffers (w_avg, noise_const), g_ema (EMA of
-  g_params), d_params, g_opt, d_opt (optax states), pl_mean.
+  g_params), d_params, g_opt, d_opt (optax states), pl_mean, and the latest measured penalties
+  r1_penalty and pl_penalty.
   """
   seed_key = jax.random.key(config.seed)
   k_g, k_d, k_noise, k_train = jax.random.split(seed_key, 4)
@@ -93,14 +95,9 @@ def init_state(config: ml_collections.ConfigDict, models: GanModels) -> State:
       "g_opt": g_tx.init(g_vars["params"]),
       "d_opt": d_tx.init(d_params),
       "pl_mean": jnp.zeros((), jnp.float32),
+      "r1_penalty": jnp.zeros((), jnp.float32),
+      "pl_penalty": jnp.zeros((), jnp.float32),
   }
-
-
-def abstract_state(config: ml_collections.ConfigDict, models: GanModels, mesh: Mesh) -> State:
-  """Shapes, dtypes and replicated shardings of `init_state`'s result, for restoring into."""
-  sharding = parallel.replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                      jax.eval_shape(lambda: init_state(config, models)))
 
 
 def _adam_step(tx: optax.GradientTransformation, params, opt_state, grads):
@@ -111,11 +108,11 @@ def _adam_step(tx: optax.GradientTransformation, params, opt_state, grads):
 
 def make_train_step(config: ml_collections.ConfigDict, models: GanModels,
                     mesh: Mesh) -> Callable[[State, jax.Array], tuple[State, dict]]:
-  """Returns the jitted `train_step(state, reals) -> (state, metrics)`.
+  """Returns `train_step(state, reals) -> (state, metrics)`, to be jitted (the training loop
+  does, with the state donated).
 
-  reals: f32[batch_size, R, R, 3] in [-1, 1], sharded over `data`. The state argument is
-  donated. The step's randomness is fold_in(state key, state step), so a step is a pure function
-  of the state and the batch.
+  reals: f32[batch_size, R, R, 3] in [-1, 1], sharded over `data`. The step's randomness is
+  fold_in(state key, state step), so a step is a pure function of the state and the batch.
   """
   G, D = models.generator, models.discriminator
   cfg_loss, batch = config.loss, config.batch_size
@@ -179,13 +176,12 @@ def make_train_step(config: ml_collections.ConfigDict, models: GanModels,
     k_gmain, k_greg, k_dgen, k_dsyn = jax.random.split(key, 4)
     g_params, g_opt, d_params, d_opt = (state["g_params"], state["g_opt"], state["d_params"],
                                         state["d_opt"])
-    nan = jnp.full((), jnp.nan, jnp.float32)
 
     (g_loss, g_buffers), grads = jax.value_and_grad(g_main_loss, has_aux=True)(
         g_params, state["g_buffers"], d_params, k_gmain)
     g_params, g_opt = _adam_step(g_tx, g_params, g_opt, grads)
 
-    pl_mean, pl_penalty = state["pl_mean"], nan
+    pl_mean, pl_penalty = state["pl_mean"], state["pl_penalty"]
     if cfg_loss.pl_weight > 0:
       def g_reg(_):
         (_, (buffers, mean, penalty)), grads = jax.value_and_grad(g_reg_loss, has_aux=True)(
@@ -194,7 +190,7 @@ def make_train_step(config: ml_collections.ConfigDict, models: GanModels,
 
       g_params, g_opt, g_buffers, pl_mean, pl_penalty = jax.lax.cond(
           step % cfg_loss.g_reg_interval == 0, g_reg,
-          lambda _: (g_params, g_opt, g_buffers, pl_mean, nan), None)
+          lambda _: (g_params, g_opt, g_buffers, pl_mean, pl_penalty), None)
 
     ws, g_buffers = mapped(g_params, g_buffers, k_dgen, batch)
     fakes = synthesize(g_params, g_buffers, ws, k_dsyn)
@@ -207,17 +203,18 @@ def make_train_step(config: ml_collections.ConfigDict, models: GanModels,
       return (*_adam_step(d_tx, d_params, d_opt, grads), penalty)
 
     d_params, d_opt, r1_penalty = jax.lax.cond(
-        step % cfg_loss.d_reg_interval == 0, d_reg, lambda _: (d_params, d_opt, nan), None)
+        step % cfg_loss.d_reg_interval == 0, d_reg,
+        lambda _: (d_params, d_opt, state["r1_penalty"]), None)
 
     beta = ema.ema_beta(step, batch, config.ema_kimg, config.ema_rampup)
     new_state = dict(state, step=step + 1, g_params=g_params, g_buffers=g_buffers,
                      g_ema=ema.ema_update(state["g_ema"], g_params, beta), d_params=d_params,
-                     g_opt=g_opt, d_opt=d_opt, pl_mean=pl_mean)
+                     g_opt=g_opt, d_opt=d_opt, pl_mean=pl_mean, r1_penalty=r1_penalty,
+                     pl_penalty=pl_penalty)
     metrics = {"loss_g": g_loss, "loss_d": d_loss, "d_real": jnp.mean(real_logits),
-               "d_fake": jnp.mean(fake_logits), "r1_penalty": r1_penalty,
-               "pl_penalty": pl_penalty, "pl_mean": pl_mean, "ema_beta": beta}
+               "d_fake": jnp.mean(fake_logits), "r1_penalty": r1_penalty, "ema_beta": beta}
+    if cfg_loss.pl_weight > 0:
+      metrics.update(pl_penalty=pl_penalty, pl_mean=pl_mean)
     return new_state, metrics
 
-  replicated = parallel.replicated(mesh)
-  return jax.jit(train_step, in_shardings=(replicated, data_sharding),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  return train_step

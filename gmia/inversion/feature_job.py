@@ -30,10 +30,11 @@ import numpy as np
 
 from gmia import files, metrics, viz
 from gmia.data import run_data
-from gmia.encoder import trainer as encoder_trainer
-from gmia.encoder.embed import embed, preprocess
+from gmia.face_encoder import trainer as encoder_trainer
+from gmia.face_encoder.embed import embed, preprocess
 from gmia.gan import sampling
-from gmia.inversion import decoder_training, features
+from gmia.inversion import decoding, features, networks
+from gmia.models.split import Network
 
 REPORT_FILE = "report.json"
 METHODS = ("optimisation", "generator_prior", "aux_decoder", "zero_shot_decoder")
@@ -47,10 +48,10 @@ Inverter = Callable[[str, jax.Array], jax.Array]  # (layer, features f32[B, ...]
 def default_config() -> ml_collections.ConfigDict:
   """Every option of the job; attack/configs/invert_features.py returns it."""
   return ml_collections.ConfigDict({
-      "encoder_workdir": "",            # Face encoder of train/train_arcface.py (required).
-      # The split network: kind "encoder" or "classifier" (train/train_classifier.py); an empty
-      # workdir splits the face encoder itself.
-      "network": {"kind": "encoder", "workdir": ""},
+      "encoder_workdir": "",            # Face encoder of train/train_face_encoder.py (required).
+      # The split network: kind "face_encoder" or "classifier" (train/train_classifier.py); an
+      # empty workdir splits the face encoder itself.
+      "network": {"kind": "face_encoder", "workdir": ""},
       "data": run_data.default_config(),  # Where the victims' photos come from.
       "victim_group": "non_members",    # Identities of the split the networks never saw.
       "num_victims": 8,                 # One photo each.
@@ -105,17 +106,17 @@ def _victims(config: ml_collections.ConfigDict, size: int) -> jax.Array:
 
 
 def _inverter(method: str, config: ml_collections.ConfigDict,
-              network: decoder_training.Network, keys: jax.Array) -> Inverter:
+              network: Network, keys: jax.Array) -> Inverter:
   """The function that inverts one layer's features by `method`."""
   if method in ("aux_decoder", "zero_shot_decoder"):
     workdir = config[NEEDS[method]]
 
     def decode(layer, observed):
-      decoder, variables, meta = decoder_training.load_decoder(workdir, layer)
+      decoder, variables, meta = decoding.load_decoder(workdir, layer)
       if meta["image_size"] != network.image_size:
         raise ValueError(f"the decoder in {workdir} outputs {meta['image_size']} px images, the "
                          f"split network reads {network.image_size} px: another network?")
-      return decoder_training.decode(decoder, variables, observed)
+      return decoding.decode(decoder, variables, observed)
 
     return decode
   generator = g_vars = None
@@ -147,8 +148,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   encoder, encoder_vars = encoder_trainer.load_encoder(config.encoder_workdir)
   network_config = ml_collections.ConfigDict(config.network.to_dict())
   if not network_config.workdir:
-    network_config.update(kind="encoder", workdir=config.encoder_workdir)
-  network = decoder_training.load_network(network_config)
+    network_config.update(kind="face_encoder", workdir=config.encoder_workdir)
+  network = networks.load_network(network_config)
   originals = _victims(config, network.image_size)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(config.seed), i))(
       jnp.arange(len(originals)))

@@ -14,8 +14,7 @@ Two parametrisations of the image:
     with learning-rate ramp-up / ramp-down, decaying noise on w; gmia.inversion.latent); the
     generator's fixed noise maps. The result can only be a face the generator can draw.
 
-Any network that follows the split protocol of gmia.models (a `layers` class attribute and
-`__call__(x, train, capture, start)`: IResNet, ResNetClassifier) can be inverted. One jitted
+Any split network (gmia.models.split: IResNet, ResNetClassifier) can be inverted. One jitted
 `lax.scan` over steps, vmapped over targets; each target runs as a batch of one, so its
 batch-norm statistics are its own and a batch gives the results of one target at a time.
 """
@@ -32,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gmia.encoder.embed import preprocess
+from gmia.face_encoder.embed import preprocess
 from gmia.inversion import latent, priors
-from gmia.models import stylegan
+from gmia.models import split, stylegan
 
 # Input sides tried when the features of a non-spatial layer must reveal the input size.
 _FLAT_CANDIDATES = range(8, 513, 8)
@@ -89,14 +88,6 @@ class FeatureInversionSettings:
       raise ValueError(f"w_avg_samples must be positive, got {self.w_avg_samples}")
 
 
-def layer_shape(model: nn.Module, variables: dict[str, Any], layer: str,
-                size: int) -> tuple[int, ...]:
-  """Shape of one size x size image's activations at `layer` (traced only, nothing runs)."""
-  return jax.eval_shape(
-      lambda v, x: model.apply(v, x, train=False, capture=(layer,))[layer], variables,
-      jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)).shape[1:]
-
-
 def image_size(model: nn.Module, variables: dict[str, Any], layer: str,
                feature_shape: tuple[int, ...]) -> int:
   """The side of the square inputs whose activations at `layer` have `feature_shape`.
@@ -112,7 +103,7 @@ def image_size(model: nn.Module, variables: dict[str, Any], layer: str,
 
   def runs(size: int) -> tuple[int, ...] | None:
     try:
-      return layer_shape(model, variables, layer, size)
+      return split.feature_shapes(model, variables, size, (layer,))[layer]
     except (ValueError, TypeError, flax.errors.FlaxError):  # The network rejects this size.
       return None
 
@@ -221,7 +212,7 @@ def make_feature_inverter(model: nn.Module, settings: FeatureInversionSettings, 
   @jax.jit
   def invert(variables, features, keys, g_vars):
     size = input_size or image_size(model, variables, layer, features.shape[1:])
-    expected = layer_shape(model, variables, layer, size)
+    expected = split.feature_shapes(model, variables, size, (layer,))[layer]
     if features.shape[1:] != expected:
       raise ValueError(f"features at {layer} must be f32[B, {', '.join(map(str, expected))}] "
                        f"for {size} px inputs, got shape {features.shape}")

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gmia.encoder.embed import input_size, preprocess
+from gmia.face_encoder.embed import preprocess
 from gmia.inversion import priors
 from gmia.models import iresnet, stylegan
 
@@ -170,7 +170,7 @@ def make_projector(generator: stylegan.Generator, settings: ProjectionSettings,
                            settings.noise_mode, method=generator.synthesize)[0]
 
   def encode(encoder_vars, image):
-    x = preprocess(image[None], input_size(encoder, encoder_vars))
+    x = preprocess(image[None], iresnet.input_size(encoder, encoder_vars))
     return encoder.apply(encoder_vars, x, train=False, capture=captured)
 
   def distance(encoder_vars, image, target, target_features):

@@ -8,15 +8,14 @@ reconstructs x exactly). Only the encoder trains; the generator is fixed. The la
 untruncated, as the projector's w_avg start is.
 
 The batch of step s is a function of (seed, s) alone, so a run killed and resumed from its
-checkpoint reproduces the uninterrupted one. The encoder then starts the gradient-based projection
+checkpoint (by the gmia training loop, and only with the same generator: its fingerprint is
+checked) reproduces the uninterrupted one. The encoder then starts the gradient-based projection
 (gmia.inversion.latent) near the answer instead of at w_avg.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -27,26 +26,22 @@ import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from gmia import files, parallel, training_step
-from gmia.checkpoint import Checkpointer, check_config_matches
+from gmia import fingerprint, parallel, training
+from gmia.checkpoint import Checkpointer
 from gmia.gan import sampling
 from gmia.models import stylegan
 from gmia.models.latent_encoder import LatentEncoder, check_matches_generator
 from gmia.models.latent_encoder import with_latent_statistics
-from gmia.progress import Progress
 
-# Config entries a resumed run must share with the checkpoint it continues.
-RESUME_KEYS = ("model", "loss", "optimizer", "batch_size", "num_steps", "seed",
-               "statistics_samples")
-EVAL_FILE = "eval.json"
+KIND = "latent_encoder"
 TRAIN_NOISE_MODES = ("random", "const", "none")
 
 
 def default_config() -> ml_collections.ConfigDict:
   """Every option of the latent encoder trainer; train/configs/latent_encoder_*.py start here."""
-  return ml_collections.ConfigDict({
+  config = training.default_config()
+  config.update({
       "generator_workdir": "",     # The generator to invert (required).
-      "seed": 0,
       "batch_size": 32,
       "num_steps": 10_000,
       "model": {"w_plus": False, "channel_base": 1024, "channel_max": 128, "hidden": 256},
@@ -62,6 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
       "eval_every": 500,
       "checkpoint_every": 500,
   })
+  return config
 
 
 def create_model(config: ml_collections.ConfigDict, resolution: int, w_dim: int) -> LatentEncoder:
@@ -97,17 +93,6 @@ def init_state(encoder: LatentEncoder, optimizer: optax.GradientTransformation,
   variables = with_latent_statistics(variables, w_avg, w_std)
   return {"params": variables["params"], "buffers": variables["buffers"],
           "opt_state": optimizer.init(variables["params"]), "step": jnp.zeros((), jnp.int32)}
-
-
-def abstract_state(encoder: LatentEncoder, config: ml_collections.ConfigDict,
-                   mesh: Mesh) -> dict[str, Any]:
-  """The structure of a training state, replicated over `mesh`: what a checkpoint restores into."""
-  zeros = jnp.zeros((encoder.w_dim,))
-  shapes = jax.eval_shape(functools.partial(init_state, encoder, make_optimizer(config), zeros,
-                                            zeros), jax.random.key(0))
-  replicated = parallel.replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                      shapes)
 
 
 def encoder_variables(state: dict[str, Any]) -> dict[str, Any]:
@@ -158,22 +143,10 @@ def losses(encoder: LatentEncoder, e_vars: dict, generator: stylegan.Generator, 
 def make_train_step(config: ml_collections.ConfigDict, encoder: LatentEncoder,
                     generator: stylegan.Generator,
                     mesh: Mesh) -> Callable[[dict, dict], tuple[dict, dict]]:
-  """Jitted `step(state, g_vars) -> (state, metrics)`: one Adam step on a fresh batch of
-  batch_size generator samples, drawn from (seed, state["step"]) and split over the mesh.
-
-  Built once per process for each config, encoder, generator and mesh: compiling it takes
-  seconds, and a resumed or repeated run reuses it.
-  """
-  return _train_step_program(config.to_json(), encoder, generator, mesh)
-
-
-@functools.lru_cache(maxsize=4)
-def _train_step_program(config_json: str, encoder: LatentEncoder, generator: stylegan.Generator,
-                        mesh: Mesh) -> Callable[[dict, dict], tuple[dict, dict]]:
-  config = ml_collections.ConfigDict(json.loads(config_json))
+  """`step(state, g_vars) -> (state, metrics)`, to be jitted: one Adam step on a fresh batch of
+  batch_size generator samples, drawn from (seed, state["step"]) and split over the mesh."""
   optimizer = make_optimizer(config)
   data = parallel.data_sharding(mesh)
-  replicated = parallel.replicated(mesh)
   base = jax.random.fold_in(jax.random.key(config.seed), 0)
 
   def step(state, g_vars):
@@ -192,7 +165,7 @@ def _train_step_program(config_json: str, encoder: LatentEncoder, generator: sty
                      opt_state=opt_state, step=state["step"] + 1)
     return new_state, {**terms, "grad_norm": optax.tree.norm(grads)}
 
-  return jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=0)
+  return step
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -219,10 +192,6 @@ def eval_latents(config: ml_collections.ConfigDict, z_dim: int) -> jax.Array:
                            (config.eval_samples, z_dim))
 
 
-def _config_json(config: ml_collections.ConfigDict) -> dict:
-  return json.loads(config.to_json())
-
-
 def _generator_meta(generator: stylegan.Generator) -> dict[str, int]:
   """What a latent encoder checkpoint records of the generator it inverts."""
   return {"img_resolution": generator.img_resolution, "w_dim": generator.w_dim,
@@ -244,60 +213,41 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                      "must be positive")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) a latent encoder of config.generator_workdir's generator in `workdir`.
-
-  Writes checkpoints/ (state + meta {config, generator}), tensorboard/ and eval.json; returns
-  the held-out metrics of the final encoder (see `evaluate`).
-  """
+def make_task(config: ml_collections.ConfigDict) -> training.Task:
+  """The latent encoder's task: fresh generator samples every step (no photos), and held-out
+  samples' w and pixel errors."""
   _check_config(config)
-  os.makedirs(workdir, exist_ok=True)
   generator, g_vars, _ = sampling.load_generator(config.generator_workdir)
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh)
-  checkpointer = Checkpointer(workdir)
-  start = checkpointer.latest_step() or 0
-  meta = {"config": _config_json(config), "generator": _generator_meta(generator)}
-  if start:
-    saved = checkpointer.restore_meta(start)
-    check_config_matches(saved["config"], meta["config"], RESUME_KEYS)
-    if saved["generator"] != meta["generator"]:
-      raise ValueError(f"the workdir holds a latent encoder of another generator "
-                       f"({saved['generator']}, now {meta['generator']}); use a fresh --workdir")
-
   encoder = create_model(config, generator.img_resolution, generator.w_dim)
-  replicated = parallel.replicated(mesh)
-  w_avg, w_std = latent_moments(generator, g_vars, jax.random.key(0), config.statistics_samples)
-  init = functools.partial(init_state, encoder, make_optimizer(config), w_avg, w_std)
-  if start:
-    state, _ = checkpointer.restore(start, abstract_state(encoder, config, mesh))
-    logging.info("resumed %s from step %d", workdir, start)
-  else:
-    # Runs once: compiled without backend optimisation, several times faster to compile.
-    state = jax.jit(init, out_shardings=replicated).lower(jax.random.key(config.seed)).compile(
-        {"xla_backend_optimization_level": 0})(jax.random.key(config.seed))
-  step_fn = make_train_step(config, encoder, generator, mesh)
+  optimizer = make_optimizer(config)
+  step = make_train_step(config, encoder, generator, mesh)
   eval_z = eval_latents(config, generator.z_dim)
-  held_out = lambda state: {k: float(v) for k, v in evaluate(
-      encoder, encoder_variables(state), generator, g_vars, eval_z).items()}
 
-  progress = Progress(config.num_steps, workdir=workdir, every_steps=config.log_every,
-                      items_per_step=config.batch_size, start_step=start)
-  metrics: dict[str, float] = {}
-  for done in range(start + 1, config.num_steps + 1):
-    state, train_metrics = step_fn(state, g_vars)
-    metrics = training_step.after_step(done, state, train_metrics, metrics, config=config,
-                                         evaluate=held_out, progress=progress,
-                                         checkpointer=checkpointer, meta=meta)
-  checkpointer.wait()
-  checkpointer.close()
-  progress.close()
-  if not metrics:  # Resumed a finished run: measure the final state again.
-    metrics = held_out(state)
-  if jax.process_index() == 0:
-    files.write_json(os.path.join(workdir, EVAL_FILE), metrics)
-  logging.info("held-out generator samples: %s", metrics)
-  return metrics
+  w_avg, w_std = latent_moments(generator, g_vars, jax.random.key(0), config.statistics_samples)
+  init = lambda consts: init_state(encoder, optimizer, consts["w_avg"], consts["w_std"],
+                                   jax.random.key(config.seed))
+
+  def held_out(state):
+    return {k: float(v) for k, v in evaluate(encoder, encoder_variables(state), generator, g_vars,
+                                             eval_z).items()}
+
+  return training.Task(
+      kind=KIND, init=init, consts={"generator": g_vars, "w_avg": w_avg, "w_std": w_std},
+      phases=[training.Phase("train", config.num_steps,
+                             lambda state, _, consts: step(state, consts["generator"]))],
+      meta={"generator": _generator_meta(generator)},
+      inputs={"generator": fingerprint.tree_digest(g_vars)}, evaluate=held_out,
+      resumable=frozenset({"generator_workdir", "eval_samples"}),
+      items_per_step=config.batch_size)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> training.Result:
+  """Trains (or resumes) a latent encoder of config.generator_workdir's generator in `workdir`:
+  checkpoints/ (state + meta {kind, config, inputs, generator}), tensorboard/ and eval.json;
+  the result's metrics are the final encoder's held-out ones (see `evaluate`)."""
+  return training.run(make_task(config), config, workdir)
 
 
 def load_latent_encoder(workdir: str, step: int | None = None,
@@ -308,15 +258,16 @@ def load_latent_encoder(workdir: str, step: int | None = None,
   With `generator`, raises ValueError unless the encoder inverts a generator of its resolution
   and latent width.
   """
-  checkpointer = Checkpointer(workdir)
-  meta = checkpointer.restore_meta(step)
+  checkpointer = Checkpointer(workdir, read_only=True)
+  try:
+    state, meta = checkpointer.restore_replicated(step, kind=KIND)
+  finally:
+    checkpointer.close()
   config = ml_collections.ConfigDict(meta["config"])
   encoder = create_model(config, meta["generator"]["img_resolution"],
                          meta["generator"]["w_dim"])
   if generator is not None:
     check_matches_generator(encoder, generator)
-  state, _ = checkpointer.restore(step, abstract_state(encoder, config, parallel.make_mesh()))
-  checkpointer.close()
   return encoder, encoder_variables(state)
 
 

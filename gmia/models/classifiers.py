@@ -1,10 +1,8 @@
 """Networks that can be split at a named layer: a small ResNet classifier.
 
-The split-network protocol (shared with gmia.models.iresnet.IResNet): a class attribute `layers`
-names the split points in forward order, and `__call__(x, train, capture, start)` runs the whole
-network, its device half (`capture=(layer,)` stops after that layer) or its server half
-(`start=layer` takes the activations at that layer). gmia.inversion works on any module that
-follows it.
+A split network (gmia.models.split): a class attribute `layers` names the split points in
+forward order, and `__call__(x, train, capture, start)` runs the whole network, its device half
+or its server half. gmia.inversion works on any module that follows the protocol.
 
 ResNetClassifier is the CIFAR-style ResNet of He et al. (2016) for small images:
 
@@ -27,23 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from gmia.models.iresnet import BatchNorm, conv3x3, conv_init
+from gmia.models.split import check_split
 
 LAYERS = ("stem", "stage1", "stage2", "stage3", "logits")
-
-
-def check_split(layers: Sequence[str], capture: Sequence[str],
-                start: str | None) -> tuple[int, int]:
-  """Validates a split request against a network's `layers`; returns (begin, last): the index
-  of `start` (-1 for the input) and of the deepest layer that has to run."""
-  unknown = [name for name in (*capture, start) if name is not None and name not in layers]
-  if unknown:
-    raise ValueError(f"unknown layer(s) {unknown}; choose from {tuple(layers)}")
-  begin = -1 if start is None else layers.index(start)
-  if begin == len(layers) - 1:
-    raise ValueError(f"nothing runs after the last layer {start!r}")
-  if any(layers.index(name) <= begin for name in capture):
-    raise ValueError(f"capture {tuple(capture)} names layers at or before start {start!r}")
-  return begin, max((layers.index(name) for name in capture), default=len(layers) - 1)
 
 
 class BasicBlock(nn.Module):

@@ -1,8 +1,6 @@
 """Feature decoders: the activations of a split network at one layer -> its input image.
 
-Any network of the split-network protocol (gmia.models.iresnet.IResNet,
-gmia.models.classifiers.ResNetClassifier: a class attribute `layers` and
-`__call__(x, train, capture, start)`) is a chain of blocks: block i maps the activations at
+Any split network (gmia.models.split) is a chain of blocks: block i maps the activations at
 layers[i - 1] (the image for i = 0) to those at layers[i]. A decoder mirrors that chain: one
 InverseBlock per block, from the split layer down to the image, each mapping a block's output
 back to its input. The shapes come from the network alone (`jax.eval_shape`, no weights run),
@@ -24,19 +22,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gmia.models import split
+
 # (layer, shape of the block's input, shape of its output), per-example shapes.
 BlockShapes = tuple[str, tuple[int, ...], tuple[int, ...]]
-
-
-def feature_shapes(model: nn.Module, variables: Mapping[str, Any],
-                   image_size: int) -> dict[str, tuple[int, ...]]:
-  """{layer: per-example activation shape} for every name in `model.layers`, for square
-  images of side `image_size`, by shape inference only."""
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  layers = tuple(model.layers)
-  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, capture=layers), variables,
-                       images)
-  return {name: tuple(out[name].shape[1:]) for name in layers}
 
 
 def inverse_chain(layers: Sequence[str], shapes: Mapping[str, tuple[int, ...]], image_size: int,
@@ -215,8 +204,17 @@ def block_name(layer: str) -> str:
   return f"invert_{layer}"
 
 
-def make_decoder(model: nn.Module, variables: Mapping[str, Any], image_size: int, layer: str, *,
-                 width: int = 32, depth: int = 1) -> Decoder:
-  """The Decoder from `layer` of `model` back to f32[B, image_size, image_size, 3] images."""
-  shapes = feature_shapes(model, variables, image_size)
-  return Decoder(inverse_chain(model.layers, shapes, image_size, layer), width=width, depth=depth)
+def decoder_specs(network: split.Network, layers: Sequence[str]) -> dict[str, tuple]:
+  """{layer: the inverse chain of its decoder} (`inverse_chain`) for a split network."""
+  shapes = split.feature_shapes(network.model, network.variables, network.image_size)
+  return {layer: inverse_chain(network.layers, shapes, network.image_size, layer)
+          for layer in layers}
+
+
+def make_decoders(specs: Mapping[str, Sequence], decoder_config: Mapping[str, int]
+                  ) -> dict[str, Decoder]:
+  """{layer: Decoder} from {layer: chain} (tuples, or their JSON lists from a checkpoint) and
+  {"width", "depth"} of every inverse block."""
+  return {layer: Decoder(tuple((name, tuple(a), tuple(b)) for name, a, b in chain),
+                         width=decoder_config["width"], depth=decoder_config["depth"])
+          for layer, chain in specs.items()}

@@ -19,23 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmia.models.import_insightface import EPS
-from gmia.models.iresnet import IResNet
+from gmia.models.iresnet import IResNet, input_size
 
 INPUT_NAME = "input.1"
 _OPSET, _IR_VERSION = 13, 8  # Read by onnxruntime and TensorRT alike.
-
-
-def _input_size(model: IResNet, variables: dict[str, Any]) -> int:
-  """The square input size the dense layer was built for: its rows are C * (size / 16)^2."""
-  if "fc" not in variables.get("params", {}) or "batch_stats" not in variables:
-    raise ValueError("variables must hold the model's params (with fc) and batch_stats")
-  rows = np.shape(variables["params"]["fc"]["kernel"])[0]
-  channels = model.width * 2 ** (len(model.blocks) - 1)
-  side = int(round(np.sqrt(rows / channels)))
-  if side < 1 or channels * side * side != rows:
-    raise ValueError(f"fc/kernel has {rows} rows, not {channels} channels times a square map: "
-                     "the variables are not of this model")
-  return 16 * side
 
 
 def _check_variables(model: IResNet, variables: dict[str, Any], size: int) -> None:
@@ -117,7 +104,7 @@ class _Emitter:
 def export_onnx(model: IResNet, variables: dict[str, Any], *, fold_bn: bool) -> Any:
   """Export a gmia IResNet to an insightface-layout ONNX graph (an onnx.ModelProto).
 
-  variables: {"params", "batch_stats"} of `model` (e.g. from gmia.encoder.trainer.load_encoder);
+  variables: {"params", "batch_stats"} of `model` (e.g. from gmia.face_encoder.trainer.load_encoder);
   the input size is the one its dense layer was built for. fold_bn: fold each post-conv BN into
   its conv, as insightface's released files do. The graph maps NCHW images in [-1, 1] to the
   unnormalised embedding [N, num_features], as `model.apply(variables, images)` does for NHWC.
@@ -125,7 +112,7 @@ def export_onnx(model: IResNet, variables: dict[str, Any], *, fold_bn: bool) -> 
   import onnx  # Optional dependency: only exporting and importing ONNX need it.
   from onnx import TensorProto, helper
 
-  size = _input_size(model, variables)
+  size = input_size(model, variables)
   _check_variables(model, variables, size)
   graph = _Emitter(variables, fold_bn)
   x = graph.conv_bn(INPUT_NAME, "stem_conv", "stem_bn", 1, "conv1", "bn1")

@@ -23,6 +23,9 @@ from typing import Any, ClassVar, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from gmia.models.split import check_split
 
 # Points at which the network can be read out (and cut, for split-network studies), in order.
 LAYERS = ("stem", "stage1", "stage2", "stage3", "stage4", "embedding")
@@ -101,7 +104,7 @@ class IResNet(nn.Module):
     """Runs the network, or the part of it between two layers.
 
     Args:
-      images: f32[B, H, W, 3] in [-1, 1] (see gmia.encoder.embed.preprocess), H and W divisible
+      images: f32[B, H, W, 3] in [-1, 1] (see gmia.face_encoder.embed.preprocess), H and W divisible
         by 16; or, with `start`, the activations at layer `start`.
       train: batch statistics (updates `batch_stats` when mutable) and dropout (rng "dropout").
       capture: names from LAYERS. Empty: returns the embedding f32[B, num_features]. Otherwise
@@ -112,17 +115,9 @@ class IResNet(nn.Module):
     Returns:
       f32[B, num_features] (not normalised), or the dict of captured activations (NHWC).
     """
-    unknown = [name for name in (*capture, start) if name is not None and name not in LAYERS]
-    if unknown:
-      raise ValueError(f"unknown layer(s) {unknown}; choose from {LAYERS}")
-    begin = -1 if start is None else LAYERS.index(start)
-    if begin == len(LAYERS) - 1:
-      raise ValueError(f"nothing runs after the last layer {start!r}")
-    if any(LAYERS.index(name) <= begin for name in capture):
-      raise ValueError(f"capture {tuple(capture)} names layers at or before start {start!r}")
+    begin, last = check_split(LAYERS, capture, start)
     if start is None:
       check_images(images)
-    last = max((LAYERS.index(name) for name in capture), default=len(LAYERS) - 1)
     captured = {}
 
     def keep(name: str, value: jax.Array) -> bool:
@@ -166,6 +161,20 @@ def check_images(images: jax.Array) -> None:
   if images.shape[1] % 16 or images.shape[2] % 16:
     raise ValueError(f"image size {images.shape[1:3]} must be divisible by 16 "
                      "(four stride-2 stages)")
+
+
+def input_size(model: IResNet, variables: dict[str, Any]) -> int:
+  """The square input size the dense layer was built for: its rows are C * (size / 16)^2, C the
+  last stage's channels."""
+  if "fc" not in variables.get("params", {}):
+    raise ValueError("variables must hold the model's params (with fc)")
+  rows = np.shape(variables["params"]["fc"]["kernel"])[0]
+  channels = model.width * 2 ** (len(model.blocks) - 1)
+  side = int(round(np.sqrt(rows / channels)))
+  if side < 1 or channels * side * side != rows:
+    raise ValueError(f"fc/kernel has {rows} rows, not {channels} channels times a square map: "
+                     "the variables are not of this model")
+  return 16 * side
 
 
 def init_key(seed: int) -> jax.Array:

@@ -1,6 +1,6 @@
 r"""ResNet classifier of the synthetic encoder identities, trained in minutes on a laptop CPU.
 
-  python train/train_classifier.py --config=train/configs/classifier_cpu_demo.py \
+  python -m train.train_classifier --config=train/configs/classifier_cpu_demo.py \
       --workdir=/tmp/classifier
 
 Data: the default data block (1,000 synthetic identities x 20 photos at 64 px, members /
@@ -18,21 +18,11 @@ training batches at 95%.
 
 import ml_collections
 
-from gmia.data import run_data
+from gmia.classifier import trainer
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.data = run_data.default_config()
-  config.eval_photos = 4
-  config.model = dict(widths=(16, 32, 64), blocks=(1, 1, 1), strides=(2, 2, 2), input_size=32,
-                      dtype="float32")
-  config.optimizer = dict(name="adamw", learning_rate=2e-2, momentum=0.9, weight_decay=5e-4,
-                          warmup_steps=50)
-  config.mirror = False
-  config.batch_size = 128
-  config.num_steps = 800
-  config.seed = 0
+  config = trainer.default_config()
   config.log_every = 50
   config.eval_every = 400
   config.checkpoint_every = 400

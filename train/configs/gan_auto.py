@@ -22,12 +22,12 @@ def get_config(arg: str = "64"):
   config = trainer.default_config()
   config.data.resolution = resolution
   config.batch_size = batch
-  config.total_steps = 25_000_000 // batch  # NVIDIA's default length: 25,000 kimg.
+  config.num_steps = 25_000_000 // batch  # NVIDIA's default length: 25,000 kimg.
   config.model.update(mapping_layers=2, channel_base=16384, channel_max=512,
                       mbstd_group_size=min(batch // devices, 4))
-  config.optim.update(g_lr=0.0025, d_lr=0.0025)
+  config.optimizer.update(g_lr=0.0025, d_lr=0.0025)
   config.loss.update(r1_gamma=0.0002 * resolution ** 2 / batch)
   config.ema_kimg, config.ema_rampup = batch * 10 / 32, 0.05
   config.log_every = 100
-  config.save_every = 5000
+  config.checkpoint_every = 5000
   return config

@@ -15,12 +15,12 @@ def get_config():
   config = trainer.default_config()
   config.data.resolution = 32
   config.batch_size = 64
-  config.total_steps = 100_000_000 // 64  # NVIDIA trains cifar for 100,000 kimg.
+  config.num_steps = 100_000_000 // 64  # NVIDIA trains cifar for 100,000 kimg.
   config.model.update(mapping_layers=2, channel_base=32768, channel_max=512,
                       d_architecture="orig", mbstd_group_size=32)
-  config.optim.update(g_lr=0.0025, d_lr=0.0025)
+  config.optimizer.update(g_lr=0.0025, d_lr=0.0025)
   config.loss.update(r1_gamma=0.01, pl_weight=0.0, style_mixing_prob=0.0)
   config.ema_kimg, config.ema_rampup = 500.0, 0.05
   config.log_every = 100
-  config.save_every = 5000
+  config.checkpoint_every = 5000
   return config

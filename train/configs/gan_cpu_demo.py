@@ -17,12 +17,12 @@ def get_config():
   config = trainer.default_config()
   config.data.resolution = 32
   config.batch_size = 32
-  config.total_steps = 2000
+  config.num_steps = 2000
   config.mirror = True
   config.model.update(z_dim=64, w_dim=64, mapping_layers=2, channel_base=512, channel_max=64)
-  config.optim.update(g_lr=0.005, d_lr=0.005)
+  config.optimizer.update(g_lr=0.005, d_lr=0.005)
   config.loss.update(r1_gamma=0.0002 * 32 ** 2 / 32, pl_weight=0.0, style_mixing_prob=0.0)
   config.ema_kimg, config.ema_rampup = 32 * 10 / 32, 0.05
   config.log_every = 100
-  config.save_every = 500
+  config.checkpoint_every = 500
   return config

@@ -1,6 +1,7 @@
 r"""insightface's recipe: IResNet-50, ArcFace (s=64, m=0.5), SGD lr 0.1, 112 px, on real photos.
 
-  python train/train_arcface.py --config=train/configs/arcface_r50.py --workdir=/ckpt/arcface_r50 \
+  python -m train.train_face_encoder --config=train/configs/face_encoder_r50.py \
+      --workdir=/ckpt/face_encoder_r50 \
       --config.data.manual_dir=/data/vggface2
 
 VGGFace2 (CC BY-NC 4.0; put its files in manual_dir, see gmia/data/folders.py) at 128 px,
@@ -13,24 +14,17 @@ parameter. About 20 epochs of VGGFace2's 3.1M photos.
 
 import ml_collections
 
-from gmia.data import run_data
+from gmia.face_encoder import trainer
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.data = run_data.default_config()
+  config = trainer.default_config()  # IResNet-50, ArcFace s=64 m=0.5, SGD lr 0.1, 112 px.
   config.data.update(name="vggface2", resolution=128)
   config.data.split.update(members=500, non_members=500, shadow=500, reference_photos=10)
   config.eval_identities = 500
-  config.model = dict(blocks=(3, 4, 14, 3), width=64, num_features=512, dropout=0.0,
-                      input_size=112, dtype="float32")
-  config.margin = dict(kind="arcface", scale=64.0, margin=0.5, easy_margin=False)
-  config.optimizer = dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
-                          warmup_steps=3000)
+  config.optimizer.warmup_steps = 3000
   config.batch_size = 1024
   config.num_steps = 60000
-  config.seed = 0
-  config.log_every = 100
   config.eval_every = 5000
   config.checkpoint_every = 2000
   return config

@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from gmia import kernels, metrics, parallel
-from gmia.encoder.embed import embed
+from gmia.face_encoder.embed import embed
 from gmia.models.iresnet import IResNet
 
 FARS = (1e-3, 1e-2)

@@ -7,22 +7,12 @@ on 32 or 64 px data resize to theirs).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from gmia.models.iresnet import IResNet
-
-
-def input_size(model: IResNet, variables: dict[str, Any]) -> int:
-  """The square input size a model's dense layer was built for (its final map is size / 16)."""
-  rows = variables["params"]["fc"]["kernel"].shape[0]
-  side = math.isqrt(rows // (8 * model.width))
-  if 8 * model.width * side * side != rows:
-    raise ValueError(f"fc kernel with {rows} inputs does not fit width {model.width}")
-  return 16 * side
+from gmia.models.iresnet import IResNet, input_size
 
 
 def preprocess(images: jax.Array, size: int) -> jax.Array:

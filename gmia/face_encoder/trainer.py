@@ -1,4 +1,5 @@
-"""Trains an IResNet identity encoder with an additive-margin head (ArcFace / CosFace).
+"""Training the face encoder, an IResNet with an additive-margin head (ArcFace / CosFace), as a
+task of the gmia training loop.
 
 Only the split's "encoder" identities are used, so the encoder never sees a person the attacks
 target. `config.eval_identities` of them are held out (chosen with `config.seed`) and never
@@ -6,16 +7,14 @@ trained on: the verification / identification metrics are measured on their phot
 
 Data parallel over a 1-D mesh: the batch is split over the `data` axis, the backbone replicated,
 and the class centres split over the same axis (insightface's Partial FC without sampling), so the
-number of training identities can outgrow one device. Checkpoints (params, BN statistics,
-optimiser state, step) are saved with Orbax; a rerun with the same --workdir resumes and, since
-batches and dropout keys are functions of the step, reproduces the uninterrupted run.
+number of training identities can outgrow one device. The loop (gmia.training) checkpoints
+params, BN statistics, optimiser state and step; a rerun with the same --workdir resumes and,
+since batches and dropout keys are functions of the step, reproduces the uninterrupted run.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
 from typing import Any
 
 import jax
@@ -26,22 +25,33 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gmia import parallel, training_step
-from gmia.checkpoint import Checkpointer, check_config_matches
+from gmia import parallel, training
+from gmia.checkpoint import Checkpointer
 from gmia.data import run_data
 from gmia.data.arrays import FaceArrays
 from gmia.data.pipeline import Batches
 from gmia.data.split import IdentitySplit
-from gmia.encoder import evaluation
-from gmia.encoder.embed import preprocess
+from gmia.face_encoder import evaluation
+from gmia.face_encoder.embed import preprocess
 from gmia.models.iresnet import IResNet, init_key
 from gmia.models.margins import Margin, padded_num_classes, sharded_margin_loss
-from gmia.progress import Progress
 
-# Config entries a resumed run must share with the checkpoint it continues.
-RESUME_KEYS = ("data", "eval_identities", "model", "margin", "optimizer", "batch_size",
-               "num_steps", "seed")
-EVAL_FILE = "eval.json"
+KIND = "face_encoder"
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every option of the face encoder trainer; train/configs/face_encoder_*.py start here."""
+  config = training.default_config()
+  config.data = run_data.default_config()
+  config.eval_identities = 100   # Encoder identities held out for the verification metrics.
+  config.model = dict(blocks=(3, 4, 14, 3), width=64, num_features=512, dropout=0.0,
+                      input_size=112, dtype="float32")
+  config.margin = dict(kind="arcface", scale=64.0, margin=0.5, easy_margin=False)
+  config.optimizer = dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
+                          warmup_steps=1000)
+  config.batch_size = 128
+  config.num_steps = 10_000
+  return config
 
 
 def create_model(model_config: ml_collections.ConfigDict) -> IResNet:
@@ -126,67 +136,43 @@ def train_step(state: dict[str, Any], images: jax.Array, labels: jax.Array, *, m
   return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
-def _config_json(config: ml_collections.ConfigDict) -> dict:
-  """The config as plain JSON types (tuples become lists), as a checkpoint stores it."""
-  return json.loads(config.to_json())
-
-
 def _encoder_variables(state: dict[str, Any]) -> dict[str, Any]:
   return {"params": state["params"]["backbone"], "batch_stats": state["batch_stats"]}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) in `workdir`; returns the final held-out metrics (also in eval.json)."""
-  if config.eval_every % config.log_every:
-    raise ValueError(f"eval_every ({config.eval_every}) must be a multiple of log_every "
-                     f"({config.log_every}): evaluations are logged with the training metrics")
-  os.makedirs(workdir, exist_ok=True)
+def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
+  """The face encoder's task: the encoder identities' photos with their class labels, the
+  IResNet and its class centres, and the held-out verification metrics."""
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh)
   arrays, split = run_data.load_for_run(config.data, workdir)
   train_set, eval_set = encoder_sets(arrays, split, config.eval_identities, config.seed)
   classes = np.unique(train_set.identity)
   labels = np.searchsorted(classes, train_set.identity).astype(np.int32)
-  logging.info("encoder training: %d photos of %d identities; evaluation: %d photos of %d "
+  logging.info("face encoder training: %d photos of %d identities; evaluation: %d photos of %d "
                "held-out identities", len(train_set), len(classes), len(eval_set),
                eval_set.num_identities)
-
-  checkpointer = Checkpointer(workdir)
-  start = checkpointer.latest_step() or 0
+  # Centre rows are padded for the mesh; a resumed run keeps the rows its checkpoint has, which
+  # any mesh whose device count divides them can split.
   devices = mesh.shape[parallel.DATA_AXIS]
   num_centres = padded_num_classes(len(classes), devices)
-  if start:
-    saved = checkpointer.restore_meta(start)
-    check_config_matches(saved["config"], _config_json(config), RESUME_KEYS)
-    # Centre rows were padded for the mesh that saved them; any mesh they split over can resume.
-    num_centres = saved["num_centres"]
+  checkpointer = Checkpointer(workdir)
+  if checkpointer.latest_step():
+    num_centres = checkpointer.restore_meta()["num_centres"]
     if num_centres % devices:
       raise ValueError(f"the checkpoint's {num_centres} class-centre rows do not split over "
                        f"{devices} devices; resume on a device count that divides them")
+  checkpointer.close()
 
   model = create_model(config.model)
   optimizer = make_optimizer(config)
   margin = Margin(**config.margin)
-  init = functools.partial(init_state, model, optimizer, config.model.input_size, num_centres)
-  shardings = state_shardings(jax.eval_shape(init, init_key(0)), mesh)
-  data = parallel.data_sharding(mesh)
-  step_fn = jax.jit(
-      functools.partial(train_step, model=model, optimizer=optimizer, margin=margin, mesh=mesh,
-                        num_classes=len(classes), input_size=config.model.input_size,
-                        seed=config.seed),
-      in_shardings=(shardings, data, data), out_shardings=(shardings, parallel.replicated(mesh)),
-      donate_argnums=0)
-
-  meta = {"config": _config_json(config), "classes": classes.tolist(), "num_centres": num_centres,
-          "eval_identities": np.unique(eval_set.identity).tolist()}
-  if start:
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            jax.eval_shape(init, init_key(0)), shardings)
-    state, _ = checkpointer.restore(start, abstract)
-    logging.info("resumed from step %d", start)
-  else:
-    state = jax.jit(init, out_shardings=shardings)(init_key(config.seed))
-
+  step = functools.partial(train_step, model=model, optimizer=optimizer, margin=margin, mesh=mesh,
+                           num_classes=len(classes), input_size=config.model.input_size,
+                           seed=config.seed)
+  labelled_step = lambda state, batch, _: step(state, batch["images"], batch["labels"])
+  batches = Batches(train_set.images, global_batch_size=config.batch_size, seed=config.seed,
+                    mirror=True, labels=labels)
   baseline = evaluation.pixel_identification(eval_set.images, eval_set.identity)
   logging.info("pixel-space 1-NN identification on the held-out identities: %.4f", baseline)
 
@@ -195,49 +181,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                   eval_set.identity, mesh)
     return {**metrics, "pixel_identification_1nn": baseline}
 
-  progress = Progress(config.num_steps, workdir=workdir, every_steps=config.log_every,
-                      items_per_step=config.batch_size, start_step=start)
-  batches = Batches(train_set.images, global_batch_size=config.batch_size, seed=config.seed,
-                    mirror=True)
-  rows = slice(batches.process_index * batches.local_batch_size,
-               (batches.process_index + 1) * batches.local_batch_size)
-  metrics: dict[str, float] = {}
-  for step, images in batches.iterate(start):
-    if step >= config.num_steps:
-      break
-    batch_labels = labels[batches.global_indices(step)[rows]]
-    state, train_metrics = step_fn(state, parallel.shard_batch(images, mesh),
-                                   parallel.shard_batch(batch_labels, mesh))
-    done = step + 1
-    metrics = training_step.after_step(done, state, train_metrics, metrics, config=config,
-                                         evaluate=held_out_metrics, progress=progress,
-                                         checkpointer=checkpointer, meta=meta)
-  checkpointer.wait()
-  progress.close()
-  if not metrics:  # Resumed a finished run: measure the final state again.
-    metrics = held_out_metrics(state)
-  # Unresolved operating points (NaN) are written as null, keeping the file strict JSON.
-  text = json.dumps({k: None if np.isnan(v) else v for k, v in metrics.items()}, indent=1)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, EVAL_FILE), "w") as handle:
-      handle.write(text)
-  logging.info("held-out evaluation: %s", text)
-  return metrics
+  return training.Task(
+      kind=KIND,
+      init=lambda _: init_state(model, optimizer, config.model.input_size, num_centres,
+                                init_key(config.seed)),
+      phases=[training.Phase("train", config.num_steps, labelled_step, batches.at)],
+      meta={"classes": classes.tolist(), "num_centres": num_centres,
+            "eval_identities": np.unique(eval_set.identity).tolist()},
+      evaluate=held_out_metrics, shardings=state_shardings, items_per_step=config.batch_size)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> training.Result:
+  """Trains (or resumes) in `workdir`; the result's metrics are the final held-out ones (also
+  in eval.json)."""
+  return training.run(make_task(config, workdir), config, workdir)
 
 
 def load_encoder(workdir: str, step: int | None = None) -> tuple[IResNet, dict[str, Any]]:
-  """(model, variables) of an encoder trained by train_and_evaluate, for gmia.encoder.embed."""
-  checkpointer = Checkpointer(workdir)
-  meta = checkpointer.restore_meta(step)
-  config = ml_collections.ConfigDict(meta["config"])
-  model = create_model(config.model)
-  mesh = parallel.make_mesh()
-  # Centre rows were padded for the training mesh: their number is in the metadata.
-  init = functools.partial(init_state, model, make_optimizer(config), config.model.input_size,
-                           meta["num_centres"])
-  shapes = jax.eval_shape(init, init_key(0))
-  replicated = parallel.replicated(mesh)
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                          shapes)
-  state, _ = checkpointer.restore(step, abstract)
-  return model, _encoder_variables(state)
+  """(model, variables) of a face encoder trained by train_and_evaluate, for
+  gmia.face_encoder.embed."""
+  checkpointer = Checkpointer(workdir, read_only=True)
+  try:
+    state, meta = checkpointer.restore_replicated(step, kind=KIND)
+  finally:
+    checkpointer.close()
+  return create_model(ml_collections.ConfigDict(meta["config"]).model), _encoder_variables(state)

@@ -1,0 +1,1 @@
+"""The face encoder (identity embeddings): preprocessing and embedding, training, evaluation."""
