@@ -61,17 +61,36 @@ def opencv_decode(outputs, size, rules):
     boxes.append(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1))
     points.append((kps + np.stack([cols, rows], -1)[:, None]) * stride)
   scores, boxes, points = (np.concatenate(v) for v in (scores, boxes, points))
-  order = [i for i in np.argsort(-scores, kind="stable") if scores[i] >= rules.score_threshold]
-  kept = []
-  for i in order:
-    def iou(j):
-      low, high = np.maximum(boxes[i, :2], boxes[j, :2]), np.minimum(boxes[i, 2:], boxes[j, 2:])
-      inter = np.prod(np.clip(high - low, 0, None))
-      area = lambda k: np.prod(boxes[k, 2:] - boxes[k, :2])
-      return inter / (area(i) + area(j) - inter)
-    if all(iou(j) <= rules.nms_threshold for j in kept):
-      kept.append(i)
+  kept = greedy_nms(scores, boxes, rules)
   return scores[kept], boxes[kept], points[kept]
+
+
+def greedy_nms(scores, boxes, rules):
+  """OpenCV's NMSBoxes order of decisions: best first, drop what overlaps a kept box."""
+  kept = []
+  for i in np.argsort(-scores, kind="stable"):
+    if scores[i] < rules.score_threshold:
+      continue
+    low = np.maximum(boxes[i, :2], boxes[kept, :2])
+    high = np.minimum(boxes[i, 2:], boxes[kept, 2:])
+    inter = np.prod(np.clip(high - low, 0, None), -1)
+    area = lambda b: np.prod(b[..., 2:] - b[..., :2], -1)
+    if np.all(inter / (area(boxes[i]) + area(boxes[kept]) - inter) <= rules.nms_threshold):
+      kept.append(i)
+  return kept
+
+
+def test_nms_equals_greedy_suppression_on_crowded_boxes():
+  rng = np.random.default_rng(0)
+  suppress = jax.jit(lambda s, b: detect.nms(s, b, RULES.score_threshold, RULES.nms_threshold))
+  for _ in range(20):
+    corners = rng.uniform(0, 100, (64, 2))
+    boxes = np.concatenate([corners, corners + rng.uniform(5, 40, (64, 2))], 1).astype(np.float32)
+    scores = np.sort(rng.uniform(0.8, 1, 64))[::-1].astype(np.float32)
+    expected = np.zeros(64, bool)
+    expected[greedy_nms(scores, boxes, RULES)] = True
+    assert expected.sum() > 3
+    np.testing.assert_array_equal(suppress(scores, boxes), expected)
 
 
 def test_one_face_found_in_each_real_portrait(detected):

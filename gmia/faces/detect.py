@@ -114,18 +114,31 @@ def decode(outputs: dict[str, jax.Array], size: int, top_k: int
 
 def nms(scores: jax.Array, boxes: jax.Array, score_threshold: float, iou_threshold: float
         ) -> jax.Array:
-  """Greedy non-maximum suppression of boxes sorted best first: keep bool[K]."""
+  """Greedy non-maximum suppression of boxes sorted best first: keep bool[K].
+
+  Greedy NMS keeps box i iff it passes the threshold and overlaps no kept box before it. That
+  rule has one solution, reached by applying it to all boxes at once until nothing changes
+  (a few rounds, where a loop over the boxes would take K steps).
+  """
   low, high = boxes[:, :2], boxes[:, 2:]
   area = jnp.prod(high - low, -1)
   overlap = jnp.prod(jnp.clip(jnp.minimum(high[:, None], high[None]) -
                               jnp.maximum(low[:, None], low[None]), 0), -1)
   iou = overlap / (area[:, None] + area[None] - overlap)
+  earlier = jnp.tril(jnp.ones(iou.shape, bool), -1)
+  suppresses = (iou > iou_threshold) & earlier  # [i, j]: j before i overlaps i.
+  valid = scores >= score_threshold
 
-  def step(i, keep):
-    suppressed = jnp.any(keep & (iou[i] > iou_threshold))
-    return keep.at[i].set((scores[i] >= score_threshold) & ~suppressed)
+  def rule(keep):
+    return valid & ~jnp.any(suppresses & keep[None, :], axis=1)
 
-  return jax.lax.fori_loop(0, scores.shape[0], step, jnp.zeros(scores.shape, bool))
+  def changed(state):
+    keep, previous = state
+    return jnp.any(keep != previous)
+
+  keep, _ = jax.lax.while_loop(changed, lambda state: (rule(state[0]), state[0]),
+                               (rule(valid), valid))
+  return keep
 
 
 def choose_face(scores: jax.Array, boxes: jax.Array, landmarks: jax.Array, keep: jax.Array,
@@ -146,15 +159,17 @@ def choose_face(scores: jax.Array, boxes: jax.Array, landmarks: jax.Array, keep:
 
 
 def detect_faces(net: OnnxNetwork, params: dict, images: jax.Array, factors: jax.Array,
-                 rules: DetectionRules = DetectionRules()) -> Faces:
+                 rules: DetectionRules = DetectionRules(), batch_size: int | None = None
+                 ) -> Faces:
   """Faces of letterboxed photos: images f32[B, S, S, 3] RGB in 0..255 (S: YuNet's input size),
-  factors f32[B] from photo to letterbox pixels. Jit and shard like any pure function."""
+  factors f32[B] from photo to letterbox pixels. Jit and shard like any pure function;
+  batch_size as in OnnxNetwork.apply_each (on CPU 1 runs fastest)."""
   size = net.input_shapes[0][-1]
   if images.shape[1:] != (size, size, 3):
     raise ValueError(f"images must be [B, {size}, {size}, 3] (letterboxed RGB), got "
                      f"{images.shape}")
   bgr = jnp.transpose(images[..., ::-1], (0, 3, 1, 2))
-  outputs = dict(zip(net.output_names, net.apply_each(params, bgr)))
+  outputs = dict(zip(net.output_names, net.apply_each(params, bgr, batch_size=batch_size)))
 
   def one(sample, factor):
     scores, boxes, landmarks = decode(sample, size, rules.top_k)
@@ -167,21 +182,23 @@ def detect_faces(net: OnnxNetwork, params: dict, images: jax.Array, factors: jax
 def detect_and_align(net: OnnxNetwork, params: dict, photos: jax.Array,
                      extents: jax.Array | None = None, size: int = 112,
                      template: jax.Array | None = None,
-                     rules: DetectionRules = DetectionRules()) -> tuple[jax.Array, Faces]:
+                     rules: DetectionRules = DetectionRules(), batch_size: int | None = None
+                     ) -> tuple[jax.Array, Faces]:
   """Finds and aligns the face of each photo: the `detect` alignment, one jittable function.
 
   photos: [B, H, W, 3] RGB in 0..255 (uint8 or float); extents: i32[B, 2] (height, width) of
   each photo in the top-left corner of its zero-padded [H, W] canvas (default all of it).
-  template: f32[5, 2] in crop pixels (default arcface's at `size`). Returns (aligned
-  f32[B, size, size, 3] in 0..255, Faces in photo pixels). The largest face is aligned whatever
-  the status; a photo with no face gets a plain crop of its top-left square.
+  template: f32[5, 2] in crop pixels (default arcface's at `size`); batch_size as in
+  detect_faces. Returns (aligned f32[B, size, size, 3] in 0..255, Faces in photo pixels). The
+  largest face is aligned whatever the status; a photo with no face gets a plain crop of its
+  top-left square.
   """
   template = ARCFACE_TEMPLATE * (size / 112.0) if template is None else jnp.asarray(template)
   if extents is None:
     extents = jnp.broadcast_to(jnp.array(photos.shape[1:3]), (photos.shape[0], 2))
   input_size = net.input_shapes[0][-1]
   images, factors = jax.vmap(lambda p, e: letterbox(p, input_size, e))(photos, extents)
-  faces = detect_faces(net, params, images, factors, rules)
+  faces = detect_faces(net, params, images, factors, rules, batch_size)
   # A plain crop of the top-left square stands in where there is no face.
   fallback = template[None] * (jnp.min(extents, -1) / size)[:, None, None]
   points = jnp.where((faces.count > 0)[:, None, None], faces.landmarks, fallback)
@@ -189,7 +206,8 @@ def detect_and_align(net: OnnxNetwork, params: dict, photos: jax.Array,
   return aligned, faces
 
 
-_detect_and_align = jax.jit(detect_and_align, static_argnames=("net", "size", "rules"))
+_detect_and_align = jax.jit(detect_and_align,
+                            static_argnames=("net", "size", "rules", "batch_size"))
 CANVAS_STEP = 256  # Canvas sides are multiples of this: few distinct shapes, few compilations.
 
 
@@ -210,19 +228,20 @@ def pad_to_canvas(photos: Sequence[np.ndarray], count: int | None = None
 
 def detect_and_align_photos(net: OnnxNetwork, params: dict, photos: Sequence[np.ndarray],
                             size: int = 112, template: np.ndarray | None = None,
-                            rules: DetectionRules = DetectionRules(), batch: int = 16
-                            ) -> tuple[np.ndarray, Faces]:
+                            rules: DetectionRules = DetectionRules(), batch: int = 16,
+                            batch_size: int | None = None) -> tuple[np.ndarray, Faces]:
   """`detect_and_align` for photos of any sizes, u8[H_i, W_i, 3] RGB, `batch` at a time.
 
   Each chunk goes on canvases (pad_to_canvas), so one compiled function serves each canvas
-  shape. Returns (aligned f32[N, size, size, 3] in 0..255, Faces with numpy fields [N, ...]).
+  shape; batch_size as in detect_faces. Returns (aligned f32[N, size, size, 3] in 0..255,
+  Faces with numpy fields [N, ...]).
   """
   aligned, faces = [], []
   for start in range(0, len(photos), batch):
     chunk = [np.asarray(photo) for photo in photos[start:start + batch]]
     canvas, extents = pad_to_canvas(chunk, batch)
     crops, found = _detect_and_align(net, params, canvas, extents, size=size, template=template,
-                                     rules=rules)
+                                     rules=rules, batch_size=batch_size)
     aligned.append(np.asarray(crops)[:len(chunk)])
     faces.append(Faces(*(np.asarray(field)[:len(chunk)] for field in found)))
   return np.concatenate(aligned), Faces(*(np.concatenate(fields) for fields in zip(*faces)))

@@ -223,11 +223,13 @@ class OnnxNetwork:
 
   def apply_each(self, params: Mapping[str, Any], *inputs: Any,
                  outputs: str | Sequence[str] | None = None,
-                 feeds: Mapping[str, Any] | None = None) -> Any:
+                 feeds: Mapping[str, Any] | None = None, batch_size: int | None = None) -> Any:
     """`apply` over a batch of samples of a graph imported with batch size 1.
 
     Every input, feed and returned tensor of the graph has leading dim 1; here they are [B, ...]
-    instead (the same B for all).
+    instead (the same B for all). batch_size: None vmaps all B samples at once (best on
+    accelerators); k maps over chunks of k vmapped samples, which keeps a large network's
+    activations in the caches of a CPU (measured faster there for k of 1 to 8).
     """
     feeds = dict(feeds or {})
     names = ((outputs,) if isinstance(outputs, str)
@@ -242,7 +244,9 @@ class OnnxNetwork:
                        feeds={k: v[None] for k, v in sample_feeds.items()})
       return jax.tree_util.tree_map(lambda y: y[0], out)
 
-    return jax.vmap(one)(inputs, feeds)
+    if batch_size is None:
+      return jax.vmap(one)(inputs, feeds)
+    return jax.lax.map(lambda args: one(*args), (inputs, feeds), batch_size=batch_size)
 
 
 def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None
