@@ -48,25 +48,6 @@ def timed(label: str, run) -> None:
   print(f"  {label}: {time.perf_counter() - start:.1f} s")
 
 
-def free_batch_session(path: str):
-  """onnxruntime on the graph with its batch dims made free, so it runs whole batches."""
-  import onnx
-  import onnxruntime
-
-  model = onnx.load(path)
-  read = {name for node in model.graph.node for name in node.input}
-  initialised = {t.name for t in model.graph.initializer}
-  kept = [v for v in model.graph.input if v.name in read and v.name not in initialised]
-  del model.graph.input[:]
-  model.graph.input.extend(kept)
-  for value in list(model.graph.input) + list(model.graph.output):
-    value.type.tensor_type.shape.dim[0].dim_param = "N"
-  options = onnxruntime.SessionOptions()
-  options.log_severity_level = 3
-  return onnxruntime.InferenceSession(model.SerializeToString(), options,
-                                      providers=["CPUExecutionProvider"])
-
-
 def gmia_rate(label: str, run, batch: int, rounds: int) -> float:
   timed(f"gmia compile ({label})", lambda: jax.block_until_ready(run()))
   return batch / best_time(lambda: jax.block_until_ready(run()), rounds)
@@ -84,7 +65,7 @@ def bench_sface(batch: int, chunk: int, rounds: int) -> None:
   mapped = jax.jit(lambda p, x: single.apply_each(p, x, batch_size=chunk))
   rates[f"chunks of {chunk}"] = gmia_rate(f"chunks of {chunk}",
                                           lambda: mapped(single.params, images), batch, rounds)
-  session = free_batch_session(path)
+  session = assets.onnxruntime_session(path, free_batch=True)
   timed("onnxruntime session + first batch", lambda: session.run(None, {"data": images}))
   peer = batch / best_time(lambda: session.run(None, {"data": images}), rounds)
   for label, rate in rates.items():

@@ -130,9 +130,10 @@ def photos() -> list[tuple[str, str]]:
   return [(person, paths[member]) for person, _, _, member in _PHOTOS]
 
 
-def onnxruntime_session(path: str):
+def onnxruntime_session(path: str, free_batch: bool = False):
   """An onnxruntime CPU session of the model, with declared inputs that no node reads removed
-  (the SFace file lists its replaced weights as inputs, which onnxruntime refuses)."""
+  (the SFace file lists its replaced weights as inputs, which onnxruntime refuses); with
+  free_batch, the inputs' and outputs' leading dims are left free, to run whole batches."""
   import onnx
   import onnxruntime
 
@@ -142,6 +143,9 @@ def onnxruntime_session(path: str):
   kept = [v for v in model.graph.input if v.name in read and v.name not in initialised]
   del model.graph.input[:]
   model.graph.input.extend(kept)
+  if free_batch:
+    for value in list(model.graph.input) + list(model.graph.output):
+      value.type.tensor_type.shape.dim[0].dim_param = "N"
   options = onnxruntime.SessionOptions()
   options.log_severity_level = 3  # No warnings about the initialisers it drops.
   return onnxruntime.InferenceSession(model.SerializeToString(), options,
