@@ -42,7 +42,7 @@ def detected():
   photos += synthetic_photos(photos[1])
   net = detect.load_yunet(assets.yunet_path())
   aligned, faces = detect.detect_and_align_photos(net, net.params, photos, rules=RULES,
-                                                  batch=len(photos))
+                                                  batch=len(photos), batch_size=1)
   return list(people), photos, aligned, faces
 
 

@@ -23,6 +23,8 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import onnx
+from onnx import helper, numpy_helper
 
 from gmia.onnx import ops
 
@@ -46,7 +48,6 @@ class _Node:
 
 
 def _load(model: Any) -> tuple[Any, str]:
-  import onnx
   if isinstance(model, (str, os.PathLike)):
     return onnx.load(os.fspath(model)), os.fspath(model)
   if isinstance(model, onnx.ModelProto):
@@ -55,8 +56,6 @@ def _load(model: Any) -> tuple[Any, str]:
 
 
 def _attributes(proto: Any, opset: int) -> ops.Attributes:
-  from onnx import helper, numpy_helper
-
   def value(attribute):
     v = helper.get_attribute_value(attribute)
     if isinstance(v, bytes):
@@ -178,6 +177,11 @@ class OnnxNetwork:
       self._plans[key] = tuple(reversed(plan))
     return self._plans[key]
 
+  def _names(self, outputs: str | Sequence[str] | None) -> tuple[str, ...]:
+    if outputs is None:
+      return self.output_names
+    return (outputs,) if isinstance(outputs, str) else tuple(outputs)
+
   def _checked(self, name: str, value: Any, what: str) -> jax.Array:
     value = jnp.asarray(value)
     if value.shape != self.shapes[name]:
@@ -198,8 +202,7 @@ class OnnxNetwork:
     at a split point, so that only the nodes after them run.
     """
     single = isinstance(outputs, str) or (outputs is None and len(self.output_names) == 1)
-    names = ((outputs,) if isinstance(outputs, str)
-             else self.output_names if outputs is None else tuple(outputs))
+    names = self._names(outputs)
     feeds = dict(feeds or {})
     for name in (*names, *feeds):
       if name not in self.shapes:
@@ -232,8 +235,7 @@ class OnnxNetwork:
     activations in the caches of a CPU (measured faster there for k of 1 to 8).
     """
     feeds = dict(feeds or {})
-    names = ((outputs,) if isinstance(outputs, str)
-             else self.output_names if outputs is None else tuple(outputs))
+    names = self._names(outputs)
     for name in (*self.input_names, *feeds, *names):
       if name in self.shapes and self.shapes[name][:1] != (1,):
         raise ValueError(f"{self.source}: apply_each needs a leading dim 1 on {name!r}, whose "
@@ -259,8 +261,6 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
   gmia.onnx.ops.OPS, or an attribute form it lacks, is a one-line error naming the file, the
   node and the operator.
   """
-  from onnx import helper, numpy_helper
-
   proto, source = _load(model)
   graph = proto.graph
   opset = _opset(proto, source)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from onnx import helper
 
 
 class OpError(ValueError):
@@ -39,6 +40,7 @@ class Attributes:
 
 @dataclasses.dataclass(frozen=True)
 class Op:
+  """One operator: its function and how import treats its inputs."""
   fn: Callable[..., Any]
   static: frozenset[int] = frozenset()  # Input slots read as numpy values at import.
   numpy: bool = True  # fn also runs on numpy arrays (False: folding runs it in JAX).
@@ -53,7 +55,6 @@ def _axis(axis: int, rank: int) -> int:
 
 
 def _dtype(xp: Any, onnx_type: int) -> np.dtype:
-  from onnx import helper
   dtype = np.dtype(helper.tensor_dtype_to_np_dtype(onnx_type))
   return jax.dtypes.canonicalize_dtype(dtype) if xp is jnp else dtype
 
@@ -218,12 +219,9 @@ def _conv_transpose(xp, a, x, w, b=None):
   if "output_shape" in a or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
     target = (tuple(a.get("output_shape"))[-n:] if "output_shape" in a
               else tuple(i * s for i, s in zip(spatial, strides)))
-    pads = []
-    for f, t in zip(full, target):
-      total = f - t
-      upper_first = auto_pad == "SAME_UPPER"
-      pads.append((total // 2, total - total // 2) if upper_first
-                  else (total - total // 2, total // 2))
+    totals = [f - t for f, t in zip(full, target)]
+    pads = [(total // 2, total - total // 2) if auto_pad == "SAME_UPPER"
+            else (total - total // 2, total // 2) for total in totals]
   elif auto_pad == "VALID":
     pads = [(0, 0)] * n
   else:
