@@ -199,7 +199,8 @@ class OnnxNetwork:
     order, at the import shapes (cast to the graph's dtypes), or none when `feeds` cut them off.
     outputs: tensor names to return (default the graph's outputs; a str gives one array).
     feeds: {tensor name: value} replacing the tensors the graph would compute, e.g. the features
-    at a split point, so that only the nodes after them run.
+    at a split point, so that only the nodes after them run. Under jax.jit, `outputs` must be
+    static (static_argnames=("outputs",) or a closure); feeds are ordinary pytree arguments.
     """
     single = isinstance(outputs, str) or (outputs is None and len(self.output_names) == 1)
     names = self._names(outputs)
