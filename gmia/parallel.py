@@ -8,6 +8,8 @@ Batches are split over the `data` axis; parameters are replicated.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -57,3 +59,21 @@ def check_divisible(global_batch: int, mesh: Mesh) -> None:
 def shard_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
   """Assembles this process's slice of a batch into a global array sharded on `data`."""
   return jax.make_array_from_process_local_data(data_sharding(mesh), local_batch)
+
+
+def map_chunks(fn: Callable[[Any, jax.Array], jax.Array], params: Any, items: np.ndarray,
+               mesh: Mesh, chunk: int = 256) -> np.ndarray:
+  """fn(params, batch) over `items` [N, ...] in fixed-size chunks split over the mesh's `data`
+  axis, the last one padded with zeros, so a jitted `fn` compiles once; returns the outputs of
+  the N real rows, on the host. Every process holds all items; each device takes its rows."""
+  devices = mesh.shape[DATA_AXIS]
+  chunk = -(-chunk // devices) * devices
+  out = [np.zeros((0,) + shape.shape[1:], shape.dtype) for shape in [jax.eval_shape(
+      fn, params, jax.ShapeDtypeStruct((chunk,) + items.shape[1:], items.dtype))]]
+  for start in range(0, len(items), chunk):
+    part = items[start:start + chunk]
+    padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:], part.dtype)])
+    batch = jax.make_array_from_callback(padded.shape, data_sharding(mesh),
+                                         lambda index, padded=padded: padded[index])
+    out.append(np.asarray(fn(params, batch))[:len(part)])
+  return np.concatenate(out)

@@ -20,3 +20,16 @@ def test_unknown_config_field_is_named(command):
   assert "Traceback" not in result.stderr, result.stderr
   field = command[-1].split("=")[0]
   assert "unknown config field" in result.stderr and field in result.stderr, result.stderr
+
+
+def test_a_missing_checkpoint_is_one_line_and_exit_status_1(tmp_path):
+  command = [sys.executable, "-m", "attack.identity_membership", f"--workdir={tmp_path / 'out'}",
+             f"--config.generator_workdir={tmp_path / 'nowhere'}",
+             f"--config.encoder_workdir={tmp_path / 'nowhere'}"]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1, result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert "Traceback" not in result.stderr and last.startswith("error: no checkpoints in"), last
+  assert not (tmp_path / "nowhere").exists()
+  verbose = subprocess.run(command + ["--verbose"], capture_output=True, text=True, timeout=120)
+  assert verbose.returncode == 1 and "Traceback" in verbose.stderr

@@ -15,7 +15,7 @@ def _run_all(workdir, data_dir):
 def test_main_job_runs_every_stage_then_reuses_them(tmp_path):
   workdir = tmp_path / "demo"
   first = _run_all(workdir, tmp_path / "data")
-  stages = ("encoder", "gan", "gan_control", "attack", "attack_control")
+  stages = ("face_encoder", "gan", "gan_control", "attack", "attack_control")
   for stage in stages:
     assert f"[{stage}] running" in first and (workdir / stage / "DONE").exists(), stage
   for name in ("split.json", "data_overview.png", "summary.json", "attack/matches.png",

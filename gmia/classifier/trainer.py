@@ -116,20 +116,10 @@ def train_step(state: dict[str, Any], images: jax.Array, labels: jax.Array, *,
 
 def predict(model: ResNetClassifier, variables: dict[str, Any], images: np.ndarray,
             input_size: int, mesh: Mesh, chunk: int = 256) -> np.ndarray:
-  """u8[N, H, W, 3] -> i64[N] predicted classes, in fixed-size chunks sharded over `mesh` (the
-  last one padded, so the network compiles once)."""
-  devices = mesh.shape[parallel.DATA_AXIS]
-  chunk = -(-chunk // devices) * devices
-  fn = _sharded_predict(model, input_size, mesh)
-  out = [np.zeros((0,), np.int64)]
-  for start in range(0, len(images), chunk):
-    part = images[start:start + chunk]
-    padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:], part.dtype)])
-    # Every process holds the whole chunk; each device takes its rows (works across hosts).
-    batch = jax.make_array_from_callback(padded.shape, parallel.data_sharding(mesh),
-                                         lambda index, padded=padded: padded[index])
-    out.append(np.asarray(fn(variables, batch))[:len(part)])
-  return np.concatenate(out)
+  """u8[N, H, W, 3] -> i64[N] predicted classes, in fixed-size chunks sharded over `mesh` (one
+  compilation whatever N)."""
+  return parallel.map_chunks(_sharded_predict(model, input_size, mesh), variables, images, mesh,
+                             chunk)
 
 
 @functools.cache

@@ -32,22 +32,9 @@ _BLOCK_ELEMENTS = 1 << 22
 
 def embed_images(model: IResNet, variables: dict[str, Any], images: np.ndarray, mesh: Mesh,
                  chunk: int = 256) -> np.ndarray:
-  """u8[N, H, W, 3] -> f32[N, D] unit embeddings, in fixed-size chunks sharded over `mesh`.
-
-  Every chunk has the same shape (the last one is padded), so the embedding compiles once.
-  """
-  devices = mesh.shape[parallel.DATA_AXIS]
-  chunk = -(-chunk // devices) * devices
-  fn = _sharded_embed(model, mesh)
-  out = []
-  for start in range(0, len(images), chunk):
-    part = images[start:start + chunk]
-    padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:], part.dtype)])
-    # Every process holds the whole chunk; each device takes its rows (works across hosts).
-    batch = jax.make_array_from_callback(padded.shape, parallel.data_sharding(mesh),
-                                         lambda index, padded=padded: padded[index])
-    out.append(np.asarray(fn(variables, batch))[:len(part)])
-  return np.concatenate(out) if out else np.zeros((0, model.num_features), np.float32)
+  """u8[N, H, W, 3] -> f32[N, D] unit embeddings, in fixed-size chunks sharded over `mesh` (one
+  compilation whatever N)."""
+  return parallel.map_chunks(_sharded_embed(model, mesh), variables, images, mesh, chunk)
 
 
 @functools.cache
