@@ -1,4 +1,4 @@
-"""NVIDIA stylegan2-ada-pytorch pickles: the restricted reader and the import, against NVIDIA's code.
+"""NVIDIA stylegan2-ada-pytorch pickles: the restricted reader and the import, against NVIDIA.
 
 Fixtures (tests/fixtures/stylegan2/): NAME.pkl and NAME.npz for two tiny random networks built
 with NVIDIA's stylegan2-ada-pytorch (commit d72cc7d, torch 2.13 on CPU, its reference ops):
