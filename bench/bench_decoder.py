@@ -3,8 +3,8 @@
   python bench/bench_decoder.py [--batch=32] [--width=16] [--opt_steps=100]
 
 Randomly initialised IResNets (speed does not depend on training): "tiny" (width 4, 16
-features) and "demo" (train/configs/face_encoder_cpu_demo.py: width 16, 128 features), one block per
-stage, 32 px inputs, split layers stem, stage1 and stage2 trained together as the CPU demo
+features) and "demo" (train/configs/face_encoder_cpu_demo.py: width 16, 128 features), one
+block per stage, 32 px inputs, split layers stem, stage1 and stage2 trained together as the CPU demo
 configs do. Prints training steps/s (and images/s) of the aux step, and of the zero-shot blocks
 and chain steps. Then the peer: recovering 8 images from stage2 features by optimisation
 (gmia.inversion.features, --opt_steps Adam steps each) against one pass of a stage2 decoder.
@@ -19,8 +19,10 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from gmia import parallel
-from gmia.inversion import decoder_synthesis, decoder_training, features
+from gmia import parallel, training
+from gmia.inversion import decoder_synthesis, decoder_training, decoding, features
+from gmia.models import split
+from gmia.models.decoders import decoder_specs, make_decoders
 from gmia.models.iresnet import IResNet, init_key
 
 _BATCH = flags.DEFINE_integer("batch", 32, "Training batch size.")
@@ -33,14 +35,16 @@ LAYERS = ("stem", "stage1", "stage2")
 SIZE = 32
 
 
-def steps_per_second(phase: decoder_training.Phase, state: dict,
+def steps_per_second(phase: training.Phase, state: dict, consts: dict,
                      num_steps: int) -> tuple[float, dict]:
-  """(training steps/s of a phase's jitted step after a compiling step, the state reached)."""
-  state, _ = phase.step(state, 0, phase.consts)
+  """(training steps/s of a phase's step jitted as the training loop does, after a compiling
+  step; the state reached)."""
+  step_fn = jax.jit(phase.step, donate_argnums=0)
+  state, _ = step_fn(state, None, consts)
   jax.block_until_ready(state)
   start = time.perf_counter()
-  for step in range(1, num_steps + 1):
-    state, _ = phase.step(state, step, phase.consts)
+  for _ in range(num_steps):
+    state, _ = step_fn(state, None, consts)
   jax.block_until_ready(state)
   return num_steps / (time.perf_counter() - start), state
 
@@ -54,27 +58,26 @@ def main(argv):
   for name, arch in NETWORKS.items():
     model = IResNet(blocks=(1, 1, 1, 1), **arch)
     net_vars = jax.jit(model.init)(init_key(0), jnp.zeros((1, SIZE, SIZE, 3)))
-    network = decoder_training.Network(model, net_vars, SIZE)
+    network = split.Network(model, net_vars, SIZE)
     images = decoder_synthesis.noise_images(jax.random.key(1), 64, SIZE)
     layer_stats = decoder_training.layer_statistics(network, net_vars, images, LAYERS)
     config = decoder_training.default_config()
     config.update(layers=LAYERS, batch_size=batch)
     config.decoder.width = _WIDTH.value
-    decoders = decoder_training.make_decoders(decoder_training.decoder_specs(network, LAYERS),
-                                              config.decoder)
-    photos = jnp.zeros((256, SIZE, SIZE, 3), jnp.uint8)
+    decoders = make_decoders(decoder_specs(network, LAYERS), config.decoder)
+    consts = {"variables": net_vars, "photos": jnp.zeros((256, SIZE, SIZE, 3), jnp.uint8)}
     rates = {}
     for method in ("aux", "zero_shot"):
       config.method = method
       pool = images if method == "zero_shot" else None
-      phases = decoder_training.make_phases(config, network, decoders, net_vars, photos, mesh)
+      phases = decoder_training.make_phases(config, network, decoders, mesh)
       for phase in phases:
         # Jitted: the state gets buffers of its own (steps donate theirs).
         state = jax.jit(functools.partial(decoder_training.init_state, config, decoders))(
             layer_stats, pool, jax.random.key(2))
         if phase.enter is not None:
-          state = phase.enter(state)
-        rates[phase.name], state = steps_per_second(phase, state, _STEPS.value)
+          state = jax.jit(phase.enter)(state)
+        rates[phase.name], state = steps_per_second(phase, state, consts, _STEPS.value)
     print(f"{name:5s} network: " + "; ".join(
         f"{phase} {rate:6.2f} steps/s ({rate * batch:7.1f} images/s)"
         for phase, rate in rates.items()))
@@ -91,7 +94,7 @@ def main(argv):
   optimised = time.perf_counter() - start
   variables = {"params": state["decoders"]["stage2"],
                "stats": decoders["stage2"].statistics(model.layers, layer_stats)}
-  decode = lambda: decoder_training.decode(decoders["stage2"], variables, observed["stage2"])
+  decode = lambda: decoding.decode(decoders["stage2"], variables, observed["stage2"])
   jax.block_until_ready(decode())
   start = time.perf_counter()
   jax.block_until_ready(decode())

@@ -60,7 +60,8 @@ def encoder_training_speed(generator, g_vars, steps: int) -> float:
   w_avg, w_std = latent_encoder_training.latent_moments(generator, g_vars, jax.random.key(0), 256)
   optimizer = latent_encoder_training.make_optimizer(config)
   state = latent_encoder_training.init_state(encoder, optimizer, w_avg, w_std, jax.random.key(0))
-  step = latent_encoder_training.make_train_step(config, encoder, generator, parallel.make_mesh())
+  step = jax.jit(latent_encoder_training.make_train_step(config, encoder, generator,
+                                                        parallel.make_mesh()), donate_argnums=0)
   state, _ = jax.block_until_ready(step(state, g_vars))
   start = time.perf_counter()
   for _ in range(steps):
