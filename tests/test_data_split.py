@@ -5,7 +5,7 @@ import pytest
 
 from gmia.data import run_data
 from gmia.data.arrays import FaceArrays
-from gmia.data.split import GROUPS, IdentitySplit, make_split, split_photos
+from gmia.data.split import GROUPS, IdentitySplit, make_split, overrepresent, split_photos
 
 
 def _arrays(photos_per_identity):
@@ -97,3 +97,23 @@ def test_run_pins_its_split(tmp_path):
   config.split.path = str(tmp_path / "run" / "split.json")
   reused = run_data.split_for(config, arrays)
   assert reused.to_json() == split.to_json()
+
+
+def test_overrepresent_extends_chosen_members_only():
+  arrays = _arrays([12] * 10)
+  split = make_split(arrays, seed=3, members=4, non_members=3, reference_photos=2,
+                     max_train_photos=2)
+  more = overrepresent(split, arrays, count=2, max_train_photos=8)
+  counts = {i: len(more.train[i]) for i in split.identities("members").tolist()}
+  assert sorted(counts.values()) == [2, 2, 8, 8]
+  owner = dict(zip(arrays.photo_id.tolist(), arrays.identity.tolist()))
+  for identity in split.train:
+    assert set(split.train[identity].tolist()) <= set(more.train[identity].tolist())
+    assert {owner[p] for p in more.train[identity].tolist()} <= {identity}
+    assert np.array_equal(more.reference[identity], split.reference[identity])
+    if counts.get(identity, 2) == 2:
+      assert np.array_equal(more.train[identity], split.train[identity])
+  assert overrepresent(split, arrays, count=2, max_train_photos=None).train_photos(
+      "members").size == 2 * 2 + 2 * 10
+  with pytest.raises(ValueError, match="cannot over-represent 5 of 4 members"):
+    overrepresent(split, arrays, count=5, max_train_photos=8)

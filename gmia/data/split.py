@@ -118,6 +118,30 @@ def split_photos(identity: int, photo_ids: np.ndarray, *, reference_photos: int,
   return np.sort(train), np.sort(reference)
 
 
+def overrepresent(split: IdentitySplit, arrays: FaceArrays, *, count: int,
+                  max_train_photos: int | None) -> IdentitySplit:
+  """`split` with `count` of its members (seeded choice) trained on up to `max_train_photos`
+  photos each (None: all but their reference photos): a few people over-represented.
+
+  Everything else stays: the other members' training photos, every reference photo, the groups.
+  A chosen member's training photos extend its old ones (the same per-identity shuffle).
+  """
+  members = split.identities("members")
+  if not 0 < count <= len(members):
+    raise ValueError(f"cannot over-represent {count} of {len(members)} members")
+  chosen = np.random.default_rng([split.seed, 2**21]).choice(members, count, replace=False)
+  train = dict(split.train)
+  for identity in chosen.tolist():
+    reference = split.reference[identity]
+    train[identity], again = split_photos(
+        identity, arrays.photo_id[arrays.identity == identity], reference_photos=len(reference),
+        min_train_photos=1, max_train_photos=max_train_photos, seed=split.seed)
+    if not np.array_equal(again, reference):
+      raise ValueError(f"identity {identity}: the split was not made from these photos")
+  return IdentitySplit(seed=split.seed, groups=split.groups, train=train,
+                       reference=split.reference)
+
+
 def make_split(arrays: FaceArrays, *, seed: int, members: int, non_members: int, shadow: int = 0,
                encoder: int | None = None, reference_photos: int = 5, min_train_photos: int = 1,
                max_train_photos: int | None = None) -> IdentitySplit:
