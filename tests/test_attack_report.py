@@ -44,3 +44,21 @@ def test_figures(tmp_path):
                       [["x", "y", "z"]] * 2)
   picture = np.asarray(Image.open(tmp_path / "m.png"))
   np.testing.assert_array_equal(picture[2:2 + 96:3, 2:2 + 96:3], generated[0])
+
+
+def test_roc_chance_is_the_diagonal_on_the_log_axis_and_unresolved_fprs_are_marked():
+  labels = np.arange(45) < 20  # 25 non-members: FPRs below 1/25 resolve nothing.
+  scores = np.random.default_rng(1).normal(size=45) + labels
+  figure = report.roc_figure({"best": (scores, labels)}, "test")
+  linear, log = figure.axes
+  for axes in (linear, log):
+    chance = next(line for line in axes.get_lines() if line.get_label() == "chance")
+    x, y = chance.get_xdata(), chance.get_ydata()
+    np.testing.assert_array_equal(x, y)
+    assert x.min() <= 1e-3 and x.max() == 1
+    # Dense enough that the drawn segments stay on TPR = FPR at every decade of the log axis.
+    assert np.max(np.diff(np.log10(x))) < 0.05
+  (span,) = [p for p in log.patches if "not resolved" in p.get_label()]
+  left, right = span.get_x(), span.get_x() + span.get_width()
+  assert "1/25" in span.get_label() and left <= 1e-3 and right == pytest.approx(1 / 25)
+  report.plt.close(figure)

@@ -19,6 +19,8 @@ import numpy as np  # noqa: E402
 from gmia import metrics, viz  # noqa: E402
 from gmia.files import write_atomic  # noqa: E402
 
+LOG_FPR_MIN = 1e-4  # Where the log-FPR panel's curves start (FPR 0 is drawn there).
+
 
 def write_scores_csv(path: str, columns: Mapping[str, Sequence]) -> None:
   """One row per target identity; `columns` maps header -> values (all the same length)."""
@@ -32,31 +34,50 @@ def write_scores_csv(path: str, columns: Mapping[str, Sequence]) -> None:
   write_atomic(path, buffer.getvalue())
 
 
-def plot_roc(path: str, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str) -> None:
+def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str) -> plt.Figure:
   """ROC curves, linear and log-FPR side by side (low-FPR behaviour is what matters).
 
-  curves: label -> (scores f64[N], labels bool[N]); members are positives.
+  curves: label -> (scores f64[N], labels bool[N]); members are positives. Chance (TPR = FPR) is
+  drawn point by point, so it stays the diagonal on the log axis too; the log panel greys the
+  FPRs below 1 / (number of non-members), where no threshold separates anything.
   """
   figure, (linear, log) = plt.subplots(1, 2, figsize=(10, 4.4))
   for label, (scores, labels) in curves.items():
     fpr, tpr, _ = metrics.roc_curve(scores, labels)
     name = f"{label} (AUC {metrics.auc(scores, labels):.3f})"
     linear.plot(fpr, tpr, label=name)
-    log.step(np.maximum(fpr, 1e-4), tpr, where="post", label=name)
+    log.step(np.maximum(fpr, LOG_FPR_MIN), tpr, where="post", label=name)
+  chance = np.logspace(np.log10(LOG_FPR_MIN), 0, 200)
   for axes in (linear, log):
-    axes.plot([1e-4, 1], [1e-4, 1], color="grey", linestyle=":", label="chance")
+    axes.plot(chance, chance, color="grey", linestyle=":", label="chance")
     axes.set_xlabel("false positive rate (non-members called members)")
     axes.set_ylabel("true positive rate (members found)")
     axes.grid(alpha=0.3)
+  unresolved = [
+      log.axvspan(LOG_FPR_MIN, 1 / negatives, color="grey", alpha=0.15, lw=0,
+                  label=f"FPR < 1/{negatives}: not resolved by {negatives} non-members")
+      for negatives in sorted({int(np.sum(~np.asarray(labels, bool)))
+                               for _, labels in curves.values()})]
   log.set_xscale("log")
   log.set_xlim(1e-3, 1)
   linear.legend(loc="lower right", fontsize=8)
+  log.legend(handles=unresolved, loc="lower right", fontsize=8)
   figure.suptitle(title)
   figure.tight_layout()
+  return figure
+
+
+def save_figure(path: str, figure: plt.Figure) -> None:
+  """Writes `figure` as a PNG (atomically) and closes it."""
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=110)
   plt.close(figure)
   write_atomic(path, buffer.getvalue())
+
+
+def plot_roc(path: str, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str) -> None:
+  """Saves `roc_figure(curves, title)` as a PNG."""
+  save_figure(path, roc_figure(curves, title))
 
 
 def save_matches(path: str, generated: np.ndarray, photos: np.ndarray, captions: Sequence[str],
