@@ -1,7 +1,7 @@
 """Audit: was this person's face used to train the generator?
 
   python -m attack.audit --workdir=runs/audit --config.photos_dir=my_photos \
-      --config.generator_workdir=runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
+      --config.generator=gmia:runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
 
 Prints the verdict in plain words and writes audit.json.
 """

@@ -1,7 +1,7 @@
 """Release filter: drop generated samples too close to a training identity.
 
   python -m attack.filter --workdir=runs/filter \
-      --config.generator_workdir=runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
+      --config.generator=gmia:runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
 
 Writes kept.npz (the samples that pass), dropped.png and filter.json.
 """

@@ -1,7 +1,7 @@
 """Identity membership attack: was this person in the generator's training set?
 
   python -m attack.identity_membership --workdir=runs/attack \
-      --config.generator_workdir=runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
+      --config.generator=gmia:runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
 
 Writes report.json, scores.csv, samples.csv, roc.png and matches.png; a killed run resumes from
 its last finished chunk of samples, and a larger num_samples extends a finished run.

@@ -1,7 +1,7 @@
 """Reconstruction attacks on a generator: projects members' and non-members' photos into it.
 
   python -m attack.project_latent --workdir=runs/gan_leaks \
-      --config.generator_workdir=runs/demo/gan
+      --config.generator=gmia:runs/demo/gan
 
 Projections start at w_avg, or at a latent encoder's guess (train/train_latent_encoder.py), which
 reaches the same error in fewer steps when the noise added to w is off:

@@ -81,7 +81,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summaries = {}
   for name, generator in (("attack", "gan"), ("attack_control", "gan_control")):
     attack = copy.deepcopy(config.attack)
-    attack.generator_workdir = os.path.join(workdir, generator)
+    attack.generator = "gmia:" + os.path.join(workdir, generator)
     attack.encoder_workdir = os.path.join(workdir, "face_encoder")
     attack.title = ("target generator (trained on the members)" if name == "attack" else
                     "control generator (trained on other people)")

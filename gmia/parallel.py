@@ -77,3 +77,14 @@ def map_chunks(fn: Callable[[Any, jax.Array], jax.Array], params: Any, items: np
                                          lambda index, padded=padded: padded[index])
     out.append(np.asarray(fn(params, batch))[:len(part)])
   return np.concatenate(out)
+
+
+def map_padded(fn: Callable[[jax.Array], Any], indices: np.ndarray, mesh: Mesh) -> Any:
+  """fn(indices) with indices i64[C] padded (by repeating the last) to a multiple of the
+  mesh's devices and split over its `data` axis; the outputs' padding rows are cut off."""
+  indices = np.asarray(indices, np.int64)
+  devices = mesh.shape[DATA_AXIS]
+  pad = -len(indices) % devices
+  padded = np.concatenate([indices, np.full(pad, indices[-1] if len(indices) else 0)])
+  out = fn(jax.device_put(padded.astype(np.int32), data_sharding(mesh)))
+  return jax.tree.map(lambda x: x[:len(indices)], out)

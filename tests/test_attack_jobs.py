@@ -17,7 +17,7 @@ from gmia.attacks import audit, membership_job, release_filter
 
 def _config(models, defaults=membership_job.default_config):
   config = defaults()
-  config.generator_workdir, config.encoder_workdir = models
+  config.generator, config.encoder_workdir = f"gmia:{models[0]}", models[1]
   config.num_samples, config.chunk_size, config.topk = 48, 16, 3
   config.bootstrap_resamples = 50
   return config
@@ -30,25 +30,33 @@ def test_attack_writes_reports_and_resumes_identically(models, tmp_path):
     assert (tmp_path / "a" / name).exists(), name
   with open(tmp_path / "a" / "scores.csv") as handle:
     rows = list(csv.DictReader(handle))
-  assert len(rows) == 10 and {r["group"] for r in rows} == {"member", "non_member"}
-  assert first["num_samples"] == 48 and first["metrics"]["best"]["num_positives"] == 6
+  assert len(rows) == 10 and {r["group"] for r in rows} == {"member", "population"}
+  assert first["num_samples"] == first["usable_samples"] == 48
+  assert first["metrics"]["best"]["num_positives"] == 6
+  assert [e["rank"] for e in first["ranking"]] == list(range(1, 7))  # The 6 members, ranked.
   # A run stopped after its first chunk (num_samples covers one chunk; more samples extend the
   # same stream) resumes from there to exactly the uninterrupted result.
   config_one_chunk = _config(models)
   config_one_chunk.num_samples = 16
   membership_job.run(config_one_chunk, str(tmp_path / "b"))
-  assert int(np.load(tmp_path / "b" / "state" / "evidence.npz")["chunks_done"]) == 1
+  assert int(np.load(tmp_path / "b" / "state" / "evidence.npz")["samples_done"]) == 16
   resumed = membership_job.run(config, str(tmp_path / "b"))
   assert resumed["metrics"] == first["metrics"]
   assert (tmp_path / "b" / "samples.csv").read_text() == (tmp_path / "a" / "samples.csv").read_text()
 
 
-def test_attack_refuses_state_of_another_config(models, tmp_path):
-  membership_job.run(_config(models), str(tmp_path))
+def test_attack_refuses_results_of_other_inputs(models, tmp_path):
+  first = membership_job.run(_config(models), str(tmp_path))
   other = _config(models)
   other.seed = 1
-  with pytest.raises(ValueError, match="another attack configuration"):
+  with pytest.raises(ValueError, match="holds results of other inputs .seed: 0 there, 1 now"):
     membership_job.run(other, str(tmp_path))
+  fewer = _config(models)
+  fewer.num_samples = 32
+  with pytest.raises(ValueError, match="num_samples=32 asks for fewer"):
+    membership_job.run(fewer, str(tmp_path))
+  other.overwrite = True
+  assert membership_job.run(other, str(tmp_path))["metrics"] != first["metrics"]
 
 
 def test_audit_of_a_member_and_the_filter(models, tmp_path):
@@ -66,7 +74,10 @@ def test_audit_of_a_member_and_the_filter(models, tmp_path):
   assert len(kept["images"]) == result["kept"] and kept["images"].dtype == np.uint8
 
 
-def test_missing_generator_is_named(tmp_path):
+def test_missing_or_malformed_generator_is_named(tmp_path):
   config = membership_job.default_config()
-  with pytest.raises(ValueError, match="generator_workdir is required"):
+  with pytest.raises(ValueError, match="config.generator is required: KIND:PATH"):
+    membership_job.run(config, str(tmp_path))
+  config.generator = "runs/demo/gan"
+  with pytest.raises(ValueError, match="is not KIND:PATH"):
     membership_job.run(config, str(tmp_path))

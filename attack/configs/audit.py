@@ -1,7 +1,7 @@
 """Audit one person against a generator.
 
   python -m attack.audit --workdir=runs/audit --config.photos_dir=my_photos \
-      --config.generator_workdir=runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
+      --config.generator=gmia:runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
 """
 
 from gmia.attacks import audit

@@ -1,7 +1,7 @@
 """Filter a generator's samples before release.
 
   python -m attack.filter --workdir=runs/filter \
-      --config.generator_workdir=runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
+      --config.generator=gmia:runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
 """
 
 from gmia.attacks import release_filter

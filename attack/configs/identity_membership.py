@@ -1,10 +1,18 @@
-"""Identity membership attack against a trained generator.
+"""Identity membership attack against a generator, from wherever it was trained.
 
+  # A gmia-trained generator and its own split (members vs non-members: the ROC):
   python -m attack.identity_membership --workdir=runs/attack \
-      --config.generator_workdir=runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
-  # with insightface's released encoder (112 px faces):
-  python -m attack.identity_membership --workdir=runs/attack \
-      --config.generator_workdir=runs/gan --config.encoder_onnx=w600k_r50.onnx
+      --config.generator=gmia:runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
+  # Samples from any model, a real face matcher, photos of people in identity folders:
+  python -m attack.identity_membership --workdir=OUT --config.generator=images:samples/ \
+      --config.encoder_onnx=sface.onnx --config.encoder_preset=sface --config.align=detect \
+      --config.detector_onnx=face_detection_yunet_2023mar.onnx --config.targets_dir=people/ \
+      --config.population_dir=lfw_people/ --config.num_samples=10000
+  # An NVIDIA StyleGAN2-ADA pickle (FFHQ faces are aligned: a fixed crop suits them):
+  python -m attack.identity_membership --workdir=OUT --config.generator=stylegan2_pkl:ffhq.pkl \
+      --config.encoder_onnx=w600k_r50.onnx --config.encoder_preset=arcface \
+      --config.align=fixed "--config.align_box=(0.2,0.2,0.8,0.8)" \
+      --config.targets_dir=people/ --config.population_dir=lfw_people/
 """
 
 from gmia.attacks import membership_job

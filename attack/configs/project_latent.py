@@ -1,8 +1,7 @@
 """Reconstruction (GAN-Leaks) attacks on a generator: black-box, white-box, calibrated.
 
-  python -m attack.project_latent --workdir=runs/gan_leaks \
-      --config.generator_workdir=runs/demo/gan \
-      --config.reference_generator_workdir=runs/demo/gan_shadow --config.projection.num_steps=500
+  python -m attack.project_latent --workdir=runs/gan_leaks --config.generator=gmia:runs/demo/gan \
+      --config.reference_generator=gmia:runs/demo/gan_control --config.projection.num_steps=500
 """
 
 from gmia.attacks import reconstruction

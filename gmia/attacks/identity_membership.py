@@ -32,46 +32,60 @@ from gmia import files, kernels
 VARIANTS = ("best", "topk_mean", "count")
 
 
+GROUPS = ("member", "target", "population")
+
+
 @dataclasses.dataclass(frozen=True)
 class References:
-  """Reference photos of the target identities, embedded.
+  """Reference photos of the people an attack scores, embedded.
 
-  embeddings: f32[R, D] unit vectors; identity: i32[R], the row of the photo's person in
-  `target_ids` (0..I-1); photo_id: i64[R]; target_ids: i64[I] dataset identity ids;
-  is_member: bool[I].
+  embeddings: f32[R, D] unit vectors; identity: i32[R], the row of the photo's person (0..I-1);
+  photo_id: i64[R]; names: str[I]; group: str[I], one of GROUPS: "member" (known to be in the
+  generator's training data), "target" (unknown: the people tested), "population" (known not to
+  be in it: the negatives, and the reference of every p-value).
   """
 
   embeddings: np.ndarray
   identity: np.ndarray
   photo_id: np.ndarray
-  target_ids: np.ndarray
-  is_member: np.ndarray
+  names: np.ndarray
+  group: np.ndarray
 
   @property
   def num_identities(self) -> int:
-    return len(self.target_ids)
+    return len(self.names)
+
+  @property
+  def is_member(self) -> np.ndarray:
+    return self.group == "member"
+
+  @property
+  def in_population(self) -> np.ndarray:
+    return self.group == "population"
 
 
-def make_references(embeddings: np.ndarray, dataset_identity: np.ndarray, photo_id: np.ndarray,
-                    members: np.ndarray, non_members: np.ndarray) -> References:
-  """Indexes the embedded reference photos of members and non-members by target row."""
-  target_ids = np.concatenate([members, non_members]).astype(np.int64)
-  if len(members) == 0 or len(non_members) == 0:
-    raise ValueError(f"the attack needs members and non-members, got {len(members)} and "
-                     f"{len(non_members)}")
-  row_of = {int(t): i for i, t in enumerate(target_ids)}
-  if len(row_of) != len(target_ids):
-    raise ValueError("an identity is both a member and a non-member")
-  unknown = [int(i) for i in dataset_identity if int(i) not in row_of]
+def make_references(embeddings: np.ndarray, photo_person: np.ndarray, photo_id: np.ndarray,
+                    groups: Mapping[str, str]) -> References:
+  """Indexes embedded reference photos by person: photo_person[r] names the person of photo r
+  (any type; compared as str), groups {name: group} lists every person in report order."""
+  names = np.asarray([str(name) for name in groups])
+  group = np.asarray([groups[name] for name in groups])
+  unknown_groups = sorted(set(group.tolist()) - set(GROUPS))
+  if unknown_groups:
+    raise ValueError(f"unknown group(s) {unknown_groups}; groups: {GROUPS}")
+  row_of = {name: i for i, name in enumerate(names.tolist())}
+  if len(row_of) != len(names):
+    raise ValueError("a person is listed twice")
+  person = [str(p) for p in photo_person]
+  unknown = sorted({p for p in person if p not in row_of})
   if unknown:
-    raise ValueError(f"reference photos of identities that are no target, e.g. {unknown[:5]}")
-  identity = np.array([row_of[int(i)] for i in dataset_identity], np.int32)
-  missing = np.setdiff1d(np.arange(len(target_ids)), identity)
+    raise ValueError(f"reference photos of people in no group, e.g. {unknown[:5]}")
+  identity = np.array([row_of[p] for p in person], np.int32)
+  missing = np.setdiff1d(np.arange(len(names)), identity)
   if len(missing):
-    raise ValueError(f"target identities without reference photos: {target_ids[missing][:5]}")
-  is_member = np.arange(len(target_ids)) < len(members)
+    raise ValueError(f"people without reference photos: {names[missing][:5].tolist()}")
   return References(np.asarray(embeddings, np.float32), identity, np.asarray(photo_id, np.int64),
-                    target_ids, is_member)
+                    names, group)
 
 
 def impostor_threshold(embeddings: np.ndarray, identity: np.ndarray, false_accept_rate: float, *,
@@ -130,25 +144,29 @@ class Evidence:
 
 @dataclasses.dataclass(frozen=True)
 class SampleView:
-  """Per sample of a chunk, its nearest target identities: sim f32[C, k], identity i32[C, k]."""
+  """Per sample of a chunk, its nearest people: sample i64[C] (the sample's index in the
+  generator's stream), similarity f32[C, k], identity i32[C, k]."""
 
+  sample: np.ndarray
   similarity: np.ndarray
   identity: np.ndarray
 
 
-def observe(evidence: Evidence, samples: np.ndarray, refs: References, *, threshold: float,
-            view_k: int = 3, chunk_size: int = kernels.DEFAULT_CHUNK_SIZE,
+def observe(evidence: Evidence, sample_ids: np.ndarray, samples: np.ndarray, refs: References,
+            *, threshold: float, view_k: int = 3, chunk_size: int = kernels.DEFAULT_CHUNK_SIZE,
             mesh: Mesh | None = None) -> tuple[Evidence, SampleView]:
-  """Merges one chunk of sample embeddings f32[C, D] (unit) into the evidence.
+  """Merges one chunk of sample embeddings f32[C, D] (unit), the samples sample_ids i64[C] of
+  the generator, into the evidence.
 
-  Sample indices continue from `evidence.num_samples`. Returns the new evidence and the chunk's
-  sample view (each sample's `view_k` nearest identities, for the "this person exists" list).
-  With a `mesh`, samples are split over its data axis (gmia.kernels.sharded).
+  Returns the new evidence and the chunk's sample view (each sample's `view_k` nearest
+  identities, for the "this person exists" list). With a `mesh`, samples are split over its data
+  axis (gmia.kernels.sharded).
   """
   if samples.ndim != 2 or samples.shape[1] != refs.embeddings.shape[1]:
     raise ValueError(f"sample embeddings must be [C, {refs.embeddings.shape[1]}], got "
                      f"{samples.shape}")
-  offset = int(evidence.num_samples)
+  if sample_ids.shape != samples.shape[:1]:
+    raise ValueError(f"{len(samples)} sample embeddings with {len(sample_ids)} sample ids")
   num_ids, k = refs.num_identities, evidence.topk.shape[1]
   chunk_k = min(k, len(samples))
   args = (samples, refs.embeddings, refs.identity, num_ids)
@@ -160,10 +178,11 @@ def observe(evidence: Evidence, samples: np.ndarray, refs: References, *, thresh
   view_sim, view_id = ops.top_k_identities(*args, min(view_k, num_ids), **options)
   merged = _merge(evidence, Evidence(
       num_samples=np.asarray(len(samples), np.int64), best=np.asarray(best),
-      best_sample=np.asarray(best_sample, np.int64) + offset,
+      best_sample=np.asarray(sample_ids, np.int64)[np.asarray(best_sample)],
       best_photo=np.asarray(best_photo, np.int64), topk=np.asarray(topk),
       count=np.asarray(count, np.int64)))
-  return merged, SampleView(np.asarray(view_sim), np.asarray(view_id))
+  return merged, SampleView(np.asarray(sample_ids, np.int64), np.asarray(view_sim),
+                            np.asarray(view_id))
 
 
 def _merge(old: Evidence, new: Evidence) -> Evidence:
@@ -194,42 +213,74 @@ def scores(evidence: Evidence, variant: str) -> np.ndarray:
   raise ValueError(f"unknown score variant {variant!r}; variants: {VARIANTS}")
 
 
-def stream(embed_chunk: Callable[[int], np.ndarray], num_chunks: int, refs: References, *,
-           threshold: float, k: int, state_dir: str, fingerprint: Mapping,
+def empirical_p_value(score: float, population: np.ndarray) -> float:
+  """(1 + #population >= score) / (1 + N): never 0, exact under exchangeability."""
+  if len(population) == 0:
+    raise ValueError("a p-value needs a population of non-member scores, got none")
+  return float((1 + np.sum(population >= score)) / (1 + len(population)))
+
+
+def leave_one_out_p_values(scores: np.ndarray, in_population: np.ndarray) -> np.ndarray:
+  """f64[I]: each person's empirical p-value against the population, a member of the
+  population against the others."""
+  population = np.sort(scores[in_population])
+  at_least = len(population) - np.searchsorted(population, scores, side="left") - in_population
+  return (1 + at_least) / (1 + len(population) - in_population)
+
+
+def stream(embed_samples: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+           num_samples: int, chunk_size: int, refs: References, *, threshold: float, k: int,
+           state_dir: str, fingerprint: Mapping,
            on_chunk: Callable[[int, Evidence], None] | None = None,
            mesh: Mesh | None = None) -> tuple[Evidence, SampleView]:
-  """Runs `observe` over chunks 0..num_chunks-1, saving state after each; resumes where it stopped.
+  """Runs `observe` over samples 0..num_samples-1 in chunks, saving state after each; resumes
+  where it stopped, and a larger num_samples extends a finished run.
 
-  embed_chunk(c) -> f32[C, D]: the unit embeddings of chunk c's samples, a pure function of c
-  (seeded by c), so a resumed run sees the same samples. `fingerprint` (JSON) identifies the
-  attack: state saved under another fingerprint is refused rather than silently mixed in.
-  Returns the final evidence and the sample view of every sample.
+  embed_samples(indices i64[n]) -> (sample ids i64[m], unit embeddings f32[m, D]) of the usable
+  ones among those samples (a sample without a usable face is left out): a pure function of the
+  indices, so a resumed run sees the same samples whatever the chunks. `fingerprint` (JSON)
+  identifies the attack: state saved under another fingerprint is refused rather than silently
+  mixed in. on_chunk(samples done, evidence) reports progress. Returns the final evidence and
+  the sample view of every usable sample.
   """
   os.makedirs(os.path.join(state_dir, "views"), exist_ok=True)
   state_path = os.path.join(state_dir, "evidence.npz")
   fingerprint_json = json.dumps(fingerprint, sort_keys=True)
-  evidence, start = Evidence.empty(refs.num_identities, k), 0
+  evidence, done = Evidence.empty(refs.num_identities, k), 0
   if os.path.exists(state_path):
     with np.load(state_path) as saved:
       if str(saved["fingerprint"]) != fingerprint_json:
         raise ValueError(f"{state_path} belongs to another attack configuration; use a fresh "
                          "workdir or delete it")
-      evidence, start = Evidence.from_arrays(saved), int(saved["chunks_done"])
-  for chunk in range(start, num_chunks):
-    evidence, view = observe(evidence, embed_chunk(chunk), refs, threshold=threshold, mesh=mesh)
-    files.save_npz(_view_path(state_dir, chunk),
-                   {"similarity": view.similarity, "identity": view.identity})
-    files.save_npz(state_path, {**evidence.to_arrays(), "chunks_done": np.asarray(chunk + 1),
+      evidence, done = Evidence.from_arrays(saved), int(saved["samples_done"])
+  if done > num_samples:
+    raise ValueError(f"{state_dir} holds the evidence of {done} samples; num_samples="
+                     f"{num_samples} asks for fewer: use num_samples >= {done} or a fresh workdir")
+  for begin in range(done, num_samples, chunk_size):
+    indices = np.arange(begin, min(begin + chunk_size, num_samples))
+    ids, embeddings = embed_samples(indices)
+    view = SampleView(np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
+                      np.zeros((0, 0), np.int32))
+    if len(ids):
+      evidence, view = observe(evidence, ids, embeddings, refs, threshold=threshold, mesh=mesh)
+    files.save_npz(_view_path(state_dir, begin), {"sample": view.sample,
+                                                   "similarity": view.similarity,
+                                                   "identity": view.identity})
+    files.save_npz(state_path, {**evidence.to_arrays(),
+                                "samples_done": np.asarray(indices[-1] + 1),
                                 "fingerprint": np.asarray(fingerprint_json)})
     if on_chunk is not None:
-      on_chunk(chunk + 1, evidence)
+      on_chunk(int(indices[-1] + 1), evidence)
   views = []
-  for chunk in range(num_chunks):
-    with np.load(_view_path(state_dir, chunk)) as saved:
-      views.append(SampleView(saved["similarity"], saved["identity"]))
-  return evidence, SampleView(np.concatenate([v.similarity for v in views]),
-                              np.concatenate([v.identity for v in views]))
+  for name in sorted(os.listdir(os.path.join(state_dir, "views"))):
+    with np.load(os.path.join(state_dir, "views", name)) as saved:
+      if saved["sample"].size:
+        views.append(SampleView(saved["sample"], saved["similarity"], saved["identity"]))
+  if not views:
+    raise ValueError(f"none of the {num_samples} samples had a usable face to compare")
+  return evidence, SampleView(*(np.concatenate([getattr(v, f.name) for v in views])
+                                for f in dataclasses.fields(SampleView)))
 
 
-def _view_path(state_dir: str, chunk: int) -> str:
-  return os.path.join(state_dir, "views", f"chunk_{chunk:06d}.npz")
+def _view_path(state_dir: str, begin: int) -> str:
+  return os.path.join(state_dir, "views", f"from_{begin:010d}.npz")

@@ -1,9 +1,16 @@
-"""The identity membership attack as a job: checkpoints in, report files out.
+"""The identity membership attack as a job: a generator and people in, report files out.
 
-generator workdir (checkpoint + split.json) + encoder (workdir or insightface ONNX)
-  -> reference embeddings of members' and non-members' reference photos
-  -> N generated samples, embedded and reduced chunk by chunk (resumable)
-  -> report.json, scores.csv, samples.csv, roc.png, matches.png in the attack workdir.
+  generator (gmia:, stylegan2_pkl:, onnx: or images:, gmia.sources)
+  people: a gmia split, or identity folders of targets / members and a population
+  -> reference photos aligned and embedded by the face matcher (gmia.faces.embedder)
+  -> num_samples generated samples, aligned and embedded chunk by chunk and reduced to
+     per-person evidence (resumable; a larger num_samples extends a finished run)
+  -> report.json (every person ranked, with an empirical p-value against the population; with
+     known members the ROC, AUC and TPR at low FPR), scores.csv, samples.csv, skipped.csv,
+     roc.png (with members), matches.png (each top person beside their nearest samples).
+
+The workdir records what it was computed from (gmia.attacks.inputs): a rerun with another
+generator, matcher, photos, seed or scoring setting is refused, or starts over with overwrite.
 """
 
 from __future__ import annotations
@@ -11,202 +18,244 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
 import gmia
-from gmia import files, kernels, metrics, parallel
-from gmia.attacks import generate_embed, report
+from gmia import files, metrics, parallel
 from gmia.attacks import identity_membership as im
-from gmia.data import run_data
-from gmia.data.split import IdentitySplit
-from gmia.face_encoder import evaluation, trainer as encoder_trainer
-from gmia.gan import sampling
-from gmia.models import import_insightface, iresnet
+from gmia.attacks import people as people_lib
+from gmia.attacks import report
+from gmia.attacks.inputs import check_inputs
+from gmia.attacks.samples import SampleEmbedder, make_sample_embedder
+from gmia.faces import embedder as embedder_lib
 from gmia.progress import Progress
+from gmia.sources import Source, config_fields as source_fields, open_source
 
 REPORT_FILE = "report.json"
+OUTPUTS = ("state", REPORT_FILE, "scores.csv", "samples.csv", "skipped.csv", "roc.png",
+           "matches.png")
 
 
 def default_config() -> ml_collections.ConfigDict:
   """Every option of the attack; attack/configs/identity_membership.py returns this."""
   return ml_collections.ConfigDict({
-      "generator_workdir": "",   # Training workdir of the target generator (required).
-      "encoder_workdir": "",     # Workdir of train/train_face_encoder.py, or:
-      "encoder_onnx": "",        # an insightface ONNX file (e.g. w600k_r50.onnx) ...
-      "encoder_arch": "r50",     # ... and its architecture.
-      "split_path": "",          # Default: the generator workdir's split.json.
+      **source_fields(),
+      **embedder_lib.config_fields(),
+      **people_lib.config_fields(),
       "num_samples": 10_000,
       "chunk_size": 500,         # Samples generated, embedded and reduced per step.
-      "truncation_psi": 1.0,
-      "seed": 0,
       "score": "best",           # Primary variant: best | topk_mean | count.
       "topk": 10,                # k of topk_mean.
       "false_accept_rate": 1e-2,  # Sets the verification threshold of the count variant.
       "bootstrap_resamples": 1000,
       "matches_rows": 8,
       "title": "",
+      "overwrite": False,        # Start over when the workdir holds results of other inputs.
   })
 
 
 @dataclasses.dataclass(frozen=True)
-class Encoder:
-  model: iresnet.IResNet
-  variables: Any
-
-
-def load_encoder(config: ml_collections.ConfigDict) -> Encoder:
-  """The encoder from a training workdir or an insightface ONNX file."""
-  if bool(config.encoder_workdir) == bool(config.encoder_onnx):
-    raise ValueError("give exactly one of encoder_workdir and encoder_onnx")
-  if config.encoder_workdir:
-    return Encoder(*encoder_trainer.load_encoder(config.encoder_workdir))
-  model = iresnet.iresnet(config.encoder_arch)
-  return Encoder(model, import_insightface.load_onnx(config.encoder_onnx, model))
-
-
-def reference_set(arrays, split: IdentitySplit, encoder: Encoder, mesh) -> tuple[im.References,
-                                                                                  np.ndarray]:
-  """Embeds the reference photos of members and non-members -> (References, their images)."""
-  photo_ids = np.concatenate([split.reference_photos("members"),
-                              split.reference_photos("non_members")])
-  photos = arrays.select(photo_ids)
-  embeddings = evaluation.embed_images(encoder.model, encoder.variables, photos.images, mesh)
-  refs = im.make_references(embeddings, photos.identity, photos.photo_id,
-                            split.identities("members"), split.identities("non_members"))
-  return refs, photos.images
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-  """A trained generator with its data, split and an encoder: what every job here starts from.
-
-  chunk_fn(c) -> (images, unit embeddings) of sample chunk c (see generate_embed).
-  """
-
-  split: IdentitySplit
-  arrays: Any
-  encoder: Encoder
-  chunk_fn: Any
+class Setup:
+  """What every job of this package starts from: the generator, the matcher behind its
+  alignment, the people, the samples' embedder, the mesh and the chunk size in use."""
+  source: Source
+  embedder: embedder_lib.FaceEmbedder
+  people: people_lib.People
+  samples: SampleEmbedder
   mesh: Any
+  chunk_size: int
 
 
-def load_target(config: ml_collections.ConfigDict) -> Target:
-  """Loads the generator, its split and data set, and the encoder named by `config`."""
-  if not config.generator_workdir:
-    raise ValueError("config.generator_workdir is required: the workdir of the target generator")
-  mesh = parallel.make_mesh()
-  generator, g_vars, g_config = sampling.load_generator(config.generator_workdir)
-  split = IdentitySplit.load(config.split_path or os.path.join(config.generator_workdir,
-                                                               run_data.SPLIT_FILE))
-  arrays = run_data.load_dataset(g_config.data)
-  encoder = load_encoder(config)
-  chunk_fn = generate_embed.make_generate_embed(
-      generator, g_vars, encoder.model, encoder.variables, seed=config.seed,
-      chunk_size=config.chunk_size, mesh=mesh, truncation_psi=config.truncation_psi)
-  return Target(split, arrays, encoder, chunk_fn, mesh)
-
-
-def num_chunks(config: ml_collections.ConfigDict) -> int:
-  """Chunks that cover num_samples (the last chunk is generated whole)."""
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad setting that needs no model to check."""
+  if config.score not in im.VARIANTS:
+    raise ValueError(f"unknown score variant {config.score!r}; variants: {im.VARIANTS}")
   if config.num_samples <= 0 or config.chunk_size <= 0:
     raise ValueError(f"num_samples and chunk_size must be positive, got {config.num_samples} and "
                      f"{config.chunk_size}")
-  return -(-config.num_samples // config.chunk_size)
-
-
-def stream_evidence(config: ml_collections.ConfigDict, target: Target, refs: im.References,
-                    threshold: float, state_dir: str) -> tuple[im.Evidence, im.SampleView]:
-  """Streams the generator's samples against `refs` with progress; resumable in `state_dir`."""
-  chunks = num_chunks(config)
-  progress = Progress(chunks, workdir=None, every_steps=max(1, chunks // 20),
-                      items_name="samples", items_per_step=config.chunk_size)
-  fingerprint = {k: config[k] for k in ("generator_workdir", "encoder_workdir", "encoder_onnx",
-                                        "seed", "chunk_size", "truncation_psi", "topk",
-                                        "false_accept_rate")}
-  fingerprint["references"] = refs.photo_id.tolist()
-  result = im.stream(lambda c: target.chunk_fn(c)[1], chunks, refs, threshold=threshold,
-                     k=config.topk, state_dir=state_dir, fingerprint=fingerprint,
-                     on_chunk=lambda done, _: progress.update(done, {}), mesh=target.mesh)
-  progress.close()
-  return result
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) the attack and writes its report files into `workdir`."""
-  if config.score not in im.VARIANTS:
-    raise ValueError(f"unknown score variant {config.score!r}; variants: {im.VARIANTS}")
   if config.num_samples < max(config.topk, 1):
     raise ValueError(f"num_samples ({config.num_samples}) must be at least topk ({config.topk})")
+
+
+PeopleLoader = Callable[[ml_collections.ConfigDict, Source, embedder_lib.FaceEmbedder, Any],
+                        people_lib.People]
+
+
+def setup(config: ml_collections.ConfigDict,
+          load_people: PeopleLoader = people_lib.load_people) -> Setup:
+  """Opens the generator and the matcher, and loads the people."""
+  check_config(config)
+  mesh = parallel.make_mesh()
+  source = open_source(config)
+  if source.num_available is not None and config.num_samples > source.num_available:
+    raise ValueError(f"num_samples={config.num_samples} but {source.spec} holds "
+                     f"{source.num_available} images")
+  embedder = embedder_lib.load_embedder(config)
+  people = load_people(config, source, embedder, mesh)
+  # A chunk larger than the run is cut to it (rounded up to the devices): only what was asked.
+  devices = mesh.shape[parallel.DATA_AXIS]
+  chunk = -(-min(config.chunk_size, config.num_samples) // devices) * devices
+  return Setup(source, embedder, people, make_sample_embedder(source, embedder, mesh, chunk),
+               mesh, chunk)
+
+
+def attack_inputs(config: ml_collections.ConfigDict, setup: Setup) -> dict[str, Any]:
+  """The record of what results depend on (see gmia.attacks.inputs); num_samples is not in it:
+  a larger one extends a run."""
+  return {"generator": setup.source.fingerprint, "matcher": setup.embedder.fingerprint,
+          "people": setup.people.fingerprint, "seed": config.seed, "topk": config.topk,
+          "false_accept_rate": config.false_accept_rate}
+
+
+def stream_evidence(config: ml_collections.ConfigDict, setup: Setup, refs: im.References,
+                    threshold: float, state_dir: str) -> tuple[im.Evidence, im.SampleView]:
+  """Streams the generator's samples against `refs` with progress; resumable in `state_dir`."""
+  progress = Progress(config.num_samples, every_steps=max(1, config.num_samples // 20),
+                      items_name="samples")
+  try:
+    return im.stream(setup.samples.embed, config.num_samples, setup.chunk_size, refs,
+                     threshold=threshold, k=config.topk, state_dir=state_dir,
+                     fingerprint={"refs": refs.photo_id.tolist()},
+                     on_chunk=lambda done, _: progress.update(done, {}), mesh=setup.mesh)
+  finally:
+    progress.close()
+
+
+def run(config: ml_collections.ConfigDict, workdir: str,
+        load_people: PeopleLoader = people_lib.load_people) -> dict:
+  """Runs (or resumes, or extends) the attack and writes its report files into `workdir`."""
   started = time.perf_counter()
+  job = setup(config, load_people)
   os.makedirs(workdir, exist_ok=True)
-  target = load_target(config)
-  refs, ref_images = reference_set(target.arrays, target.split, target.encoder, target.mesh)
+  resumed = check_inputs(workdir, attack_inputs(config, job), overwrite=config.overwrite,
+                         outputs=OUTPUTS)
+  if resumed:
+    print(f"[attack] continuing the results in {workdir}", flush=True)
+  refs = job.people.refs
+  if refs.in_population.all() or not refs.in_population.any():
+    raise ValueError(f"the attack needs people to test and a population of people known not to "
+                     f"be in the training data; it has {refs.num_identities} people, "
+                     f"{int(refs.in_population.sum())} of them in the population")
   threshold = im.impostor_threshold(refs.embeddings, refs.identity, config.false_accept_rate,
                                     seed=config.seed)
-  evidence, view = stream_evidence(config, target, refs, threshold, os.path.join(workdir, "state"))
-  summary = _write_report(config, workdir, evidence, view, refs, ref_images, threshold,
-                          target.chunk_fn)
+  evidence, view = stream_evidence(config, job, refs, threshold, os.path.join(workdir, "state"))
+  summary = write_report(config, workdir, job, evidence, view, threshold)
   summary["seconds"] = time.perf_counter() - started
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
   return summary
 
 
-def _write_report(config, workdir, evidence, view, refs, ref_images, threshold, chunk_fn) -> dict:
-  labels = refs.is_member
+def ranking(scores: np.ndarray, refs: im.References) -> list[dict[str, Any]]:
+  """Members and targets by decreasing score, each with its empirical p-value against the
+  population (the chance that someone known not to be in the training data scores as high)."""
+  population = scores[refs.in_population]
+  tested = np.flatnonzero(~refs.in_population)
+  order = tested[np.argsort(-scores[tested], kind="stable")]
+  return [{"rank": rank + 1, "name": str(refs.names[i]), "group": str(refs.group[i]),
+           "score": float(scores[i]), "p_value": im.empirical_p_value(scores[i], population)}
+          for rank, i in enumerate(order)]
+
+
+def write_report(config: ml_collections.ConfigDict, workdir: str, job: Setup,
+                 evidence: im.Evidence, view: im.SampleView, threshold: float) -> dict:
+  """scores.csv, samples.csv, skipped.csv, roc.png, matches.png; returns the summary."""
+  refs = job.people.refs
   variant_scores = {v: im.scores(evidence, v) for v in im.VARIANTS}
-  variant_reports = {v: metrics.membership_report(s, labels,
-                                                  num_resamples=config.bootstrap_resamples,
-                                                  seed=config.seed)
-                     for v, s in variant_scores.items()}
+  primary = variant_scores[config.score]
+  loo = im.leave_one_out_p_values(primary, refs.in_population)
   report.write_scores_csv(os.path.join(workdir, "scores.csv"), {
-      "identity": refs.target_ids.tolist(),
-      "group": ["member" if m else "non_member" for m in labels],
+      "identity": refs.names.tolist(), "group": refs.group.tolist(),
       **{f"score_{v}": np.round(s, 6).tolist() for v, s in variant_scores.items()},
+      f"p_value_{config.score}": np.round(loo, 6).tolist(),
       "best_sample": evidence.best_sample.tolist(),
-      "best_photo_id": refs.photo_id[evidence.best_photo].tolist(),
+      "best_photo": [job.people.labels[p] for p in evidence.best_photo.tolist()],
   })
   k = view.identity.shape[1]
   report.write_scores_csv(os.path.join(workdir, "samples.csv"), {
-      "sample": list(range(len(view.identity))),
-      **{f"identity_{j + 1}": refs.target_ids[view.identity[:, j]].tolist() for j in range(k)},
+      "sample": view.sample.tolist(),
+      **{f"identity_{j + 1}": refs.names[view.identity[:, j]].tolist() for j in range(k)},
       **{f"similarity_{j + 1}": np.round(view.similarity[:, j], 5).tolist() for j in range(k)},
   })
-  title = config.title or f"identity membership: {os.path.basename(config.generator_workdir)}"
-  report.plot_roc(os.path.join(workdir, "roc.png"),
-                  {v: (s, labels) for v, s in variant_scores.items()}, title)
-  _matches_figure(os.path.join(workdir, "matches.png"), config, view, refs, ref_images, chunk_fn)
+  skipped = job.people.skipped
+  report.write_scores_csv(os.path.join(workdir, "skipped.csv"), {
+      "photo": [p for p, _ in skipped], "reason": [r for _, r in skipped]})
+  with_roc = bool(refs.is_member.any())
+  variant_reports = {}
+  if with_roc:
+    members = refs.is_member | refs.in_population
+    variant_reports = {v: metrics.membership_report(s[members], refs.is_member[members],
+                                                    num_resamples=config.bootstrap_resamples,
+                                                    seed=config.seed)
+                       for v, s in variant_scores.items()}
+    title = config.title or f"identity membership: {job.source.spec}"
+    report.plot_roc(os.path.join(workdir, "roc.png"),
+                    {v: (s[members], refs.is_member[members])
+                     for v, s in variant_scores.items()}, title)
+  ranked = ranking(primary, refs)
+  _matches_figure(os.path.join(workdir, "matches.png"), config, job, evidence, view, ranked)
   return {
       "config": config.to_dict(),
       "versions": {"gmia": gmia.__version__, "jax": jax.__version__, "flax": flax.__version__},
-      "num_samples": int(evidence.num_samples),
+      "generator": job.source.spec,
+      "num_samples": int(config.num_samples),
+      "usable_samples": int(evidence.num_samples),
+      "samples_without_face": int(config.num_samples - evidence.num_samples),
+      "photos": {"used": int(len(refs.identity)), "skipped": len(skipped)},
+      "people": {g: int(np.sum(refs.group == g)) for g in im.GROUPS},
       "verification_threshold": threshold,
       "primary": config.score,
+      "ranking": ranked,
       "metrics": variant_reports,
   }
 
 
-def _matches_figure(path, config, view, refs, ref_images, chunk_fn) -> None:
-  """The generated faces closest to any target, each with its three nearest reference photos."""
-  rows = min(config.matches_rows, len(view.similarity))
-  samples = np.argsort(-view.similarity[:, 0], kind="stable")[:rows]
-  images, sample_embeddings = generate_embed.samples_by_index(chunk_fn, config.chunk_size, samples)
-  similarity, nearest = kernels.top_k(sample_embeddings, refs.embeddings, 3)
-  similarity, nearest = np.asarray(similarity), np.asarray(nearest)
-  group = lambda i: "member" if refs.is_member[i] else "non-m."
-  captions = [f"sample {s}" for s in samples.tolist()]
-  photo_captions = [[f"{refs.target_ids[refs.identity[p]]} {group(refs.identity[p])} {v:.2f}"
-                     for p, v in zip(row, values)] for row, values in zip(nearest, similarity)]
-  report.save_matches(path, images, ref_images[nearest], captions, photo_captions)
+def nearest_samples(view: im.SampleView, evidence: im.Evidence, person: int,
+                    count: int) -> list[tuple[int, float]]:
+  """(sample, similarity) of the person's `count` nearest samples among those that have the
+  person among their nearest people (the view); the best sample first."""
+  rows, columns = np.nonzero(view.identity == person)
+  order = np.argsort(-view.similarity[rows, columns], kind="stable")
+  found = [(int(evidence.best_sample[person]), float(evidence.best[person]))]
+  for r, c in zip(rows[order].tolist(), columns[order].tolist()):
+    if len(found) == count:
+      break
+    if int(view.sample[r]) != found[0][0]:
+      found.append((int(view.sample[r]), float(view.similarity[r, c])))
+  return found
+
+
+def _matches_figure(path: str, config: ml_collections.ConfigDict, job: Setup,
+                    evidence: im.Evidence, view: im.SampleView, ranked: list[dict]) -> None:
+  """The top people by score, each beside their nearest generated samples."""
+  refs, per_row = job.people.refs, 3
+  rows = ranked[:config.matches_rows]
+  row_of = {name: i for i, name in enumerate(refs.names.tolist())}
+  people, neighbours = [], []
+  for entry in rows:
+    person = row_of[entry["name"]]
+    found = nearest_samples(view, evidence, person, per_row)
+    found += [found[-1]] * (per_row - len(found))
+    people.append(person)
+    neighbours.append(found)
+  samples = np.array([s for row in neighbours for s, _ in row])
+  images = job.samples.images(samples).reshape(len(rows), per_row, job.source.resolution,
+                                               job.source.resolution, 3)
+  photos = job.people.crops[evidence.best_photo[people]]
+  captions = [f"#{e['rank']} {e['name'][:12]} ({e['group'][0]}) p={e['p_value']:.2g}"
+              for e in rows]
+  sample_captions = [[f"sample {s} {v:.2f}" for s, v in row] for row in neighbours]
+  report.save_matches(path, photos, images, captions, sample_captions)
 
 
 def summary_lines(summary: dict) -> list[str]:
-  """Human-readable lines: AUC with its interval and TPR at low FPR, per score variant."""
+  """Human-readable lines: AUC with its interval and TPR at low FPR per score variant (with
+  known members), then the top of the ranking with p-values."""
   lines = []
   for variant, result in summary["metrics"].items():
     low, high = result["auc_interval"]
@@ -214,7 +263,16 @@ def summary_lines(summary: dict) -> list[str]:
                      for row in result["tpr_at_fpr"])
     marker = " (primary)" if variant == summary["primary"] else ""
     lines.append(f"{variant:>9}{marker}: AUC {result['auc']:.3f} [{low:.3f}, {high:.3f}]  {tprs}")
-  first = next(iter(summary["metrics"].values()))
-  lines.append(f"  {first['num_positives']} members vs {first['num_negatives']} non-members, "
-               f"{summary['num_samples']} samples; * = FPR not resolved by that many non-members")
+  if summary["metrics"]:
+    first = next(iter(summary["metrics"].values()))
+    lines.append(f"  {first['num_positives']} members vs {first['num_negatives']} non-members, "
+                 f"{summary['num_samples']} samples; * = FPR not resolved by that many "
+                 "non-members")
+  lines.append(f"  most exposed ({summary['primary']} score, p-value against "
+               f"{summary['people']['population']} people of the population):")
+  lines += [f"  {e['rank']:>4}. {e['name']} ({e['group']}) {e['score']:.3f}  p = {e['p_value']:.3g}"
+            for e in summary["ranking"][:5]]
+  if summary["samples_without_face"]:
+    lines.append(f"  {summary['samples_without_face']} of {summary['num_samples']} samples had "
+                 "no usable face")
   return lines

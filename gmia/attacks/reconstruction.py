@@ -7,7 +7,10 @@ A photo the generator was trained on is reconstructed better than one it never s
   (gmia.inversion.latent);
 - calibrated: either distance minus the same distance measured on a reference generator trained
   on other data, which removes how easy a photo is to reconstruct in general.
-Score = minus the (calibrated) distance: members score higher.
+Score = minus the (calibrated) distance: members score higher. The generators come from any
+source (gmia.sources); the white-box attack needs a StyleGAN2 one (gmia: or stylegan2_pkl:).
+Members' and non-members' photos come from a gmia run's split (its members' training photos) or
+from folders (members_dir: photos the generator was trained on; population_dir: others).
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gmia import files, kernels, metrics, viz
+from gmia import files, fingerprint, kernels, metrics, parallel, sources, viz
 from gmia.attacks import report
-from gmia.data import run_data
+from gmia.attacks.inputs import check_inputs
+from gmia.data import folders, photos as photo_files, run_data
 from gmia.data.split import IdentitySplit
-from gmia.gan import sampling
 from gmia.inversion import latent, latent_encoder_training
 
 REPORT_FILE = "report.json"
@@ -80,46 +83,76 @@ def save_reconstruction_grid(path: str, targets: np.ndarray, reconstructions: np
 def default_config() -> ml_collections.ConfigDict:
   """Every option of the reconstruction attack; attack/configs/project_latent.py returns it."""
   return ml_collections.ConfigDict({
-      "generator_workdir": "",            # Target generator (required); holds split.json.
-      "reference_generator_workdir": "",  # Trained on other data: calibrated scores when set.
+      **sources.config_fields(),          # The target generator (required).
+      "reference_generator": "",          # Trained on other data: calibrated scores when set.
       "latent_encoder_workdir": "",       # Projections start at its guess instead of w_avg.
       "reference_latent_encoder_workdir": "",  # The same for the reference generator.
-      "split_path": "",                   # Default: the generator workdir's split.json.
-      "num_targets": 32,                  # Training photos of members, and as many non-members.
+      "split_path": "",                   # Default: the gmia generator's split.json; or:
+      "members_dir": "",                  # photos the generator was trained on, and
+      "population_dir": "",               # photos it was not (any layout of image files).
+      "num_targets": 32,                  # Photos of members, and as many non-members.
       "num_samples": 2000,                # Generated samples of the black-box attack.
       "batch_size": 8,                    # Targets projected per compiled call.
-      "seed": 0,
       "projection": {
           "num_steps": 500, "w_plus": False, "noise_mode": "const",
           "initial_learning_rate": 0.1, "regularize_noise_weight": 1e5, "w_avg_samples": 10000,
           "initial_noise_factor": 0.05,  # 0 suits a latent encoder start (bench_latent_encoder).
       },
       "grid_rows": 8,
+      "overwrite": False,                 # Start over when the workdir holds other inputs' results.
   })
 
 
-def _photos(arrays, split: IdentitySplit, num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """(f32[2n, R, R, 3] in [-1, 1], bool[2n] member labels): training photos of members and
-  photos of non-members, n = min(num, available)."""
-  rng = np.random.default_rng(seed)
-  members = split.train_photos("members")
-  non_members = np.concatenate([split.train_photos("non_members"),
-                                split.reference_photos("non_members")])
-  n = min(num, len(members), len(non_members))
+def _photos(config: ml_collections.ConfigDict, source: sources.Source
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """(f32[2n, R, R, 3] in [-1, 1] at the generator's resolution, bool[2n] member labels):
+  photos of members and of non-members, n = min(num_targets, available), chosen with seed."""
+  rng = np.random.default_rng(config.seed)
+  if config.members_dir or config.population_dir:
+    if not (config.members_dir and config.population_dir):
+      raise ValueError("give both members_dir and population_dir (photos in and out of the "
+                       "generator's training data)")
+    groups = [_folder_photos(folder, source.resolution)
+              for folder in (config.members_dir, config.population_dir)]
+  else:
+    split_path = config.split_path or source.split_path
+    if not split_path or source.data is None:
+      raise ValueError(f"{source.spec} comes with no identity split: give members_dir and "
+                       "population_dir")
+    split = IdentitySplit.load(split_path)
+    arrays = run_data.load_dataset(source.data)
+    groups = [arrays.select(ids).images for ids in (
+        split.train_photos("members"), np.concatenate([split.train_photos("non_members"),
+                                                       split.reference_photos("non_members")]))]
+  n = min(config.num_targets, *(len(g) for g in groups))
   if n == 0:
-    raise ValueError("the split has no member or no non-member photos to attack")
-  ids = np.concatenate([rng.choice(members, n, replace=False),
-                        rng.choice(non_members, n, replace=False)])
-  images = arrays.select(ids).images.astype(np.float32) / 127.5 - 1.0
+    raise ValueError("there are no member or no non-member photos to attack")
+  chosen = [g[np.sort(rng.choice(len(g), n, replace=False))] for g in groups]
+  images = np.concatenate(chosen).astype(np.float32) / 127.5 - 1.0
   return images, np.arange(2 * n) < n
 
 
-def _distances(generator_workdir: str, latent_encoder_workdir: str, config,
+def _folder_photos(folder: str, resolution: int) -> np.ndarray:
+  """u8[N, R, R, 3]: every readable photo under `folder` (recursively), centre square, resized."""
+  paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                 if photo_files.is_photo_name(name))
+  read = photo_files.Reader().read(
+      paths, prepare=lambda image: folders.fit_photo(image, resolution, None))
+  if not read.images:
+    raise ValueError(f"no readable photos in {folder}: {read.summary()}")
+  return np.stack(read.images)
+
+
+def _distances(source: sources.Source, latent_encoder_workdir: str, config,
                targets: np.ndarray) -> dict[str, np.ndarray]:
   """Black-box and white-box distances of `targets` to one generator, plus reconstructions;
   the projections start at the latent encoder's guess when a workdir is given."""
-  generator, g_vars, _ = sampling.load_generator(generator_workdir)
-  samples = sampling.generate(generator, g_vars, seed=config.seed, num=config.num_samples)
+  sources.require(source, sources.STYLEGAN, "the white-box reconstruction attack")
+  generator, g_vars = source.stylegan
+  mesh = parallel.make_mesh()
+  samples = np.concatenate([np.asarray(source.sample(np.arange(i, min(i + 500, config.num_samples)),
+                                                     mesh))
+                            for i in range(0, config.num_samples, 500)])
   black_box = np.asarray(nearest_sample_distance(jnp.asarray(targets), jnp.asarray(samples)))
   project = latent.make_projector(generator, latent.ProjectionSettings(**config.projection))
   batch = config.batch_size
@@ -141,23 +174,30 @@ def _distances(generator_workdir: str, latent_encoder_workdir: str, config,
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the black-box, white-box (and calibrated) attacks; writes report.json, scores.csv,
   roc.png and reconstructions.png (target | reconstruction | residual) into `workdir`."""
-  if not config.generator_workdir:
-    raise ValueError("config.generator_workdir is required: the workdir of the target generator")
-  if config.reference_generator_workdir and (
+  if config.reference_generator and (
       bool(config.latent_encoder_workdir) != bool(config.reference_latent_encoder_workdir)):
     raise ValueError("calibrated scores need both projections started alike: set "
                      "latent_encoder_workdir and reference_latent_encoder_workdir, or neither")
   started = time.perf_counter()
+  source = sources.open_source(config)
+  reference = None
+  if config.reference_generator:
+    reference = sources.open_source(ml_collections.ConfigDict(
+        {**config.to_dict(), "generator": config.reference_generator}))
+  targets, labels = _photos(config, source)
   os.makedirs(workdir, exist_ok=True)
-  _, _, g_config = sampling.load_generator(config.generator_workdir)
-  split = IdentitySplit.load(config.split_path or os.path.join(config.generator_workdir,
-                                                               run_data.SPLIT_FILE))
-  targets, labels = _photos(run_data.load_dataset(g_config.data), split, config.num_targets,
-                            config.seed)
-  found = _distances(config.generator_workdir, config.latent_encoder_workdir, config, targets)
-  reference = (_distances(config.reference_generator_workdir,
-                          config.reference_latent_encoder_workdir, config, targets)
-               if config.reference_generator_workdir else None)
+  check_inputs(workdir, {"generator": source.fingerprint,
+                         "reference": None if reference is None else reference.fingerprint,
+                         "targets": fingerprint.tree_digest(targets),
+                         "settings": {k: config[k] for k in ("seed", "num_samples", "batch_size",
+                                                             "latent_encoder_workdir",
+                                                             "reference_latent_encoder_workdir")},
+                         "projection": config.projection.to_dict()},
+               overwrite=config.overwrite, outputs=(REPORT_FILE, "scores.csv", "roc.png",
+                                                    "reconstructions.png"))
+  found = _distances(source, config.latent_encoder_workdir, config, targets)
+  reference = (_distances(reference, config.reference_latent_encoder_workdir, config, targets)
+               if reference is not None else None)
   scores = {}
   for attack in ("black_box", "white_box"):
     scores[attack] = membership_scores(found[attack])

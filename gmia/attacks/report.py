@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # Files only: no display is needed or wanted.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from gmia import metrics, viz  # noqa: E402
 from gmia.files import write_atomic  # noqa: E402
@@ -82,16 +83,32 @@ def plot_roc(path: str, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], tit
 
 def save_matches(path: str, generated: np.ndarray, photos: np.ndarray, captions: Sequence[str],
                  photo_captions: Sequence[Sequence[str]]) -> None:
-  """Rows of a generated face followed by its nearest real photos, captioned.
+  """Rows of one face followed by its nearest faces (a sample and the photos nearest to it, or a
+  person and their nearest samples), captioned.
 
-  generated: u8|f32[M, H, W, 3]; photos: u8[M, k, H, W, 3]; captions: M strings;
-  photo_captions: M lists of k strings (identity and similarity).
+  generated: u8|f32[M, H, W, 3]; photos: u8|f32[M, k, h, w, 3] (any size: every tile is shown
+  at the larger side, at least 96 px); captions: M strings; photo_captions: M lists of k
+  strings (identity and similarity).
   """
   m, k = photos.shape[:2]
   if len(generated) != m or len(captions) != m or len(photo_captions) != m:
     raise ValueError("generated faces, photos and captions must have the same number of rows")
-  tiles = np.concatenate([viz.to_uint8(generated)[:, None], photos], axis=1)
+  side = max(96, generated.shape[1], photos.shape[2])
+  first = _tiles(viz.to_uint8(generated), side)
+  rest = _tiles(viz.to_uint8(photos.reshape((-1,) + photos.shape[2:])), side).reshape(
+      m, k, side, side, 3)
+  tiles = np.concatenate([first[:, None], rest], axis=1)
   labels = [text for row in range(m) for text in [captions[row], *photo_captions[row]]]
-  upscale = max(1, 96 // generated.shape[1])
-  viz.save_grid(path, tiles.reshape((-1,) + tiles.shape[2:]), ncols=k + 1, labels=labels,
-                upscale=upscale)
+  viz.save_grid(path, tiles.reshape((-1,) + tiles.shape[2:]), ncols=k + 1, labels=labels)
+
+
+def _tiles(images: np.ndarray, side: int) -> np.ndarray:
+  """u8[N, H, W, 3] -> u8[N, side, side, 3]: integer upscales by nearest neighbour (pixels stay
+  honest), anything else by Lanczos."""
+  if images.shape[1] == side:
+    return images
+  if side % images.shape[1] == 0:
+    factor = side // images.shape[1]
+    return images.repeat(factor, axis=1).repeat(factor, axis=2)
+  return np.stack([np.asarray(Image.fromarray(image).resize((side, side), Image.LANCZOS))
+                   for image in images])

@@ -12,10 +12,11 @@ listed. Decoding keeps the full resolution; cropping and resizing are the caller
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from absl import logging
@@ -78,27 +79,42 @@ def decode(path: str, *, background: tuple[int, int, int] = BACKGROUND,
   has more than `max_pixels` pixels (a decompression bomb is refused before it is decoded).
   """
   try:
-    if os.path.getsize(path) == 0:
-      raise UnreadablePhoto(path, "empty file (0 bytes)")
+    size = os.path.getsize(path)
+  except OSError as error:
+    raise UnreadablePhoto(path, f"cannot read: {error}") from error
+  return _decode(path, path, size, background, max_pixels)
+
+
+def decode_bytes(data: bytes, name: str, *, background: tuple[int, int, int] = BACKGROUND,
+                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  """`decode` of a photo's bytes (e.g. an archive member); `name` names it in errors."""
+  return _decode(io.BytesIO(data), name, len(data), background, max_pixels)
+
+
+def _decode(source: Any, name: str, size: int, background: tuple[int, int, int],
+            max_pixels: int) -> np.ndarray:
+  try:
+    if size == 0:
+      raise UnreadablePhoto(name, "empty file (0 bytes)")
     with warnings.catch_warnings():
       # Pillow warns from half its hard limit on; the limit here is max_pixels.
       warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-      with Image.open(path) as picture:
+      with Image.open(source) as picture:
         width, height = picture.size
         if width * height > max_pixels:
-          raise UnreadablePhoto(path, f"refused as a possible decompression bomb: {width}x{height}"
+          raise UnreadablePhoto(name, f"refused as a possible decompression bomb: {width}x{height}"
                                       f" = {width * height} pixels, over the limit of {max_pixels}")
         picture.load()
         ImageOps.exif_transpose(picture, in_place=True)
         return _to_rgb(picture, background)
   except UnidentifiedImageError as error:
-    raise UnreadablePhoto(path, "not an image (Pillow cannot identify its format)") from error
+    raise UnreadablePhoto(name, "not an image (Pillow cannot identify its format)") from error
   except Image.DecompressionBombError as error:
-    raise UnreadablePhoto(path, f"refused as a possible decompression bomb: {error}") from error
+    raise UnreadablePhoto(name, f"refused as a possible decompression bomb: {error}") from error
   except UnreadablePhoto:
     raise
   except _DECODE_ERRORS as error:
-    raise UnreadablePhoto(path, f"cannot decode: {error}") from error
+    raise UnreadablePhoto(name, f"cannot decode: {error}") from error
 
 
 def _to_rgb(picture: Image.Image, background: tuple[int, int, int]) -> np.ndarray:

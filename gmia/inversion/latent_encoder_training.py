@@ -26,9 +26,8 @@ import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from gmia import fingerprint, parallel, training
+from gmia import parallel, sources, training
 from gmia.checkpoint import Checkpointer
-from gmia.gan import sampling
 from gmia.models import stylegan
 from gmia.models.latent_encoder import LatentEncoder, check_matches_generator
 from gmia.models.latent_encoder import with_latent_statistics
@@ -41,7 +40,9 @@ def default_config() -> ml_collections.ConfigDict:
   """Every option of the latent encoder trainer; train/configs/latent_encoder_*.py start here."""
   config = training.default_config()
   config.update({
-      "generator_workdir": "",     # The generator to invert (required).
+      "generator": "",             # The StyleGAN2 to invert (required): gmia:WORKDIR or
+                                   # stylegan2_pkl:FILE (gmia.sources).
+      "class_idx": -1,             # A conditional stylegan2_pkl generator's class.
       "batch_size": 32,
       "num_steps": 10_000,
       "model": {"w_plus": False, "channel_base": 1024, "channel_max": 128, "hidden": 256},
@@ -199,8 +200,6 @@ def _generator_meta(generator: stylegan.Generator) -> dict[str, int]:
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
-  if not config.generator_workdir:
-    raise ValueError("config.generator_workdir is required: the workdir of the generator to invert")
   if config.loss.noise_mode not in TRAIN_NOISE_MODES:
     raise ValueError(f"loss.noise_mode must be one of {TRAIN_NOISE_MODES}, got "
                      f"{config.loss.noise_mode!r}")
@@ -217,7 +216,10 @@ def make_task(config: ml_collections.ConfigDict) -> training.Task:
   """The latent encoder's task: fresh generator samples every step (no photos), and held-out
   samples' w and pixel errors."""
   _check_config(config)
-  generator, g_vars, _ = sampling.load_generator(config.generator_workdir)
+  source = sources.open_source(ml_collections.ConfigDict(
+      {**sources.config_fields(), "generator": config.generator, "class_idx": config.class_idx}))
+  sources.require(source, sources.STYLEGAN, "a latent encoder")
+  generator, g_vars = source.stylegan
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh)
   encoder = create_model(config, generator.img_resolution, generator.w_dim)
@@ -238,13 +240,13 @@ def make_task(config: ml_collections.ConfigDict) -> training.Task:
       phases=[training.Phase("train", config.num_steps,
                              lambda state, _, consts: step(state, consts["generator"]))],
       meta={"generator": _generator_meta(generator)},
-      inputs={"generator": fingerprint.tree_digest(g_vars)}, evaluate=held_out,
-      resumable=frozenset({"generator_workdir", "eval_samples"}),
+      inputs={"generator": source.fingerprint}, evaluate=held_out,
+      resumable=frozenset({"generator", "eval_samples"}),
       items_per_step=config.batch_size)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> training.Result:
-  """Trains (or resumes) a latent encoder of config.generator_workdir's generator in `workdir`:
+  """Trains (or resumes) a latent encoder of config.generator's generator in `workdir`:
   checkpoints/ (state + meta {kind, config, inputs, generator}), tensorboard/ and eval.json;
   the result's metrics are the final encoder's held-out ones (see `evaluate`)."""
   return training.run(make_task(config), config, workdir)

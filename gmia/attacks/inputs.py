@@ -1,0 +1,62 @@
+"""What an attack's results were computed from, recorded in its workdir (`inputs.json`).
+
+The record holds content fingerprints (the generator's parameters or file, the matcher's, the
+photos' bytes) and every setting that changes a result. A rerun in the same workdir whose
+inputs differ is refused, naming the first difference, or starts over with `overwrite`: results
+of other inputs are never reported, and never silently mixed into a resumed run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from absl import logging
+
+from gmia import files
+
+INPUTS_FILE = "inputs.json"
+
+
+def check_inputs(workdir: str, inputs: Mapping[str, Any], *, overwrite: bool,
+                 outputs: Sequence[str]) -> bool:
+  """Records `inputs` in `workdir`; returns True when the workdir already held results of these
+  inputs (the job resumes or extends them). With other inputs recorded: ValueError, or with
+  `overwrite` the job's `outputs` (files and folders of the workdir) are deleted first."""
+  path = os.path.join(workdir, INPUTS_FILE)
+  current = json.loads(json.dumps(inputs, sort_keys=True, default=str))
+  if os.path.exists(path):
+    saved = files.read_json(path)
+    if saved == current:
+      return True
+    key = _first_difference(saved, current)
+    if not overwrite:
+      raise ValueError(f"{workdir} holds results of other inputs ({key}: {_at(saved, key)!r} "
+                       f"there, {_at(current, key)!r} now); use a fresh --workdir, or "
+                       "--config.overwrite=True to start over")
+    logging.warning("inputs changed (%s): deleting the results in %s", key, workdir)
+    for name in outputs:
+      target = os.path.join(workdir, name)
+      if os.path.isdir(target):
+        shutil.rmtree(target)
+      elif os.path.exists(target):
+        os.remove(target)
+  files.write_json(path, current)
+  return False
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+  if isinstance(a, dict) and isinstance(b, dict):
+    for key in sorted(set(a) | set(b)):
+      if a.get(key) != b.get(key):
+        return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+  return prefix.rstrip(".") or "inputs"
+
+
+def _at(tree: Any, dotted: str) -> Any:
+  for part in dotted.split(".") if dotted != "inputs" else []:
+    tree = tree.get(part) if isinstance(tree, dict) else None
+  return tree

@@ -1,0 +1,60 @@
+"""A generator's samples, aligned and embedded, by sample index.
+
+Sample i comes from the source as a pure function of (seed, i) (gmia.sources), so any chunk of
+indices, a resumed run or a figure's single sample sees the same images. A chunk is generated,
+aligned and embedded split over the mesh's data axis; chunks are padded to one size, so each
+program compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from gmia import parallel, viz
+from gmia.faces import detect
+from gmia.faces.embedder import FaceEmbedder, jitted_embed
+from gmia.sources import Source
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleEmbedder:
+  """embed(indices i64[n]) -> (ids i64[m], unit embeddings f32[m, D]) of the samples among
+  `indices` with a usable face (all of them unless alignment is `detect`); with_images(indices)
+  -> the same and their images u8[m, R, R, 3]; images(indices) -> u8[n, R, R, 3]."""
+  embed: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+  with_images: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+  images: Callable[[np.ndarray], np.ndarray]
+
+
+def make_sample_embedder(source: Source, embedder: FaceEmbedder, mesh: Mesh,
+                         chunk_size: int) -> SampleEmbedder:
+  """Embeds `source`'s samples with `embedder`, `chunk_size` (a multiple of the mesh's devices)
+  at a time."""
+  parallel.check_divisible(chunk_size, mesh)
+  params = jax.device_put(embedder.params, parallel.replicated(mesh))
+  embed_fn = jitted_embed(embedder)
+
+  def embedded(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, jax.Array, np.ndarray]:
+    indices = np.asarray(indices, np.int64)
+    padded = np.concatenate([indices, np.full(chunk_size - len(indices), indices[-1])])
+    images = jax.device_put(source.sample(padded, mesh), parallel.data_sharding(mesh))
+    embeddings, status = embed_fn(params, (images + 1.0) * 127.5)
+    usable = np.asarray(status)[:len(indices)] == detect.FOUND
+    return indices[usable], np.asarray(embeddings)[:len(indices)][usable], images, usable
+
+  def embed(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return embedded(indices)[:2]
+
+  def with_images(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids, embeddings, images, usable = embedded(indices)
+    return ids, embeddings, viz.to_uint8(np.asarray(images)[:len(usable)][usable])
+
+  def images(indices: np.ndarray) -> np.ndarray:
+    return viz.to_uint8(np.asarray(source.sample(np.asarray(indices, np.int64), mesh)))
+
+  return SampleEmbedder(embed, with_images, images)
