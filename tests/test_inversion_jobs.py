@@ -21,7 +21,7 @@ from gmia.inversion import feature_job
 def test_reconstruction_job_reports_and_calibrates_against_itself(models, tmp_path):
   gan_workdir, _ = models
   config = reconstruction.default_config()
-  config.generator_workdir = config.reference_generator_workdir = gan_workdir
+  config.generator = config.reference_generator = f"gmia:{gan_workdir}"
   config.num_targets, config.num_samples, config.batch_size = 3, 20, 4
   config.projection.update(num_steps=4, w_avg_samples=64)
   summary = reconstruction.run(config, str(tmp_path))
@@ -77,7 +77,7 @@ def test_feature_inversion_job_table_matches_report(models, tmp_path):
 
 
 def test_jobs_name_missing_models(tmp_path):
-  with pytest.raises(ValueError, match="generator_workdir is required"):
+  with pytest.raises(ValueError, match="config.generator is required"):
     reconstruction.run(reconstruction.default_config(), str(tmp_path))
   config = feature_job.default_config()
   with pytest.raises(ValueError, match="encoder_workdir is required"):

@@ -47,7 +47,7 @@ def save_generator(workdir: str, resolution: int, w_dim: int, zeros: bool = Fals
 
 def encoder_config(generator_workdir: str):
   config = training.default_config()
-  config.generator_workdir = generator_workdir
+  config.generator = f"gmia:{generator_workdir}"
   config.batch_size, config.num_steps = 16, NUM_STEPS
   config.model.update(channel_base=128, channel_max=32, hidden=64)
   config.optimizer.update(learning_rate=3e-3, warmup_steps=10)
@@ -155,7 +155,7 @@ def test_mismatched_generator_and_encoder_are_named(run, tmp_path):
   shutil.copytree(gan_workdir, moved)
   assert training.train_and_evaluate(encoder_config(moved), copy).steps_run == 0
   job = reconstruction.default_config()
-  job.generator_workdir = job.reference_generator_workdir = gan_workdir
+  job.generator = job.reference_generator = f"gmia:{gan_workdir}"
   job.latent_encoder_workdir = encoder_workdir
   with pytest.raises(ValueError, match="reference_latent_encoder_workdir"):
     reconstruction.run(job, str(tmp_path / "job"))

@@ -41,6 +41,8 @@ def config_fields() -> dict[str, Any]:
       "align_box": (0.0, 0.0, 1.0, 1.0),  # fixed: (top, left, bottom, right) fractions.
       "detector_onnx": "",             # detect: YuNet (face_detection_yunet_2023mar.onnx).
       "min_face": 32.0,                # detect: shorter side of a usable face, photo pixels.
+      "detect_score": 0.9,             # detect: YuNet's confidence (OpenCV's default 0.9; small
+                                       # or blurry generated faces may need 0.6).
       "strict_photos": False,          # A photo without a usable face is an error, not a skip.
   }
 
@@ -69,7 +71,7 @@ class FaceEmbedder:
     return {"matcher": self.matcher.fingerprint, "align": self.align,
             "box": list(self.box) if self.align == "fixed" else None,
             "detector": None if self.detector is None else self.detector.source,
-            "min_face": self.rules.min_face if self.detector is not None else None}
+            "rules": dataclasses.asdict(self.rules) if self.detector is not None else None}
 
   def crops(self, params: dict[str, Any], images: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Same-size images f32[B, H, W, 3] RGB in 0..255 -> (crops f32[B, S, S, 3] in 0..255,
@@ -136,7 +138,8 @@ def load_embedder(config: ml_collections.ConfigDict) -> FaceEmbedder:
                        "(face_detection_yunet_2023mar.onnx)")
     detector = detect.load_yunet(config.detector_onnx)
   return FaceEmbedder(matchers.load_matcher(config), config.align, tuple(config.align_box),
-                      detector, detect.DetectionRules(min_face=config.min_face),
+                      detector, detect.DetectionRules(score_threshold=config.detect_score,
+                                                      min_face=config.min_face),
                       config.strict_photos)
 
 

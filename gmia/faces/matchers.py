@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import onnx
 
 from gmia import fingerprint, parallel
 from gmia.checkpoint import Checkpointer
@@ -147,16 +148,14 @@ def onnx_matcher(path: str, preprocessing: Preprocessing | None) -> Matcher:
 
 
 def _batch_one(path: str) -> dict[str, tuple[int, ...]]:
-  """{input: its declared shape with a free batch dim set to 1}: matchers run per sample."""
-  import onnx  # The translator's dependency; only the declared input shape is read here.
+  """{input: its declared shape with batch 1} for the inputs whose batch dim is free: matchers
+  run per sample."""
   graph = onnx.load(path, load_external_data=False).graph
-  initializers = {t.name for t in graph.initializer}
   shapes = {}
   for value in graph.input:
-    if value.name in initializers:
-      continue
     dims = [d.dim_value if d.HasField("dim_value") else 0 for d in value.type.tensor_type.shape.dim]
-    shapes[value.name] = tuple([1, *dims[1:]] if dims and not dims[0] else dims)
+    if dims and not dims[0]:
+      shapes[value.name] = (1, *dims[1:])
   return shapes
 
 

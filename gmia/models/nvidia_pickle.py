@@ -12,7 +12,8 @@ each of which builds data:
 - numpy arrays, scalars and dtypes; `collections.OrderedDict`; `dnnlib.util.EasyDict` (as a
   dict); the builtins set, frozenset, bytearray and complex.
 Any other global is refused before anything is called, with an error naming it. Pickles of NVIDIA's
-TensorFlow code (`dnnlib.tflib`) are named as such.
+TensorFlow code (`dnnlib.tflib`) are named as such. `read_torch_zip` reads torch.save's zip
+archives (state dicts of other people's networks) with the same allow-list.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import collections
 import dataclasses
 import io
 import pickle
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -226,3 +228,46 @@ def read_pickle(path: str) -> Any:
   except (pickle.UnpicklingError, EOFError, TypeError, ValueError, KeyError) as e:
     first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise PickleError(f"{path}: not a readable network pickle ({first_line})") from None
+
+
+class _ZipUnpickler(_NetworkUnpickler):
+  """data.pkl of a torch.save zip archive: storages are the archive's data/<key> members."""
+
+  def __init__(self, file: io.BytesIO, archive: zipfile.ZipFile, prefix: str):
+    super().__init__(file)
+    self.archive, self.prefix = archive, prefix
+
+  def find_class(self, module: str, name: str) -> Any:
+    if module == "torch" and name in STORAGE_DTYPES:
+      return np.dtype(STORAGE_DTYPES[name])
+    return super().find_class(module, name)
+
+  def persistent_load(self, pid: Any) -> _Storage:
+    if (not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage"
+        or not isinstance(pid[1], np.dtype)):
+      raise PickleError(f"unexpected tensor storage record {pid!r:.80}")
+    _, dtype, key, _, numel = pid
+    raw = self.archive.read(f"{self.prefix}data/{key}")
+    if len(raw) < int(numel) * dtype.itemsize:
+      raise PickleError(f"tensor storage {key} is truncated")
+    return _Storage(np.frombuffer(raw, dtype, count=int(numel)))
+
+
+def read_torch_zip(path: str) -> Any:
+  """The unpickled content of a torch.save zip archive (e.g. a state dict), tensors as numpy
+  arrays; globals resolved from the allow-list only. Raises PickleError naming the file."""
+  try:
+    with zipfile.ZipFile(path) as archive:
+      pickles = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+      if len(pickles) != 1:
+        raise PickleError(f"not a torch.save archive: {len(pickles)} data.pkl members")
+      prefix = pickles[0][:-len("data.pkl")]
+      order = archive.read(prefix + "byteorder").decode() if (
+          prefix + "byteorder") in archive.namelist() else "little"
+      if order.strip() != "little":
+        raise PickleError(f"tensors stored {order.strip()}-endian")
+      return _ZipUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix).load()
+  except PickleError as e:
+    raise PickleError(f"{path}: {e}") from None
+  except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError, TypeError) as e:
+    raise PickleError(f"{path}: not a readable torch.save archive ({e})") from None
