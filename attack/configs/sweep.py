@@ -1,0 +1,39 @@
+"""Identity leakage against members and training photos per member, on the synthetic faces.
+
+  python -m attack.sweep --workdir=runs/sweep
+  # reusing the encoder and control of the over-representation sweep (their people include all
+  # of this sweep's, so neither ever saw a target here):
+  python -m attack.sweep --workdir=runs/sweep \
+      --config.encoder_workdir=runs/sweep_over/face_encoder \
+      --config.control_workdir=runs/sweep_over/gan_control
+
+Grid: 10 and 100 members x 5, 15 and 35 training photos per member, each generator the main
+job's (gan_cpu_demo, 2,000 steps), attacked with 5,000 samples against the same 100 non-members'
+and the members' 5 reference photos.
+"""
+
+import ml_collections
+
+from attack.configs import main_job
+
+
+def get_config() -> ml_collections.ConfigDict:
+  main = main_job.get_config()
+  config = ml_collections.ConfigDict()
+  config.data = main.data          # 1,000 identities x 40 photos; 100 non-members, 25 shadow.
+  config.face_encoder = main.face_encoder
+  config.gan = main.gan
+  config.attack = main.attack
+  config.encoder_workdir = ""      # A trained encoder to reuse (it must never have seen a target).
+  config.control_workdir = ""      # A trained control generator to reuse (the same).
+  config.grid = ml_collections.ConfigDict({
+      "members": (10, 100),
+      "photos": (5, 15, 35),       # data.split.max_train_photos of each point.
+      "steps": (),                 # () : gan.num_steps.
+      "overrepresented": 0,        # Members of every point trained on more photos ...
+      "overrepresented_photos": -1,  # ... up to this many (-1: all but the reference photos).
+  })
+  # Tables and figures: the paper's score, then population- and reference-calibrated (see
+  # gmia.attacks.calibration); the first also ranks the people in each point's exposure.csv.
+  config.variants = ("best", "best-pop", "best-ref")
+  return config

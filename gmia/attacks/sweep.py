@@ -1,0 +1,321 @@
+"""Leakage against the size of the training set: target generators over a grid, one attack.
+
+Each point of the grid (members x training photos per member x training steps, optionally with
+a few over-represented members) trains its own target generator on its members' photos; the
+identity membership attack (gmia.attacks.membership_job) scores every one with the same encoder,
+sample budget and seed. A control generator, trained on people who are no target of any point,
+is attacked with the references of every member count: its AUC is the band chance spans there.
+
+Points come from the data config's own split fields: a point with M members and P photos is
+`data.split.members = M`, `data.split.max_train_photos = P`. The split's random order of
+identities does not depend on them, so the M members are the first M of the base split (the
+grid's most members), the non-members the next people in that order, and every point's people
+are people of the base split; the encoder trains on the base split's other identities and the
+control on its shadow identities, so neither ever saw a target of any point.
+
+Workdir (every stage runs behind a DONE marker recording its wall time: a killed sweep resumes
+at the stage it was in, and a finished one only redraws its tables):
+  split.json                the base split;
+  face_encoder/, gan_control/  trained here unless config.encoder_workdir / control_workdir;
+  points/<name>/            split.json, gan/, attack/, exposure.csv, exposure.png;
+  control/members_<M>/      the control generator attacked with the M-member points' people;
+  sweep.json, sweep.md, sweep.png.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import os
+import time
+from collections.abc import Callable
+
+import matplotlib.pyplot as plt
+import ml_collections
+import numpy as np
+
+from gmia import files, parallel
+from gmia.attacks import calibration, exposure, membership_job, report
+from gmia.data import run_data
+from gmia.data import split as split_lib
+from gmia.data.split import IdentitySplit
+from gmia.face_encoder import evaluation, trainer as encoder_trainer
+from gmia.gan import sampling, trainer as gan_trainer
+
+DONE = "DONE"
+SWEEP_FILE = "sweep.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One target generator: `members` people with up to `photos` training photos each, trained
+  for `steps`; `overrepresented` of the members with up to `overrepresented_photos` (-1: all)."""
+
+  members: int
+  photos: int
+  steps: int
+  overrepresented: int = 0
+  overrepresented_photos: int = -1
+
+  @property
+  def name(self) -> str:
+    extra = (f"_over{self.overrepresented}x{self.overrepresented_text}"
+             if self.overrepresented else "")
+    return f"m{self.members}_p{self.photos}_s{self.steps}{extra}"
+
+  @property
+  def overrepresented_text(self) -> str:
+    photos = self.overrepresented_photos
+    return "all" if photos < 0 else str(photos)
+
+
+def grid_points(config: ml_collections.ConfigDict) -> list[Point]:
+  """The points of config.grid (members x photos x steps; no steps: config.gan.num_steps)."""
+  grid = config.grid
+  steps = tuple(grid.steps) or (config.gan.num_steps,)
+  values = {"members": tuple(grid.members), "photos": tuple(grid.photos), "steps": steps}
+  for name, chosen in values.items():
+    if not chosen or min(chosen) < 1:
+      raise ValueError(f"config.grid.{name} must list positive counts, got {chosen}")
+  if grid.overrepresented and grid.overrepresented > min(grid.members):
+    raise ValueError(f"config.grid.overrepresented ({grid.overrepresented}) exceeds the fewest "
+                     f"members of the grid ({min(grid.members)})")
+  return [Point(m, p, s, grid.overrepresented, grid.overrepresented_photos)
+          for m, p, s in itertools.product(*values.values())]
+
+
+def stage(directory: str, run: Callable[[], object]) -> float:
+  """Runs `run()` unless `directory` holds a DONE marker; returns the stage's wall seconds (the
+  marker records them, so a cached stage reports the time it took)."""
+  marker = os.path.join(directory, DONE)
+  if os.path.exists(marker):
+    return float(files.read_json(marker)["seconds"])
+  print(f"[{directory}] running ...", flush=True)
+  started = time.perf_counter()
+  run()
+  seconds = time.perf_counter() - started
+  files.write_json(marker, {"seconds": seconds})
+  return seconds
+
+
+def point_split(config: ml_collections.ConfigDict, arrays, point: Point) -> IdentitySplit:
+  """The identity split of `point`, from the data config's split fields."""
+  data = copy.deepcopy(config.data)
+  data.split.update(members=point.members, max_train_photos=point.photos)
+  split = run_data.split_for(data, arrays)
+  if point.overrepresented:
+    photos = point.overrepresented_photos
+    split = split_lib.overrepresent(split, arrays, count=point.overrepresented,
+                                    max_train_photos=None if photos < 0 else photos)
+  return split
+
+
+def _pinned(split: IdentitySplit, path: str) -> str:
+  """Saves `split` to `path`, or checks that the one there is the same; returns the path."""
+  if os.path.exists(path):
+    if IdentitySplit.load(path).to_json() != split.to_json():
+      raise ValueError(f"{path} holds another split than the config asks for: use a fresh workdir")
+  else:
+    split.save(path)
+  return path
+
+
+def _check_unseen(trained_on: np.ndarray, people: np.ndarray, what: str) -> None:
+  seen = np.intersect1d(trained_on, people)
+  if len(seen):
+    raise ValueError(f"{what} trained on {len(seen)} people of this sweep (e.g. identity "
+                     f"{int(seen[0])}): use one trained on other people")
+
+
+def _trainer_config(sub_config, data, **fields) -> ml_collections.ConfigDict:
+  sub_config = copy.deepcopy(sub_config)
+  sub_config.data = data
+  sub_config.update(fields)
+  return sub_config
+
+
+def _attack(config, generator_workdir: str, encoder_workdir: str, split_path: str, title: str,
+            workdir: str) -> float:
+  attack = copy.deepcopy(config.attack)
+  attack.update(generator_workdir=generator_workdir, encoder_workdir=encoder_workdir,
+                split_path=split_path, title=title)
+  return stage(workdir, lambda: membership_job.run(attack, workdir))
+
+
+class _Population:
+  """Population similarity of a split's members and non-members, in an attack's order."""
+
+  def __init__(self, encoder_workdir: str, arrays):
+    self.model, self.variables = encoder_trainer.load_encoder(encoder_workdir)
+    self.arrays, self.mesh = arrays, parallel.make_mesh()
+
+  def __call__(self, split: IdentitySplit, identity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    photos = [split.reference[int(i)] for i in identity.tolist()]
+    images = self.arrays.select(np.concatenate(photos)).images
+    embeddings = evaluation.embed_images(self.model, self.variables, images, self.mesh)
+    rows = np.repeat(np.arange(len(photos)), [len(p) for p in photos])
+    return calibration.population_similarity(embeddings, rows, len(photos))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) the sweep in `workdir`; returns the contents of sweep.json."""
+  points = grid_points(config)
+  unknown = sorted(set(config.variants) - set(calibration.variant_names()))
+  if not config.variants or unknown:
+    raise ValueError(f"config.variants must name known variants, got {unknown or '()'}; "
+                     f"known: {calibration.variant_names()}")
+  os.makedirs(workdir, exist_ok=True)
+  base_data = copy.deepcopy(config.data)
+  base_data.split.members = max(p.members for p in points)
+  arrays, base = run_data.load_for_run(base_data, workdir)
+  base_data.split.path = os.path.join(workdir, run_data.SPLIT_FILE)
+  targets = np.concatenate([base.identities(g) for g in ("members", "non_members")])
+  seconds = {}
+
+  encoder_workdir = config.encoder_workdir or os.path.join(workdir, "face_encoder")
+  if config.encoder_workdir:
+    encoder_split = IdentitySplit.load(os.path.join(encoder_workdir, run_data.SPLIT_FILE))
+    _check_unseen(encoder_split.identities("encoder"), np.concatenate(
+        [targets, base.identities("shadow")]), f"the encoder in {encoder_workdir}")
+  else:
+    seconds["face_encoder"] = stage(encoder_workdir, lambda: encoder_trainer.train_and_evaluate(
+        _trainer_config(config.face_encoder, base_data), encoder_workdir))
+  control_workdir = config.control_workdir or os.path.join(workdir, "gan_control")
+  if config.control_workdir:
+    _, _, control_config = sampling.load_generator(control_workdir)
+    control_split = IdentitySplit.load(os.path.join(control_workdir, run_data.SPLIT_FILE))
+    _check_unseen(control_split.identities(control_config.train_group), targets,
+                  f"the control generator in {control_workdir}")
+  else:
+    seconds["gan_control"] = stage(control_workdir, lambda: gan_trainer.train_and_evaluate(
+        _trainer_config(config.gan, base_data, train_group="shadow"), control_workdir))
+
+  population = _Population(encoder_workdir, arrays)
+  results = []
+  for point in points:
+    directory = os.path.join(workdir, "points", point.name)
+    split = point_split(config, arrays, point)
+    split_path = _pinned(split, os.path.join(directory, run_data.SPLIT_FILE))
+    data = copy.deepcopy(config.data)
+    data.split.path = split_path
+    gan_dir, attack_dir = os.path.join(directory, "gan"), os.path.join(directory, "attack")
+    point_seconds = {"gan": stage(gan_dir, lambda: gan_trainer.train_and_evaluate(
+        _trainer_config(config.gan, data, train_group="members", num_steps=point.steps),
+        gan_dir))}
+    point_seconds["attack"] = _attack(config, gan_dir, encoder_workdir, split_path,
+                                      f"target generator {point.name}", attack_dir)
+    control_dir = os.path.join(workdir, "control", f"members_{point.members}")
+    seconds[f"control_attack_{point.members}"] = _attack(
+        config, control_workdir, encoder_workdir, split_path,
+        f"control generator, people of {point.members}-member points", control_dir)
+    results.append(_analyse(config, point, split, directory, attack_dir, control_dir,
+                            population, point_seconds))
+    print(f"[{point.name}] " + _auc_text(results[-1]["metrics"][config.variants[0]]), flush=True)
+
+  summary = {"points": results, "seconds": seconds, "variants": list(config.variants),
+             "total_seconds": sum(seconds.values()) + sum(
+                 sum(r["seconds"].values()) for r in results),
+             "config": config.to_dict()}
+  files.write_json(os.path.join(workdir, SWEEP_FILE), summary)
+  files.write_atomic(os.path.join(workdir, "sweep.md"), markdown_table(summary))
+  save_sweep_figure(os.path.join(workdir, "sweep.png"), summary)
+  return summary
+
+
+def _analyse(config, point: Point, split: IdentitySplit, directory: str, attack_dir: str,
+             control_dir: str, population: _Population, seconds: dict) -> dict:
+  """Every variant's report for the point's target and control, and its exposure table."""
+  target = calibration.read_scores(attack_dir)
+  control = calibration.read_scores(control_dir).aligned_to(target)
+  typical = population(split, target.identity)
+  options = {"num_resamples": config.attack.bootstrap_resamples, "seed": config.attack.seed}
+  target_scores = calibration.variant_scores(target, reference=control, population=typical)
+  control_scores = calibration.variant_scores(control, population=typical)
+  photos = np.array([len(split.train[int(i)]) if member else 0
+                     for i, member in zip(target.identity.tolist(), target.is_member)])
+  table = exposure.exposure_table(target.identity, target.is_member, photos,
+                                  target_scores[config.variants[0]])
+  report.write_scores_csv(os.path.join(directory, "exposure.csv"), {
+      k: (np.round(v, 6) if v.dtype.kind == "f" else v).tolist() for k, v in table.items()})
+  exposure.save_exposure_figure(os.path.join(directory, "exposure.png"), table,
+                                f"{point.name}: {config.variants[0]} score by photos in training")
+  return {**dataclasses.asdict(point), "name": point.name,
+          "overrepresented_text": point.overrepresented_text,
+          "training_photos": int(split.train_photos("members").size),
+          "metrics": calibration.variant_reports(target_scores, target.is_member, **options),
+          "control": calibration.variant_reports(control_scores, control.is_member, **options),
+          "exposure": exposure.group_summary(table, **options), "seconds": seconds}
+
+
+def _auc_text(result: dict) -> str:
+  low, high = result["auc_interval"]
+  return f"AUC {result['auc']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def markdown_table(summary: dict) -> str:
+  """One row per point: its size, each variant's AUC with interval (target, then control)."""
+  variants = summary["variants"]
+  header = ["members", "photos / member", "training photos", "steps"]
+  for variant in variants:
+    header += [f"AUC {variant}", f"control {variant}"]
+  header += ["TPR@1% " + variants[0], "minutes"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for point in summary["points"]:
+    members = str(point["members"]) + (
+        f" ({point['overrepresented']} with {point['overrepresented_text']})"
+        if point["overrepresented"] else "")
+    cells = [members, str(point["photos"]), str(point["training_photos"]), str(point["steps"])]
+    for variant in variants:
+      cells.append(_auc_text(point["metrics"][variant]).removeprefix("AUC "))
+      control = point["control"].get(variant)
+      cells.append(_auc_text(control).removeprefix("AUC ") if control else "-")
+    tpr = next(r for r in point["metrics"][variants[0]]["tpr_at_fpr"] if r["fpr"] == 1e-2)
+    cells += [f"{tpr['tpr']:.2f}" + ("" if tpr["resolved"] else "*"),
+              f"{sum(point['seconds'].values()) / 60:.1f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  first = summary["points"][0]["metrics"][variants[0]]
+  lines.append(f"\n{first['num_negatives']} non-members per point; control: the control "
+               "generator attacked with the same people; minutes: training + attack of the "
+               f"point. Whole sweep: {summary['total_seconds'] / 60:.0f} min.\n")
+  return "\n".join(lines)
+
+
+def save_sweep_figure(path: str, summary: dict) -> None:
+  """AUC (with interval) against photos per member, one line per member count (and steps), the
+  control's AUC interval as a band of the line's colour; one panel per variant."""
+  variants = summary["variants"]
+  figure, panels = plt.subplots(1, len(variants), figsize=(5.2 * len(variants), 4.2),
+                                squeeze=False)
+  lines = sorted({(p["members"], p["steps"], p["overrepresented"]) for p in summary["points"]})
+  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for axes, variant in zip(panels[0], variants):
+    for colour, key in zip(itertools.cycle(colours), lines):
+      points = sorted((p for p in summary["points"]
+                       if (p["members"], p["steps"], p["overrepresented"]) == key),
+                      key=lambda p: p["photos"])
+      x = np.array([p["photos"] for p in points], np.float64)
+      auc = np.array([p["metrics"][variant]["auc"] for p in points])
+      interval = np.array([p["metrics"][variant]["auc_interval"] for p in points])
+      label = f"{key[0]} members" + (f", {key[1]} steps" if len({k[1] for k in lines}) > 1
+                                     else "") + (f", {key[2]} over-represented" if key[2] else "")
+      axes.errorbar(x, auc, yerr=[auc - interval[:, 0], interval[:, 1] - auc], color=colour,
+                    marker="o", capsize=3, label=label)
+      control = points[0]["control"].get(variant)
+      if control:
+        low, high = control["auc_interval"]
+        span = [x.min() / 1.15, x.max() * 1.15]
+        axes.fill_between(span, [low] * 2, [high] * 2, color=colour, alpha=0.12, lw=0)
+    axes.axhline(0.5, color="grey", linestyle=":", lw=1)
+    axes.set_xscale("log")
+    photos = sorted({p["photos"] for p in summary["points"]})
+    axes.set_xticks(photos, [str(p) for p in photos])
+    axes.minorticks_off()
+    axes.set_xlabel("training photos per member")
+    axes.set_ylabel(f"AUC ({variant})")
+    axes.set_ylim(0, 1)
+    axes.grid(alpha=0.3)
+    axes.set_title(f"{variant}; bands: control generator's 95% interval", fontsize=9)
+  panels[0][0].legend(fontsize=8, loc="lower left")
+  figure.tight_layout()
+  report.save_figure(path, figure)

@@ -1,0 +1,92 @@
+"""The sweep end to end at toy size: killed in a point, resumed, then fully cached; its numbers
+against direct computations from the attacks' own score files."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from attack.configs import sweep_tiny
+from gmia.attacks import membership_job, sweep
+from gmia.face_encoder import trainer as encoder_trainer
+from gmia.gan import trainer as gan_trainer
+
+
+def _rows(path):
+  with open(path) as handle:
+    return list(csv.DictReader(handle))
+
+
+def _mann_whitney(positives, negatives):
+  positives, negatives = np.asarray(positives)[:, None], np.asarray(negatives)[None, :]
+  return float(np.mean((positives > negatives) + 0.5 * (positives == negatives)))
+
+
+@pytest.fixture
+def counted(monkeypatch):
+  """Counts trainings and attacks; `kill` names an attack workdir that raises instead."""
+  calls = {"train": 0, "attack": 0, "kill": None}
+  for module in (gan_trainer, encoder_trainer):
+    original = module.train_and_evaluate
+
+    def train(config, workdir, original=original):
+      calls["train"] += 1
+      return original(config, workdir)
+    monkeypatch.setattr(module, "train_and_evaluate", train)
+  attack = membership_job.run
+
+  def run(config, workdir):
+    if workdir == calls["kill"]:
+      raise KeyboardInterrupt
+    calls["attack"] += 1
+    return attack(config, workdir)
+  monkeypatch.setattr(membership_job, "run", run)
+  return calls
+
+
+def test_sweep_resumes_after_a_kill_and_reports_what_its_attacks_scored(tmp_path, counted):
+  config = sweep_tiny.get_config()
+  config.data.data_dir = str(tmp_path / "data")
+  workdir = tmp_path / "sweep"
+  names = [p.name for p in sweep.grid_points(config)]
+  assert names == ["m3_p1_s2_over1xall", "m3_p3_s2_over1xall"]
+  counted["kill"] = str(workdir / "points" / names[1] / "attack")
+  with pytest.raises(KeyboardInterrupt):
+    sweep.run(config, str(workdir))
+  assert counted["train"] == 4 and counted["attack"] == 2  # Encoder, control, two targets.
+  assert (workdir / "points" / names[1] / "gan" / "DONE").exists()
+  assert not (workdir / "points" / names[1] / "attack" / "DONE").exists()
+
+  counted.update(train=0, attack=0, kill=None)
+  summary = sweep.run(config, str(workdir))
+  assert counted["train"] == 0 and counted["attack"] == 1
+  # 6 photos per identity, 2 of them references: up to 4 for training; one member has all 4.
+  assert [p["training_photos"] for p in summary["points"]] == [2 * 1 + 4, 2 * 3 + 4]
+  control = _rows(workdir / "control" / "members_3" / "scores.csv")
+  for point in summary["points"]:
+    scores = _rows(workdir / "points" / point["name"] / "attack" / "scores.csv")
+    member = np.array([r["group"] == "member" for r in scores])
+    best = np.array([float(r["score_best"]) for r in scores])
+    by_id = {r["identity"]: float(r["score_best"]) for r in control}
+    ref = best - np.array([by_id[r["identity"]] for r in scores])
+    assert point["metrics"]["best"]["auc"] == pytest.approx(_mann_whitney(best[member],
+                                                                          best[~member]))
+    assert point["metrics"]["best-ref"]["auc"] == pytest.approx(_mann_whitney(ref[member],
+                                                                              ref[~member]))
+    exposure = _rows(workdir / "points" / point["name"] / "exposure.csv")
+    negatives = best[~member]
+    for row, score, is_member in zip(exposure, best, member):
+      population = negatives if is_member else np.delete(negatives, np.flatnonzero(
+          negatives == score)[0])
+      expected = (1 + np.sum(population >= score)) / (1 + len(population))
+      assert float(row["p_value"]) == pytest.approx(expected, abs=1e-6)
+    assert sorted(int(r["photos_in_training"]) for r in exposure if r["group"] == "member") == (
+        sorted([min(point["photos"], 4)] * 2 + [4]))
+  table = (workdir / "sweep.md").read_text()
+  assert table.count("\n| 3 (1 with all) |") == 2 and (workdir / "sweep.png").stat().st_size > 0
+
+  counted.update(train=0, attack=0)
+  again = sweep.run(config, str(workdir))
+  assert counted["train"] == 0 and counted["attack"] == 0
+  assert json.dumps(again, sort_keys=True) == json.dumps(summary, sort_keys=True)
