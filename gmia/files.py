@@ -1,7 +1,9 @@
 """Atomic file writes: a temporary file in the target folder, then a rename.
 
 A reader (or a resumed run) never sees a half-written file, and a crash mid-write leaves the
-previous version in place.
+previous version in place. A failed write removes its temporary file; one left by a killed
+process is named `.NAME` + TEMPORARY_MARK + random, which gmia.workdir removes on the next start.
+Files get the permissions `open` would give them (0666 less the umask).
 """
 
 from __future__ import annotations
@@ -9,20 +11,30 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping
 
 import numpy as np
 
 
+TEMPORARY_MARK = ".gmia-tmp-"
+
+
 def write_atomic(path: str, data: bytes | str) -> None:
-  """Writes `data` to `path` through a temporary file in the same folder."""
-  directory = os.path.dirname(os.path.abspath(path))
+  """Writes `data` (str as UTF-8) to `path` through a temporary file in the same folder."""
+  directory, name = os.path.split(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  mode = "wb" if isinstance(data, bytes) else "w"
-  with tempfile.NamedTemporaryFile(mode, dir=directory, delete=False) as handle:
-    handle.write(data)
-  os.replace(handle.name, path)
+  temporary = os.path.join(directory, f".{name}{TEMPORARY_MARK}{secrets.token_hex(4)}")
+  # os.open applies the umask to 0o666; tempfile would make the file private (0600).
+  handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+  try:
+    with os.fdopen(handle, "wb") as stream:
+      stream.write(data.encode() if isinstance(data, str) else data)
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
 
 
 def write_json(path: str, payload: Mapping) -> None:
