@@ -5,10 +5,11 @@ Only process 0 prints and writes, so multi-host runs do not produce N copies.
 
 from __future__ import annotations
 
+import contextlib
 import logging as logging_std
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import jax
 from absl import logging
@@ -78,3 +79,34 @@ _CHATTY_LIBRARIES = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.
 def quiet_library_logs() -> None:
   """Keeps gmia's own progress readable on the console; warnings from libraries still show."""
   logging_std.getLogger("absl").addFilter(_DropLibraryInfo())
+
+
+class _HoldLibraryErrors(logging_std.Filter):
+  """Keeps back ERROR records from chatty libraries."""
+
+  def __init__(self):
+    super().__init__()
+    self.held: list[logging_std.LogRecord] = []
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    if record.levelno >= logging_std.ERROR and any(
+        part in record.pathname for part in _CHATTY_LIBRARIES):
+      self.held.append(record)
+      return False
+    return True
+
+
+@contextlib.contextmanager
+def library_errors_held() -> Iterator[None]:
+  """Holds back the errors chatty libraries log in the block (Orbax logs a failed write's
+  traceback from each of its threads), and logs them after it unless it raises: its exception,
+  which chains the library's, then tells it once."""
+  held = _HoldLibraryErrors()
+  logger = logging_std.getLogger("absl")
+  logger.addFilter(held)
+  try:
+    yield
+  finally:
+    logger.removeFilter(held)
+  for record in held.held:
+    logger.handle(record)

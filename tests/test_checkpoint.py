@@ -1,7 +1,9 @@
 """Checkpoints round-trip, restore whatever topology saved them, name what they are, and open
 without gmia."""
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -11,7 +13,7 @@ import pytest
 
 import jax
 
-from gmia.checkpoint import Checkpointer
+from gmia.checkpoint import CHECKSUMS, Checkpointer
 
 
 def abstract_like(tree):
@@ -64,6 +66,32 @@ def test_read_only_open_of_a_missing_run_creates_nothing(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoints in"):
     Checkpointer(str(tmp_path / "nowhere"), read_only=True)
   assert not (tmp_path / "nowhere").exists()
+
+
+def test_every_step_records_the_size_and_sha256_of_its_files(tmp_path):
+  ckpt = Checkpointer(str(tmp_path))
+  ckpt.save(2, _state(), {"config": {}})
+  folder = ckpt.step_path(2)
+  with open(os.path.join(folder, CHECKSUMS)) as handle:
+    recorded = json.load(handle)["files"]
+  found = {}
+  for parent, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(parent, name)
+      with open(path, "rb") as data:
+        found[os.path.relpath(path, folder)] = {"size": os.path.getsize(path),
+                                                "sha256": hashlib.sha256(data.read()).hexdigest()}
+  del found[CHECKSUMS]
+  assert recorded == found and any(path.startswith("state" + os.sep) for path in found)
+
+
+def test_saving_an_existing_step_is_refused_and_keeps_it(tmp_path):
+  ckpt = Checkpointer(str(tmp_path))
+  ckpt.save(1, _state(), {"config": {}})
+  with pytest.raises(FileExistsError, match="checkpoint step 1 already exists"):
+    ckpt.save(1, {"params": {}, "step": jnp.int32(0)}, {"config": {}})
+  state, _ = Checkpointer(str(tmp_path), read_only=True).restore_replicated(1)
+  assert int(state["step"]) == 7
 
 
 def test_plain_orbax_reads_it_without_gmia(tmp_path):
