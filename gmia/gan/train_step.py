@@ -9,7 +9,9 @@ interval + 1 steps per interval, which NVIDIA offsets with mb_ratio = interval /
 lr *= mb_ratio, betas **= mb_ratio.
 
 The training state is a plain dict (see `init_state`), replicated over the mesh; real images
-and every latent batch are split over the mesh's `data` axis.
+and every latent batch are split over the mesh's `data` axis. Besides the losses, a step reports
+`grads_nonfinite`: how many gradient entries of its phases were NaN or inf (and replaced, as
+NVIDIA does, so training goes on while the losses and parameters stay finite).
 """
 
 from __future__ import annotations
@@ -101,9 +103,11 @@ def init_state(config: ml_collections.ConfigDict, models: GanModels) -> State:
 
 
 def _adam_step(tx: optax.GradientTransformation, params, opt_state, grads):
-  """One optimiser step: params + tx's update of grads."""
+  """One optimiser step: (params + tx's update of grads, opt_state, the number of non-finite
+  gradient entries, which the optimiser replaced)."""
   updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state
+  nonfinite = sum(jnp.sum(~jnp.isfinite(g)) for g in jax.tree.leaves(grads))
+  return optax.apply_updates(params, updates), opt_state, nonfinite
 
 
 def make_train_step(config: ml_collections.ConfigDict, models: GanModels,
@@ -179,7 +183,7 @@ def make_train_step(config: ml_collections.ConfigDict, models: GanModels,
 
     (g_loss, g_buffers), grads = jax.value_and_grad(g_main_loss, has_aux=True)(
         g_params, state["g_buffers"], d_params, k_gmain)
-    g_params, g_opt = _adam_step(g_tx, g_params, g_opt, grads)
+    g_params, g_opt, nonfinite = _adam_step(g_tx, g_params, g_opt, grads)
 
     pl_mean, pl_penalty = state["pl_mean"], state["pl_penalty"]
     if cfg_loss.pl_weight > 0:
@@ -188,23 +192,25 @@ def make_train_step(config: ml_collections.ConfigDict, models: GanModels,
             g_params, g_buffers, pl_mean, k_greg)
         return (*_adam_step(g_tx, g_params, g_opt, grads), buffers, mean, penalty)
 
-      g_params, g_opt, g_buffers, pl_mean, pl_penalty = jax.lax.cond(
+      g_params, g_opt, g_reg_nonfinite, g_buffers, pl_mean, pl_penalty = jax.lax.cond(
           step % cfg_loss.g_reg_interval == 0, g_reg,
-          lambda _: (g_params, g_opt, g_buffers, pl_mean, pl_penalty), None)
+          lambda _: (g_params, g_opt, jnp.zeros_like(nonfinite), g_buffers, pl_mean, pl_penalty),
+          None)
+      nonfinite += g_reg_nonfinite
 
     ws, g_buffers = mapped(g_params, g_buffers, k_dgen, batch)
     fakes = synthesize(g_params, g_buffers, ws, k_dsyn)
     (d_loss, (real_logits, fake_logits)), grads = jax.value_and_grad(d_main_loss, has_aux=True)(
         d_params, fakes, reals)
-    d_params, d_opt = _adam_step(d_tx, d_params, d_opt, grads)
+    d_params, d_opt, d_nonfinite = _adam_step(d_tx, d_params, d_opt, grads)
 
     def d_reg(_):
       (_, penalty), grads = jax.value_and_grad(d_reg_loss, has_aux=True)(d_params, reals)
       return (*_adam_step(d_tx, d_params, d_opt, grads), penalty)
 
-    d_params, d_opt, r1_penalty = jax.lax.cond(
+    d_params, d_opt, d_reg_nonfinite, r1_penalty = jax.lax.cond(
         step % cfg_loss.d_reg_interval == 0, d_reg,
-        lambda _: (d_params, d_opt, state["r1_penalty"]), None)
+        lambda _: (d_params, d_opt, jnp.zeros_like(d_nonfinite), state["r1_penalty"]), None)
 
     beta = ema.ema_beta(step, batch, config.ema_kimg, config.ema_rampup)
     new_state = dict(state, step=step + 1, g_params=g_params, g_buffers=g_buffers,
@@ -212,7 +218,8 @@ def make_train_step(config: ml_collections.ConfigDict, models: GanModels,
                      g_opt=g_opt, d_opt=d_opt, pl_mean=pl_mean, r1_penalty=r1_penalty,
                      pl_penalty=pl_penalty)
     metrics = {"loss_g": g_loss, "loss_d": d_loss, "d_real": jnp.mean(real_logits),
-               "d_fake": jnp.mean(fake_logits), "r1_penalty": r1_penalty, "ema_beta": beta}
+               "d_fake": jnp.mean(fake_logits), "r1_penalty": r1_penalty, "ema_beta": beta,
+               "grads_nonfinite": nonfinite + d_nonfinite + d_reg_nonfinite}
     if cfg_loss.pl_weight > 0:
       metrics.update(pl_penalty=pl_penalty, pl_mean=pl_mean)
     return new_state, metrics

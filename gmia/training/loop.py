@@ -4,17 +4,25 @@ A trainer describes its work as a `Task`: how to make the fresh state, its phase
 function and where its batches come from), its held-out evaluation and the metadata its
 checkpoints carry. `run` does the rest, the same way for every trainer:
 
+- the workdir's lock (gmia.workdir) for the whole run: a second process on it fails at once;
 - the mesh, and the state's shardings (replicated unless the task says otherwise);
 - the resume check: a workdir holding a checkpoint is continued only by the same computation
   (gmia.training.schedule) trained from the same inputs (`Task.inputs`, e.g. a generator's
   fingerprint);
-- the fresh state, or the latest checkpoint restored into the shardings of this mesh (another
-  device count than the one that saved it works);
+- the fresh state, or the newest intact checkpoint (gmia.checkpoint: newer corrupt ones are
+  set aside with a warning) restored into the shardings of this mesh (another device count than
+  the one that saved it works);
 - every step jitted with explicit output shardings and the state donated; batches prepared one
   step ahead in a thread, each process materialising only its slice of every global batch;
 - a progress line every `log_every` steps and at every evaluation, the held-out evaluation
   every `eval_every` steps and at the end, checkpoints every `checkpoint_every` steps and at the
-  end of every phase, `eval.json` at the end.
+  end of every phase, `eval.json` at the end;
+- a watch for NaN and inf: after every step a small program folds "are the step's metrics and
+  the whole new state finite" into a running record of the first step that was not, on device;
+  the loop reads it (a few scalars) before every progress line, evaluation and checkpoint, so
+  no step waits for the host, no checkpoint ever holds a non-finite value, and a diverged run
+  stops with NonFiniteError naming the step and what went non-finite, after logging that step's
+  metrics (NaN and inf shown).
 
 A step's batch and randomness are functions of (seed, step), so a run killed and resumed
 reproduces the uninterrupted one, and only the remaining steps run.
@@ -32,15 +40,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from gmia import files, parallel
 from gmia.checkpoint import Checkpointer
+from gmia.finite import NonFiniteError, all_finite, nonfinite_leaves
 from gmia.progress import Progress
 from gmia.training import schedule
+from gmia.workdir import locked
 
 EVAL_FILE = "eval.json"
 State = Any
@@ -118,13 +129,24 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str) -> Result:
     raise ValueError(f"the {task.kind} run needs a positive number of steps, got "
                      f"{[phase.num_steps for phase in task.phases]}")
   os.makedirs(workdir, exist_ok=True)
+  with locked(workdir):
+    result = _run_locked(task, config, workdir)
+    if task.evaluate is not None and jax.process_index() == 0:
+      files.write_json(os.path.join(workdir, EVAL_FILE), result.metrics)
+  if result.metrics:
+    logging.info("%s held-out evaluation: %s", task.kind, json.dumps(result.metrics))
+  return result
+
+
+def _run_locked(task: Task, config: ml_collections.ConfigDict, workdir: str) -> Result:
+  """`run` once the workdir is this process's: resume or start, then train."""
   mesh = parallel.make_mesh()
   replicated = parallel.replicated(mesh)
   meta = {"kind": task.kind, "config": json.loads(config.to_json()), "inputs": dict(task.inputs),
           **task.meta}
   checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   try:
-    start = checkpointer.latest_step() or 0
+    start = checkpointer.resume_step() or 0
     if start:
       _check_continues(checkpointer.restore_meta(start), meta, task.resumable)
     consts = jax.device_put(task.consts, replicated)
@@ -135,7 +157,8 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str) -> Result:
       state, _ = checkpointer.restore(start, jax.tree.map(
           lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
           abstract, shardings))
-      logging.info("%s: resumed %s at step %d", task.kind, workdir, start)
+      logging.info("%s: resumed %s at step %d of %d", task.kind, workdir, start,
+                   sum(phase.num_steps for phase in task.phases))
     else:
       state = _fresh_state(task, consts, shardings)
     result = _train(task, config, workdir, mesh, state, consts, shardings, checkpointer, meta,
@@ -143,10 +166,6 @@ def run(task: Task, config: ml_collections.ConfigDict, workdir: str) -> Result:
     checkpointer.wait()
   finally:
     checkpointer.close()
-  if task.evaluate is not None and jax.process_index() == 0:
-    files.write_json(os.path.join(workdir, EVAL_FILE), result.metrics)
-  if result.metrics:
-    logging.info("%s held-out evaluation: %s", task.kind, json.dumps(result.metrics))
   return result
 
 
@@ -185,28 +204,39 @@ def _train(task: Task, config: ml_collections.ConfigDict, workdir: str, mesh: Me
   named = len(task.phases) > 1
   metrics: dict[str, float] = {}
   train_metrics: dict[str, float] = {}
-  step, begin = start, 0
+  step, begin, saved = start, 0, start or None
+  watch_fn = jax.jit(_watch_update, out_shardings=replicated, donate_argnums=0)
   try:
     for phase in task.phases:
       end = begin + phase.num_steps
+      prefix = phase.name if named else ""
       if step < end:
         if step == begin and phase.enter is not None:
           state = jax.jit(phase.enter, out_shardings=shardings, donate_argnums=0)(state)
         step_fn = jax.jit(phase.step, out_shardings=(shardings, replicated), donate_argnums=0)
+        watch = None
         for index, batch in _prefetched(phase.batches, step, end, mesh):
           state, step_metrics = step_fn(state, batch, consts)
+          if watch is None:
+            watch = _watch_start(index, step_metrics, replicated)
+          watch = watch_fn(watch, state, step_metrics)
           step = index + 1
           evaluated = task.evaluate is not None and (
               step == total or (config.eval_every and step % config.eval_every == 0))
+          logged = evaluated or step % config.log_every == 0 or step == end
+          checkpointed = step % config.checkpoint_every == 0 or step == end
+          if logged or checkpointed:
+            _stop_if_nonfinite(watch, state, progress, prefix, task.kind, saved)
           if evaluated:
             metrics = task.evaluate(state)
-          if evaluated or step % config.log_every == 0 or step == end:
-            train_metrics = _host(step_metrics, phase.name if named else "")
+          if logged:
+            train_metrics = _host(step_metrics, prefix)
             progress.update(step, {**train_metrics,
                                    **({f"eval/{k}": v for k, v in metrics.items()}
                                       if evaluated else {})})
-          if step % config.checkpoint_every == 0 or step == end:
+          if checkpointed:
             checkpointer.save(step, state, meta)
+            saved = step
             if task.on_checkpoint is not None:
               task.on_checkpoint(step, state)
       begin = end
@@ -215,6 +245,44 @@ def _train(task: Task, config: ml_collections.ConfigDict, workdir: str, mesh: Me
   if task.evaluate is not None and not metrics:  # A finished run resumed: measure it again.
     metrics = task.evaluate(state)
   return Result(state, metrics, train_metrics, start, step - start)
+
+
+def _watch_start(step: int, metrics: Metrics, sharding: NamedSharding) -> dict[str, Any]:
+  """A phase's record of its first non-finite step, none yet (`first` = -1), counting from
+  global step `step`; `metrics` gives the structure of a step's metrics."""
+  return jax.device_put({"step": np.int32(step), "first": np.int32(-1), "state_finite": True,
+                         "metrics": jax.tree.map(jnp.zeros_like, metrics)}, sharding)
+
+
+def _watch_update(watch: dict[str, Any], state: State, metrics: Metrics) -> dict[str, Any]:
+  """`watch` after one more step that produced `state` and `metrics`: the first step whose
+  metrics or state hold NaN or inf, whether its state did, and its metrics."""
+  state_finite = all_finite(state)
+  is_first = (watch["first"] < 0) & ~(state_finite & all_finite(metrics))
+  step = watch["step"] + 1
+  return {"step": step, "first": jnp.where(is_first, step, watch["first"]),
+          "state_finite": jnp.where(is_first, state_finite, watch["state_finite"]),
+          "metrics": jax.tree.map(lambda new, old: jnp.where(is_first, new, old), metrics,
+                                  watch["metrics"])}
+
+
+def _stop_if_nonfinite(watch: dict[str, Any], state: State, progress: Progress, prefix: str,
+                       kind: str, saved: int | None) -> None:
+  """Raises NonFiniteError, after logging that step's metrics, when a step watched by `watch`
+  produced NaN or inf; `saved` is the newest checkpoint's step."""
+  first = int(watch["first"])
+  if first < 0:
+    return
+  metrics = _host(watch["metrics"], prefix)
+  progress.update(first, metrics)
+  found = [f"{name}={value}" for name, value in metrics.items() if not np.isfinite(value)]
+  if not bool(watch["state_finite"]):
+    leaves = nonfinite_leaves(state)
+    found.append("state" + (f" (now {len(leaves)} leaves, first {next(iter(leaves))})"
+                            if leaves else ""))
+  newest = f"the newest checkpoint is step {saved}" if saved else "no checkpoint was saved"
+  raise NonFiniteError(f"{kind} training diverged: step {first} produced non-finite "
+                       f"{', '.join(found)}; stopped without saving it ({newest})")
 
 
 def _host(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
