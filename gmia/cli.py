@@ -5,10 +5,12 @@
 
 `launch(job)` defines `--config` (an ml_collections file; any field can be overridden with
 --config.FIELD=VALUE) and `--workdir`, joins a multi-host job when one is configured, runs
-`job(config, workdir)` and shows its result. Mistakes a user makes end in one line on stderr
-and exit status 1, not a traceback: a mistyped config field (ml_collections resolves overrides
-when the flag is defined or parsed, and would end in a bare KeyError), a missing checkpoint, a
-wrong kind of workdir, bad input. `--verbose` shows the traceback.
+`job(config, workdir)` holding the workdir's lock (gmia.workdir: a second command on the same
+workdir ends at once, naming the first one's PID) and shows its result. Mistakes a user makes
+and failures of the machine end in one line on stderr and exit status 1, not a traceback: a
+mistyped config field (ml_collections resolves overrides when the flag is defined or parsed, and
+would end in a bare KeyError), a missing or corrupt checkpoint, a wrong kind of workdir, bad
+input, a diverged training, a busy workdir, a full disk. `--verbose` shows the traceback.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gmia import parallel, progress
+from gmia.workdir import locked
 
 CONFIG_HELP = "Config file (ml_collections); override fields with --config.FIELD=VALUE."
-# Errors a user's input causes: shown as one line. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+# Errors a user's input or the machine (OSError: a busy workdir, a full disk) causes: shown as
+# one line. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError)
 
 
 def unknown_field_message(error: Exception, argv: Sequence[str]) -> str:
@@ -72,7 +76,8 @@ def launch(job: Callable[[Any, str], Any], *, default_config: str | None = None,
     parallel.initialize_distributed()
     progress.quiet_library_logs()
     try:
-      result = job(config.value, os.path.abspath(workdir.value))
+      with locked(os.path.abspath(workdir.value)):
+        result = job(config.value, os.path.abspath(workdir.value))
     except USER_ERRORS as error:
       if verbose.value:
         raise
