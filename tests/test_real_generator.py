@@ -43,6 +43,7 @@ def attack_config(generator: str, people):
   config.generator = generator
   config.encoder_onnx, config.encoder_preset = assets.sface_path(), "sface"
   config.align, config.detector_onnx, config.detect_score = "detect", assets.yunet_path(), 0.6
+  config.sample_detector_size = 160  # 64 px faces: 16x faster than 640, and finds more.
   config.targets_dir, config.population_dir = people
   config.num_samples, config.chunk_size, config.topk = NUM_SAMPLES, 8, 2
   config.matches_rows = 2
