@@ -278,8 +278,8 @@ def _stop_if_nonfinite(watch: dict[str, Any], state: State, progress: Progress, 
   found = [f"{name}={value}" for name, value in metrics.items() if not np.isfinite(value)]
   if not bool(watch["state_finite"]):
     leaves = nonfinite_leaves(state)
-    found.append("state" + (f" (now {len(leaves)} leaves, first {next(iter(leaves))})"
-                            if leaves else ""))
+    found.append("state" + (f" (non-finite leaves now: {len(leaves)}, first "
+                            f"{next(iter(leaves))})" if leaves else ""))
   newest = f"the newest checkpoint is step {saved}" if saved else "no checkpoint was saved"
   raise NonFiniteError(f"{kind} training diverged: step {first} produced non-finite "
                        f"{', '.join(found)}; stopped without saving it ({newest})")
