@@ -217,7 +217,7 @@ class Checkpointer:
     return dict(restored.meta)
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are on disk."""
+    """Blocks until Orbax's pending work is done (a save already waits for its own)."""
     self._manager.wait_until_finished()
 
   def close(self) -> None:

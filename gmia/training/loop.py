@@ -163,7 +163,6 @@ def _run_locked(task: Task, config: ml_collections.ConfigDict, workdir: str) -> 
       state = _fresh_state(task, consts, shardings)
     result = _train(task, config, workdir, mesh, state, consts, shardings, checkpointer, meta,
                     start)
-    checkpointer.wait()
   finally:
     checkpointer.close()
   return result
