@@ -52,8 +52,13 @@ def locked(path: str) -> Iterator[None]:
     if key in _held:
       _held[key][1] += 1
     else:
-      _held[key] = [_acquire(key), 1]
-      removed = remove_temporaries(key)
+      descriptor = _acquire(key)
+      try:
+        removed = remove_temporaries(key)
+      except BaseException:
+        os.close(descriptor)
+        raise
+      _held[key] = [descriptor, 1]
       if removed:
         logging.warning("removed what an interrupted run left half-written in %s: %s", key,
                         ", ".join(os.path.relpath(p, key) for p in removed))
