@@ -295,7 +295,7 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_fails_the_save_at_once_cleanly_and_the_next_run_resumes(
-    small_disk, tmp_path, monkeypatch):
+    small_disk, tmp_path, monkeypatch, caplog):
   """Checkpoints of 224 Ki random values (0.8 MiB compressed) every step, 2 kept, beside a
   0.9 MiB file on a 3 MiB disk: step 3's save (3 steps on disk until the oldest goes) fills it.
   With no disk to fill, the checksums' writer raises ENOSPC at step 3 instead."""
@@ -314,8 +314,10 @@ def test_a_full_disk_fails_the_save_at_once_cleanly_and_the_next_run_resumes(
       write_json(path, payload)
 
     monkeypatch.setattr(files, "write_json", full_disk)
-  with pytest.raises(OSError, match="could not save checkpoint step 3 in .*No space left"):
-    training.run(vector_task(size=size, steps=5), config, run)
+  with caplog.at_level(logging.INFO):
+    with pytest.raises(OSError, match="could not save checkpoint step 3 in .*No space left"):
+      training.run(vector_task(size=size, steps=5), config, run)
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
   assert not temporaries(run)
   assert saved_steps(run) == [1, 2]
   os.remove(filler)
