@@ -1,6 +1,7 @@
 """Generator sources: sample i is a pure function of (seed, i) for every kind; images from a
 folder, an .npz and a .tar agree; fingerprints follow content; bad sources are named."""
 
+import json
 import os
 import tarfile
 
@@ -13,7 +14,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from gmia import parallel, sources, viz
+from gmia.checkpoint import Checkpointer
+from gmia.gan import train_step
 from gmia.models import import_stylegan2
+from train.configs import gan_tiny
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "stylegan2")
 MESH = parallel.make_mesh()
@@ -118,3 +122,16 @@ def test_an_onnx_generator_reads_its_latents_and_range_from_the_graph(tmp_path):
 def test_malformed_sources_are_named(spec, message):
   with pytest.raises(ValueError, match=message):
     sources.open_source(config(spec))
+
+
+def test_a_generator_with_non_finite_parameters_is_refused(tmp_path):
+  gan_config = gan_tiny.get_config()
+  models = train_step.build_models(gan_config)
+  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                       jax.eval_shape(lambda: train_step.init_state(gan_config, models)))
+  state["g_ema"]["mapping"]["fc0"]["bias"][3] = np.nan  # A diverged run's EMA weights.
+  checkpointer = Checkpointer(str(tmp_path))
+  checkpointer.save(1, state, {"kind": "gan", "config": json.loads(gan_config.to_json())})
+  checkpointer.close()
+  with pytest.raises(ValueError, match="gmia:.* holds non-finite values .*fc0.*bias"):
+    sources.open_source(config(f"gmia:{tmp_path}"))

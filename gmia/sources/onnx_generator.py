@@ -12,9 +12,9 @@ import onnx
 from jax.sharding import Mesh
 
 from gmia import parallel
+from gmia.finite import check_finite
 from gmia.onnx import import_onnx
 from gmia.sources.base import GRADIENTS, LATENTS, Source, file_digest, latents
-from gmia.sources.stylegan import check_finite
 
 # The output range an image-producing last operator implies.
 RANGES = {"Tanh": (-1.0, 1.0), "Sigmoid": (0.0, 1.0)}

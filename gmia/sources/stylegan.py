@@ -12,6 +12,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from gmia import fingerprint, parallel
+from gmia.finite import check_finite
 from gmia.checkpoint import Checkpointer
 from gmia.data import run_data
 from gmia.gan import sampling
@@ -59,12 +60,3 @@ def _generate(generator: stylegan.Generator, seed: int, truncation_psi: float):
     images = generator.apply(g_vars, z, truncation_psi, None, "const")
     return jnp.clip(images, -1.0, 1.0)
   return generate
-
-
-def check_finite(tree, what: str) -> None:
-  """Raises ValueError naming `what` when any array of `tree` holds NaN or infinity."""
-  bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-         if not bool(jnp.all(jnp.isfinite(leaf)))]
-  if bad:
-    raise ValueError(f"{what} has non-finite parameters ({bad[0]}, {len(bad)} arrays in all): "
-                     "a diverged training run?")
