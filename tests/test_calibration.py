@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from gmia.attacks import calibration, exposure, report
+from gmia.attacks import calibration, calibration_job, exposure, report
+from gmia.data.arrays import FaceArrays
+from gmia.data.split import make_split
 
 
 def _unit(rng, n, d=8):
@@ -88,3 +90,14 @@ def test_exposure_ranks_and_p_values_against_the_non_members():
     assert row["auc"] == pytest.approx(expected)
     assert row["exposed"] == int(np.sum(table["p_value"][photos == row["photos_in_training"]]
                                         <= exposure.EXPOSED_P))
+
+
+def test_reference_people_are_encoder_identities_never_a_target():
+  identity = np.repeat(np.arange(30), 6).astype(np.int64)
+  arrays = FaceArrays(np.zeros((len(identity), 4, 4, 3), np.uint8), identity,
+                      np.arange(len(identity), dtype=np.int64) + 100)
+  split = make_split(arrays, seed=0, members=4, non_members=4, shadow=4, reference_photos=2)
+  other = calibration_job.reference_split(arrays, split, people=5, reference_photos=2, seed=1)
+  members = other.identities("members")
+  assert len(members) == 5 and set(members.tolist()) <= set(split.identities("encoder").tolist())
+  assert all(len(other.train[i]) == 4 and len(other.reference[i]) == 2 for i in members.tolist())

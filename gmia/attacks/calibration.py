@@ -24,8 +24,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from gmia import metrics
+from gmia import metrics, parallel
 from gmia.attacks import identity_membership as im
+from gmia.data.split import IdentitySplit
+from gmia.face_encoder import evaluation, trainer as encoder_trainer
 
 SCORES_FILE = "scores.csv"
 SIMILARITY_VARIANTS = ("best", "topk_mean")
@@ -98,6 +100,23 @@ def population_similarity(embeddings: np.ndarray, identity: np.ndarray, num_iden
   return mean, np.sqrt(variance)
 
 
+class Population:
+  """Population similarity (above) of the people of a split, with an encoder's embeddings of
+  their reference photos: `Population(encoder_workdir, arrays)(split, identity)`, identity
+  str|int[I] in the order of an attack's scores."""
+
+  def __init__(self, encoder_workdir: str, arrays):
+    self.model, self.variables = encoder_trainer.load_encoder(encoder_workdir)
+    self.arrays, self.mesh = arrays, parallel.make_mesh()
+
+  def __call__(self, split: IdentitySplit, identity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    photos = [split.reference[int(i)] for i in identity.tolist()]
+    images = self.arrays.select(np.concatenate(photos)).images
+    embeddings = evaluation.embed_images(self.model, self.variables, images, self.mesh)
+    rows = np.repeat(np.arange(len(photos)), [len(p) for p in photos])
+    return population_similarity(embeddings, rows, len(photos))
+
+
 def calibrate(scores: np.ndarray, baseline: np.ndarray,
               scale: np.ndarray | None = None) -> np.ndarray:
   """f64[I]: (scores - baseline) / scale per identity (no scale: the difference)."""
@@ -139,3 +158,9 @@ def variant_reports(scores: Mapping[str, np.ndarray], is_member: np.ndarray, *,
   """{variant: gmia.metrics.membership_report} (AUC, bootstrap interval, TPR at low FPR)."""
   return {variant: metrics.membership_report(s, is_member, num_resamples=num_resamples, seed=seed)
           for variant, s in scores.items()}
+
+
+def auc_text(result: dict) -> str:
+  """A membership report's AUC with its interval, e.g. "AUC 0.791 [0.685, 0.886]"."""
+  low, high = result["auc_interval"]
+  return f"AUC {result['auc']:.3f} [{low:.3f}, {high:.3f}]"

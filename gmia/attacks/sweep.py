@@ -35,12 +35,12 @@ import matplotlib.pyplot as plt
 import ml_collections
 import numpy as np
 
-from gmia import files, parallel
+from gmia import files
 from gmia.attacks import calibration, exposure, membership_job, report
 from gmia.data import run_data
 from gmia.data import split as split_lib
 from gmia.data.split import IdentitySplit
-from gmia.face_encoder import evaluation, trainer as encoder_trainer
+from gmia.face_encoder import trainer as encoder_trainer
 from gmia.gan import sampling, trainer as gan_trainer
 
 DONE = "DONE"
@@ -143,21 +143,6 @@ def _attack(config, generator_workdir: str, encoder_workdir: str, split_path: st
   return stage(workdir, lambda: membership_job.run(attack, workdir))
 
 
-class _Population:
-  """Population similarity of a split's members and non-members, in an attack's order."""
-
-  def __init__(self, encoder_workdir: str, arrays):
-    self.model, self.variables = encoder_trainer.load_encoder(encoder_workdir)
-    self.arrays, self.mesh = arrays, parallel.make_mesh()
-
-  def __call__(self, split: IdentitySplit, identity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    photos = [split.reference[int(i)] for i in identity.tolist()]
-    images = self.arrays.select(np.concatenate(photos)).images
-    embeddings = evaluation.embed_images(self.model, self.variables, images, self.mesh)
-    rows = np.repeat(np.arange(len(photos)), [len(p) for p in photos])
-    return calibration.population_similarity(embeddings, rows, len(photos))
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the sweep in `workdir`; returns the contents of sweep.json."""
   points = grid_points(config)
@@ -191,7 +176,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     seconds["gan_control"] = stage(control_workdir, lambda: gan_trainer.train_and_evaluate(
         _trainer_config(config.gan, base_data, train_group="shadow"), control_workdir))
 
-  population = _Population(encoder_workdir, arrays)
+  population = calibration.Population(encoder_workdir, arrays)
   results = []
   for point in points:
     directory = os.path.join(workdir, "points", point.name)
@@ -211,7 +196,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"control generator, people of {point.members}-member points", control_dir)
     results.append(_analyse(config, point, split, directory, attack_dir, control_dir,
                             population, point_seconds))
-    print(f"[{point.name}] " + _auc_text(results[-1]["metrics"][config.variants[0]]), flush=True)
+    first = results[-1]["metrics"][config.variants[0]]
+    print(f"[{point.name}] {config.variants[0]} {calibration.auc_text(first)}", flush=True)
 
   summary = {"points": results, "seconds": seconds, "variants": list(config.variants),
              "total_seconds": sum(seconds.values()) + sum(
@@ -224,7 +210,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _analyse(config, point: Point, split: IdentitySplit, directory: str, attack_dir: str,
-             control_dir: str, population: _Population, seconds: dict) -> dict:
+             control_dir: str, population: calibration.Population, seconds: dict) -> dict:
   """Every variant's report for the point's target and control, and its exposure table."""
   target = calibration.read_scores(attack_dir)
   control = calibration.read_scores(control_dir).aligned_to(target)
@@ -248,11 +234,6 @@ def _analyse(config, point: Point, split: IdentitySplit, directory: str, attack_
           "exposure": exposure.group_summary(table, **options), "seconds": seconds}
 
 
-def _auc_text(result: dict) -> str:
-  low, high = result["auc_interval"]
-  return f"AUC {result['auc']:.3f} [{low:.3f}, {high:.3f}]"
-
-
 def markdown_table(summary: dict) -> str:
   """One row per point: its size, each variant's AUC with interval (target, then control)."""
   variants = summary["variants"]
@@ -267,9 +248,9 @@ def markdown_table(summary: dict) -> str:
         if point["overrepresented"] else "")
     cells = [members, str(point["photos"]), str(point["training_photos"]), str(point["steps"])]
     for variant in variants:
-      cells.append(_auc_text(point["metrics"][variant]).removeprefix("AUC "))
+      cells.append(calibration.auc_text(point["metrics"][variant]).removeprefix("AUC "))
       control = point["control"].get(variant)
-      cells.append(_auc_text(control).removeprefix("AUC ") if control else "-")
+      cells.append(calibration.auc_text(control).removeprefix("AUC ") if control else "-")
     tpr = next(r for r in point["metrics"][variants[0]]["tpr_at_fpr"] if r["fpr"] == 1e-2)
     cells += [f"{tpr['tpr']:.2f}" + ("" if tpr["resolved"] else "*"),
               f"{sum(point['seconds'].values()) / 60:.1f}"]
