@@ -13,20 +13,63 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
 
 
-def initialize_distributed() -> None:
-  """Joins a multi-host job when one is configured; a no-op on a single process.
+# The three variables of an explicitly configured job (BUILD.md); jax itself reads none of them.
+JOB_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
-  Cloud TPU pods are detected by JAX itself; elsewhere set JAX_COORDINATOR_ADDRESS,
-  JAX_NUM_PROCESSES and JAX_PROCESS_ID (see BUILD.md).
+
+def _detected_cluster() -> str | None:
+  """The multi-process environment jax.distributed detects by itself, if any."""
+  if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+    return "Cloud TPU pod slice"
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+    return "SLURM"
+  if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    return "Open MPI"
+  return None
+
+
+def initialize_distributed() -> None:
+  """Joins a multi-process job when one is configured; a no-op on a single process.
+
+  The job is JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID, all three (see BUILD.md), or what jax detects itself (a Cloud TPU pod slice,
+  SLURM, Open MPI). CPU processes exchange collectives over gloo (unless
+  JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise), so a CPU-only job of several processes
+  runs too. Process 0 logs the job's size once.
   """
-  on_tpu_pod = os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
-  if on_tpu_pod or "JAX_COORDINATOR_ADDRESS" in os.environ:
+  given = [name for name in JOB_VARIABLES if name in os.environ]
+  cluster = _detected_cluster()
+  if not given and cluster is None:
+    return
+  if given and len(given) != len(JOB_VARIABLES):
+    missing = [name for name in JOB_VARIABLES if name not in given]
+    raise ValueError(f"a multi-process job needs {', '.join(JOB_VARIABLES)}; {', '.join(given)} "
+                     f"set but not {', '.join(missing)}")
+  if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if given:
+    try:
+      processes, process = (int(os.environ[name]) for name in JOB_VARIABLES[1:])
+    except ValueError:
+      raise ValueError(f"JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers, got "
+                       f"{os.environ['JAX_NUM_PROCESSES']!r} and "
+                       f"{os.environ['JAX_PROCESS_ID']!r}") from None
+    if not 0 <= process < processes:
+      raise ValueError(f"JAX_PROCESS_ID={process} is not one of the {processes} processes")
+    jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                               num_processes=processes, process_id=process)
+  else:
     jax.distributed.initialize()
+  if jax.process_index() == 0:
+    logging.info("joined a job of %d processes (%s): %d devices in all, %d per process",
+                 jax.process_count(), cluster or "JAX_COORDINATOR_ADDRESS",
+                 jax.device_count(), jax.local_device_count())
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

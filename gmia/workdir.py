@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import jax
 from absl import logging
@@ -34,6 +36,9 @@ TEMPORARY_MARKS = (files.TEMPORARY_MARK, ".orbax-checkpoint-tmp")
 
 _held: dict[str, list[int]] = {}  # realpath -> [descriptor, depth]
 _held_guard = threading.Lock()
+
+
+T = TypeVar("T")
 
 
 class WorkdirBusyError(OSError):
@@ -110,3 +115,12 @@ def remove_temporaries(root: str) -> list[str]:
       elif os.path.exists(os.path.join(path, LOCK_FILE)):
         subfolders.remove(name)
   return removed
+
+
+def exclusive(job: Callable[..., T]) -> Callable[..., T]:
+  """Decorates a job `job(config, workdir, ...)` to run holding `workdir`'s lock."""
+  @functools.wraps(job)
+  def locked_job(config: Any, workdir: str, *args: Any, **kwargs: Any) -> T:
+    with locked(workdir):
+      return job(config, workdir, *args, **kwargs)
+  return locked_job

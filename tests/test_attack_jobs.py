@@ -81,3 +81,12 @@ def test_missing_or_malformed_generator_is_named(tmp_path):
   config.generator = "runs/demo/gan"
   with pytest.raises(ValueError, match="is not KIND:PATH"):
     membership_job.run(config, str(tmp_path))
+
+
+def test_a_chunk_larger_than_the_run_generates_only_what_was_asked(models, tmp_path):
+  config = _config(models)
+  config.num_samples, config.chunk_size, config.topk = 5, 500, 2
+  summary = membership_job.run(config, str(tmp_path))
+  assert summary["num_samples"] == summary["usable_samples"] == 5
+  with open(tmp_path / "samples.csv") as handle:
+    assert [int(r["sample"]) for r in csv.DictReader(handle)] == [0, 1, 2, 3, 4]

@@ -17,6 +17,7 @@ from gmia import files
 from gmia.attacks import membership_job
 from gmia.attacks import people as people_lib
 from gmia.data import photos as photo_files
+from gmia.workdir import exclusive
 
 REPORT_FILE = "audit.json"
 
@@ -68,6 +69,7 @@ def audit_people(config: ml_collections.ConfigDict, source, embedder, mesh) -> p
   return people_lib.merge(person_people, population_people)
 
 
+@exclusive
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Audits one person: the attack's files and audit.json (the verdict) in `workdir`."""
   summary = membership_job.run(config, workdir, audit_people)

@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable, Mapping
 
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh
 
 from gmia import files, kernels
@@ -256,6 +257,8 @@ def stream(embed_samples: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
   if done > num_samples:
     raise ValueError(f"{state_dir} holds the evidence of {done} samples; num_samples="
                      f"{num_samples} asks for fewer: use num_samples >= {done} or a fresh workdir")
+  if done:
+    logging.info("resuming at sample %d of %d (evidence in %s)", done, num_samples, state_dir)
   for begin in range(done, num_samples, chunk_size):
     indices = np.arange(begin, min(begin + chunk_size, num_samples))
     ids, embeddings = embed_samples(indices)

@@ -22,16 +22,16 @@ INPUTS_FILE = "inputs.json"
 
 
 def check_inputs(workdir: str, inputs: Mapping[str, Any], *, overwrite: bool,
-                 outputs: Sequence[str]) -> bool:
-  """Records `inputs` in `workdir`; returns True when the workdir already held results of these
-  inputs (the job resumes or extends them). With other inputs recorded: ValueError, or with
-  `overwrite` the job's `outputs` (files and folders of the workdir) are deleted first."""
+                 outputs: Sequence[str]) -> None:
+  """Records `inputs` in `workdir` (a workdir holding results of the same inputs resumes or
+  extends them). With other inputs recorded: ValueError, or with `overwrite` the job's
+  `outputs` (files and folders of the workdir) are deleted first."""
   path = os.path.join(workdir, INPUTS_FILE)
   current = json.loads(json.dumps(inputs, sort_keys=True, default=str))
   if os.path.exists(path):
     saved = files.read_json(path)
     if saved == current:
-      return True
+      return
     key = _first_difference(saved, current)
     if not overwrite:
       raise ValueError(f"{workdir} holds results of other inputs ({key}: {_at(saved, key)!r} "
@@ -45,7 +45,6 @@ def check_inputs(workdir: str, inputs: Mapping[str, Any], *, overwrite: bool,
       elif os.path.exists(target):
         os.remove(target)
   files.write_json(path, current)
-  return False
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:

@@ -36,6 +36,7 @@ from gmia.attacks.samples import SampleEmbedder, make_sample_embedder
 from gmia.faces import embedder as embedder_lib
 from gmia.progress import Progress
 from gmia.sources import Source, config_fields as source_fields, open_source
+from gmia.workdir import exclusive
 
 REPORT_FILE = "report.json"
 OUTPUTS = ("state", REPORT_FILE, "scores.csv", "samples.csv", "skipped.csv", "roc.png",
@@ -127,16 +128,14 @@ def stream_evidence(config: ml_collections.ConfigDict, setup: Setup, refs: im.Re
     progress.close()
 
 
+@exclusive
 def run(config: ml_collections.ConfigDict, workdir: str,
         load_people: PeopleLoader = people_lib.load_people) -> dict:
   """Runs (or resumes, or extends) the attack and writes its report files into `workdir`."""
   started = time.perf_counter()
   job = setup(config, load_people)
   os.makedirs(workdir, exist_ok=True)
-  resumed = check_inputs(workdir, attack_inputs(config, job), overwrite=config.overwrite,
-                         outputs=OUTPUTS)
-  if resumed:
-    print(f"[attack] continuing the results in {workdir}", flush=True)
+  check_inputs(workdir, attack_inputs(config, job), overwrite=config.overwrite, outputs=OUTPUTS)
   refs = job.people.refs
   if refs.in_population.all() or not refs.in_population.any():
     raise ValueError(f"the attack needs people to test and a population of people known not to "

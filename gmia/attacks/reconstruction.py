@@ -29,6 +29,7 @@ from gmia.attacks.inputs import check_inputs
 from gmia.data import folders, photos as photo_files, run_data
 from gmia.data.split import IdentitySplit
 from gmia.inversion import latent, latent_encoder_training
+from gmia.workdir import exclusive
 
 REPORT_FILE = "report.json"
 
@@ -171,6 +172,7 @@ def _distances(source: sources.Source, latent_encoder_workdir: str, config,
           "reconstructions": images}
 
 
+@exclusive
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the black-box, white-box (and calibrated) attacks; writes report.json, scores.csv,
   roc.png and reconstructions.png (target | reconstruction | residual) into `workdir`."""

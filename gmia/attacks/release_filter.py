@@ -22,6 +22,7 @@ from gmia.data import run_data
 from gmia.data.split import IdentitySplit
 from gmia.faces.embedder import embed_photos
 from gmia.progress import Progress
+from gmia.workdir import exclusive
 
 REPORT_FILE = "filter.json"
 
@@ -55,6 +56,7 @@ def training_people(config: ml_collections.ConfigDict, source, embedder, mesh
                            embedded.skipped, {"photos": fingerprint.tree_digest(training.images)})
 
 
+@exclusive
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Generates, filters and writes `kept.npz` (u8 images + sample ids), figures and a report."""
   job = membership_job.setup(config, training_people)

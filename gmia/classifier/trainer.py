@@ -169,7 +169,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> training.Result:
   """Trains (or resumes) in `workdir`; the result's metrics are the final held-out ones (also
   in eval.json)."""
-  return training.run(make_task(config, workdir), config, workdir)
+  return training.run(lambda: make_task(config, workdir), config, workdir)
 
 
 def load_classifier(workdir: str, step: int | None = None

@@ -25,6 +25,7 @@ from gmia import files, parallel, viz  # noqa: E402
 from gmia.attacks import report  # noqa: E402
 from gmia.data import photos as photo_files  # noqa: E402
 from gmia.faces import embedder as embedder_lib  # noqa: E402
+from gmia.workdir import exclusive  # noqa: E402
 
 REPORT_FILE = "report.json"
 
@@ -61,6 +62,7 @@ def similarity_ranges(embeddings: np.ndarray, identity: np.ndarray) -> dict[str,
   return result
 
 
+@exclusive
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Embeds config.photos_dir; writes the files above into `workdir`."""
   paths, identity = list_photos(config.photos_dir)

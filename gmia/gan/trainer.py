@@ -101,4 +101,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   """Trains (or resumes) a StyleGAN2 in `workdir`: checkpoints/ (Orbax: state + meta {kind,
   config, split}), split.json, samples/step_XXXXXXX.png, tensorboard/. The result's
   train_metrics are the last logged step's."""
-  return training.run(make_task(config, workdir), config, workdir)
+  return training.run(lambda: make_task(config, workdir), config, workdir)

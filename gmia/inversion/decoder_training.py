@@ -64,8 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
   config = training.default_config()
   config.update({
       # The network to invert: a workdir of train/train_face_encoder.py ("face_encoder") or of
-      # train/train_classifier.py ("classifier").
-      "network": {"kind": "face_encoder", "workdir": ""},
+      # train/train_classifier.py ("classifier"), or an ONNX file ("onnx"; gmia.inversion.networks).
+      "network": networks.default_config(),
       "layers": ("stem", "stage1", "stage2"),  # Split layers: one decoder each.
       "method": "zero_shot",                   # "aux" or "zero_shot".
       "data": run_data.default_config(),       # Auxiliary photos and victims; the network's split.
@@ -466,4 +466,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   """Trains (or resumes) the decoders of every configured layer in `workdir`, then measures
   them on the victims' photos: the result's metrics (also eval.json) are {"<layer>/psnr",
   "<layer>/ssim", "constant/psnr", "constant/ssim"}."""
-  return training.run(make_task(config, workdir), config, workdir)
+  return training.run(lambda: make_task(config, workdir), config, workdir)

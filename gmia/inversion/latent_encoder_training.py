@@ -249,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   """Trains (or resumes) a latent encoder of config.generator's generator in `workdir`:
   checkpoints/ (state + meta {kind, config, inputs, generator}), tensorboard/ and eval.json;
   the result's metrics are the final encoder's held-out ones (see `evaluate`)."""
-  return training.run(make_task(config), config, workdir)
+  return training.run(lambda: make_task(config), config, workdir)
 
 
 def load_latent_encoder(workdir: str, step: int | None = None,

@@ -121,15 +121,22 @@ class Result:
   steps_run: int
 
 
-def run(task: Task, config: ml_collections.ConfigDict, workdir: str) -> Result:
-  """Trains `task` in `workdir` (resuming its latest checkpoint) on the schedule in `config`."""
+def run(task: Task | Callable[[], Task], config: ml_collections.ConfigDict,
+        workdir: str) -> Result:
+  """Trains `task` in `workdir` (resuming its latest checkpoint) on the schedule in `config`.
+
+  `task` may be a function that builds the Task: it is called once the workdir is locked, so
+  what building it writes there (a trainer's split.json) has one writer too.
+  """
   schedule.check_schedule(config)
-  if not task.phases or min(phase.num_steps for phase in task.phases) < 0 or not sum(
-      phase.num_steps for phase in task.phases):
-    raise ValueError(f"the {task.kind} run needs a positive number of steps, got "
-                     f"{[phase.num_steps for phase in task.phases]}")
   os.makedirs(workdir, exist_ok=True)
   with locked(workdir):
+    if not isinstance(task, Task):
+      task = task()
+    if not task.phases or min(phase.num_steps for phase in task.phases) < 0 or not sum(
+        phase.num_steps for phase in task.phases):
+      raise ValueError(f"the {task.kind} run needs a positive number of steps, got "
+                       f"{[phase.num_steps for phase in task.phases]}")
     result = _run_locked(task, config, workdir)
     if task.evaluate is not None and jax.process_index() == 0:
       files.write_json(os.path.join(workdir, EVAL_FILE), result.metrics)
