@@ -118,6 +118,16 @@ def image_size(model: nn.Module, variables: dict[str, Any], layer: str,
   return size
 
 
+def batch_norms_before(model: nn.Module, variables: dict[str, Any], size: int,
+                       layer: str) -> int:
+  """How many BatchNorm layers run on the way to `layer` for size x size inputs: what the
+  batch-norm statistics prior has to match (shape inference only, nothing runs)."""
+  images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  _, moments = jax.eval_shape(lambda v, x: priors.batch_norm_statistics(
+      model, v, x, train=False, capture=(layer,)), variables, images)
+  return len(moments)
+
+
 def make_feature_inverter(model: nn.Module, settings: FeatureInversionSettings, *,
                           input_size: int | None = None,
                           generator: stylegan.Generator | None = None
