@@ -16,6 +16,7 @@ from PIL import Image
 from gmia.attacks import reconstruction
 from gmia.gan import sampling
 from gmia.inversion import feature_job
+from tests import assets
 
 
 def test_reconstruction_job_reports_and_calibrates_against_itself(models, tmp_path):
@@ -48,6 +49,7 @@ def test_feature_inversion_job_table_matches_report(models, tmp_path):
   gan_workdir, encoder_workdir = models
   config = feature_job.default_config()
   config.encoder_workdir = encoder_workdir
+  config.judge_onnx, config.judge_preset = assets.sface_path(), "sface"  # Not the encoder itself.
   config.data = sampling.load_generator(gan_workdir)[2].data
   config.data.split.path = os.path.join(gan_workdir, "split.json")
   config.layers, config.num_victims = ("stem", "stage2"), 3
