@@ -141,9 +141,9 @@ def _photo_victims(config: ml_collections.ConfigDict, own: matchers.Matcher
   person = {path: who or os.path.splitext(os.path.basename(path))[0]
             for path, who in zip(paths, people)}
   detector = detect.load_yunet(config.detector_onnx) if config.align == "detect" else None
-  aligner = embedder.FaceEmbedder(own, config.align, tuple(config.align_box), detector,
-                                  detect.DetectionRules(min_face=config.min_face),
-                                  config.strict_photos)
+  aligner = embedder.FaceEmbedder(own, config.align, tuple(config.align_box), detector=detector,
+                                  rules=detect.DetectionRules(min_face=config.min_face),
+                                  strict=config.strict_photos)
   read = photos.Reader(strict=config.strict_photos).read(paths)
   crops, kept, unusable = aligner.align_photos(read.images, read.paths)
   skipped = [{"path": row.path, "reason": row.reason} for row in read.skipped]
