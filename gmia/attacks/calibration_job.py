@@ -75,8 +75,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  ("reference_b", other_data, {})):
     generator, seconds[f"gan_{name}"] = trained(name, sub_data, **fields)
     attack = copy.deepcopy(config.main.attack)
-    attack.update(generator_workdir=generator, encoder_workdir=os.path.join(main, "face_encoder"),
-                  split_path=split_path, title=f"{name} generator")
+    attack.update(generator="gmia:" + generator,
+                  encoder_workdir=os.path.join(main, "face_encoder"), split_path=split_path,
+                  title=f"{name} generator")
     attacks[name] = os.path.join(workdir, f"attack_{name}")
     seconds[f"attack_{name}"] = sweep.stage(attacks[name],
                                             lambda: membership_job.run(attack, attacks[name]))

@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from gmia import metrics
+from gmia.attacks import identity_membership as im
 from gmia.attacks import report
-from gmia.attacks.audit import empirical_p_value
 
 EXPOSED_P = 0.05
 
@@ -29,14 +29,10 @@ def exposure_table(identity: np.ndarray, is_member: np.ndarray, photos_in_traini
   scores, is_member = np.asarray(scores, np.float64), np.asarray(is_member, bool)
   if not (len(identity) == len(is_member) == len(photos_in_training) == len(scores)):
     raise ValueError("identity, is_member, photos_in_training and scores differ in length")
-  negatives = scores[~is_member]
-  if len(negatives) < 2:
+  if np.sum(~is_member) < 2:
     raise ValueError("p-values need at least two non-members")
   rank = 1 + np.sum(scores[None, :] > scores[:, None], axis=1)
-  negative_rows = np.flatnonzero(~is_member)
-  p_value = np.array([empirical_p_value(s, negatives if member else
-                                        scores[np.setdiff1d(negative_rows, [i])])
-                      for i, (s, member) in enumerate(zip(scores, is_member))])
+  p_value = im.leave_one_out_p_values(scores, ~is_member)
   return {"identity": np.asarray(identity), "group": np.where(is_member, "member", "non_member"),
           "photos_in_training": np.asarray(photos_in_training, np.int64),
           "score": scores, "rank": rank, "p_value": p_value}

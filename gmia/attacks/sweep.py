@@ -138,7 +138,7 @@ def _trainer_config(sub_config, data, **fields) -> ml_collections.ConfigDict:
 def _attack(config, generator_workdir: str, encoder_workdir: str, split_path: str, title: str,
             workdir: str) -> float:
   attack = copy.deepcopy(config.attack)
-  attack.update(generator_workdir=generator_workdir, encoder_workdir=encoder_workdir,
+  attack.update(generator="gmia:" + generator_workdir, encoder_workdir=encoder_workdir,
                 split_path=split_path, title=title)
   return stage(workdir, lambda: membership_job.run(attack, workdir))
 
