@@ -33,6 +33,7 @@ from gmia import parallel, sources  # noqa: E402
 from gmia.attacks import identity_membership as im  # noqa: E402
 from gmia.attacks.samples import make_sample_embedder  # noqa: E402
 from gmia.checkpoint import Checkpointer  # noqa: E402
+from gmia.data import run_data  # noqa: E402
 from gmia.faces import embedder as embedder_lib, matchers  # noqa: E402
 from gmia.face_encoder import trainer as encoder_trainer  # noqa: E402
 from gmia.gan import train_step  # noqa: E402
@@ -48,8 +49,11 @@ _ONE_RUN = flags.DEFINE_integer("memory_run", 0, "Internal: run one streamed att
 
 def tiny_models(root: str) -> tuple[str, str]:
   """(generator, encoder workdir): freshly initialised gmia models, checkpointed as trained ones
-  (throughput does not depend on training)."""
+  (throughput does not depend on training), the generator's workdir with the split of its
+  tiny data set (prepared under root/data)."""
   gan_config = gan_tiny.get_config()
+  gan_config.data.data_dir = os.path.join(root, "data")
+  run_data.load_for_run(gan_config.data, os.path.join(root, "gan"))
   models = train_step.build_models(gan_config)
   state = jax.jit(lambda: train_step.init_state(gan_config, models))()
   checkpointer = Checkpointer(os.path.join(root, "gan"))

@@ -14,6 +14,7 @@ import os
 import secrets
 from collections.abc import Mapping
 
+import jax
 import numpy as np
 
 
@@ -21,7 +22,13 @@ TEMPORARY_MARK = ".gmia-tmp-"
 
 
 def write_atomic(path: str, data: bytes | str) -> None:
-  """Writes `data` (str as UTF-8) to `path` through a temporary file in the same folder."""
+  """Writes `data` (str as UTF-8) to `path` through a temporary file in the same folder.
+
+  In a multi-process job every process computes the same reports and only process 0 writes
+  them (the others return at once), so a shared workdir gets one copy of every file.
+  """
+  if jax.process_index() != 0:
+    return
   directory, name = os.path.split(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   temporary = os.path.join(directory, f".{name}{TEMPORARY_MARK}{secrets.token_hex(4)}")

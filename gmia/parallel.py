@@ -14,7 +14,9 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from orbax.checkpoint import multihost as ocp_multihost
 
 DATA_AXIS = "data"
 
@@ -41,7 +43,8 @@ def initialize_distributed() -> None:
   JAX_PROCESS_ID, all three (see BUILD.md), or what jax detects itself (a Cloud TPU pod slice,
   SLURM, Open MPI). CPU processes exchange collectives over gloo (unless
   JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise), so a CPU-only job of several processes
-  runs too. Process 0 logs the job's size once.
+  runs too. When a process dies, the others stop once its heartbeats have been missing for
+  GMIA_HEARTBEAT_TIMEOUT seconds (default 100, jax's). Process 0 logs the job's size once.
   """
   given = [name for name in JOB_VARIABLES if name in os.environ]
   cluster = _detected_cluster()
@@ -53,6 +56,7 @@ def initialize_distributed() -> None:
                      f"set but not {', '.join(missing)}")
   if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  timeouts = {"heartbeat_timeout_seconds": int(os.environ.get("GMIA_HEARTBEAT_TIMEOUT", 100))}
   if given:
     try:
       processes, process = (int(os.environ[name]) for name in JOB_VARIABLES[1:])
@@ -63,13 +67,29 @@ def initialize_distributed() -> None:
     if not 0 <= process < processes:
       raise ValueError(f"JAX_PROCESS_ID={process} is not one of the {processes} processes")
     jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-                               num_processes=processes, process_id=process)
+                               num_processes=processes, process_id=process, **timeouts)
   else:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeouts)
+  # The first collective sets up the CPU collectives' context, which the processes must reach
+  # within 30 s of each other: here, at once, rather than wherever their work first meets.
+  multihost_utils.sync_global_devices("gmia joined")
   if jax.process_index() == 0:
     logging.info("joined a job of %d processes (%s): %d devices in all, %d per process",
                  jax.process_count(), cluster or "JAX_COORDINATOR_ADDRESS",
                  jax.device_count(), jax.local_device_count())
+
+
+def barrier(name: str, timeout_s: int = 24 * 3600) -> None:
+  """Waits until every process of the job reaches the barrier `name` (a no-op on one process):
+  a wait on the job's coordinator, so one process may work for hours (prepare a data set) while
+  the others wait. Every process must pass the same names in the same order."""
+  if jax.process_count() > 1:
+    _barriers[name] = _barriers.get(name, 0) + 1
+    ocp_multihost.get_barrier_sync_fn()(key=f"gmia:{name}:{_barriers[name]}",
+                                        timeout_ms=timeout_s * 1000)
+
+
+_barriers: dict[str, int] = {}
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -118,7 +138,7 @@ def map_chunks(fn: Callable[[Any, jax.Array], jax.Array], params: Any, items: np
     padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:], part.dtype)])
     batch = jax.make_array_from_callback(padded.shape, data_sharding(mesh),
                                          lambda index, padded=padded: padded[index])
-    out.append(np.asarray(fn(params, batch))[:len(part)])
+    out.append(to_host(fn(params, batch))[:len(part)])
   return np.concatenate(out)
 
 
@@ -131,3 +151,13 @@ def map_padded(fn: Callable[[jax.Array], Any], indices: np.ndarray, mesh: Mesh) 
   padded = np.concatenate([indices, np.full(pad, indices[-1] if len(indices) else 0)])
   out = fn(jax.device_put(padded.astype(np.int32), data_sharding(mesh)))
   return jax.tree.map(lambda x: x[:len(indices)], out)
+
+
+def to_host(tree: Any) -> Any:
+  """The values of (global) arrays on this host, whole: numpy arrays in every process of a
+  multi-process job too (gathered from the processes that hold their parts)."""
+  def gather(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+  return jax.tree.map(gather, tree)

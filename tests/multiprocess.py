@@ -33,6 +33,7 @@ def job_environment(process: int, processes: int, devices: int, port: int) -> di
   env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
               "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
               "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(process),
+              "GMIA_HEARTBEAT_TIMEOUT": "10",  # A dead process stops the others within seconds.
               "PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", "")})
   return env
 

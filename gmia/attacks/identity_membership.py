@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from gmia import files, kernels
+from gmia import files, kernels, parallel
 
 VARIANTS = ("best", "topk_mean", "count")
 
@@ -177,13 +177,13 @@ def observe(evidence: Evidence, sample_ids: np.ndarray, samples: np.ndarray, ref
   topk, _ = ops.top_k_per_identity(*args, chunk_k, **options)
   count = ops.count_above(*args, threshold, **options)
   view_sim, view_id = ops.top_k_identities(*args, min(view_k, num_ids), **options)
+  best, best_sample, best_photo, topk, count, view_sim, view_id = parallel.to_host(
+      (best, best_sample, best_photo, topk, count, view_sim, view_id))
   merged = _merge(evidence, Evidence(
-      num_samples=np.asarray(len(samples), np.int64), best=np.asarray(best),
-      best_sample=np.asarray(sample_ids, np.int64)[np.asarray(best_sample)],
-      best_photo=np.asarray(best_photo, np.int64), topk=np.asarray(topk),
-      count=np.asarray(count, np.int64)))
-  return merged, SampleView(np.asarray(sample_ids, np.int64), np.asarray(view_sim),
-                            np.asarray(view_id))
+      num_samples=np.asarray(len(samples), np.int64), best=best,
+      best_sample=np.asarray(sample_ids, np.int64)[best_sample],
+      best_photo=best_photo.astype(np.int64), topk=topk, count=count.astype(np.int64)))
+  return merged, SampleView(np.asarray(sample_ids, np.int64), view_sim, view_id)
 
 
 def _merge(old: Evidence, new: Evidence) -> Evidence:
@@ -272,6 +272,7 @@ def stream(embed_samples: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     files.save_npz(state_path, {**evidence.to_arrays(),
                                 "samples_done": np.asarray(indices[-1] + 1),
                                 "fingerprint": np.asarray(fingerprint_json)})
+    parallel.barrier(f"evidence of samples {begin}")  # Written (by process 0) before read.
     if on_chunk is not None:
       on_chunk(int(indices[-1] + 1), evidence)
   views = []

@@ -14,9 +14,10 @@ import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 from absl import logging
 
-from gmia import files
+from gmia import files, parallel
 
 INPUTS_FILE = "inputs.json"
 
@@ -38,13 +39,14 @@ def check_inputs(workdir: str, inputs: Mapping[str, Any], *, overwrite: bool,
                        f"there, {_at(current, key)!r} now); use a fresh --workdir, or "
                        "--config.overwrite=True to start over")
     logging.warning("inputs changed (%s): deleting the results in %s", key, workdir)
-    for name in outputs:
+    for name in outputs if jax.process_index() == 0 else ():  # One process deletes.
       target = os.path.join(workdir, name)
       if os.path.isdir(target):
         shutil.rmtree(target)
       elif os.path.exists(target):
         os.remove(target)
   files.write_json(path, current)
+  parallel.barrier(f"inputs of {workdir}")
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:

@@ -43,18 +43,18 @@ def make_sample_embedder(source: Source, embedder: FaceEmbedder, mesh: Mesh,
     indices = np.asarray(indices, np.int64)
     padded = np.concatenate([indices, np.full(chunk_size - len(indices), indices[-1])])
     images = jax.device_put(source.sample(padded, mesh), parallel.data_sharding(mesh))
-    embeddings, status = embed_fn(params, (images + 1.0) * 127.5)
-    usable = np.asarray(status)[:len(indices)] == detect.FOUND
-    return indices[usable], np.asarray(embeddings)[:len(indices)][usable], images, usable
+    embeddings, status = parallel.to_host(embed_fn(params, (images + 1.0) * 127.5))
+    usable = status[:len(indices)] == detect.FOUND
+    return indices[usable], embeddings[:len(indices)][usable], images, usable
 
   def embed(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return embedded(indices)[:2]
 
   def with_images(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ids, embeddings, images, usable = embedded(indices)
-    return ids, embeddings, viz.to_uint8(np.asarray(images)[:len(usable)][usable])
+    return ids, embeddings, viz.to_uint8(parallel.to_host(images)[:len(usable)][usable])
 
   def images(indices: np.ndarray) -> np.ndarray:
-    return viz.to_uint8(np.asarray(source.sample(np.asarray(indices, np.int64), mesh)))
+    return viz.to_uint8(parallel.to_host(source.sample(np.asarray(indices, np.int64), mesh)))
 
   return SampleEmbedder(embed, with_images, images)

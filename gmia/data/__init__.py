@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 
+import jax
+
+from gmia import parallel
 from gmia.data import folders, synthetic, tfds_io
 from gmia.data.arrays import FaceArrays
 
@@ -23,15 +26,19 @@ def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = Non
   """
   data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
   if name == "synthetic_faces":
-    builder = synthetic.make_builder(data_dir, resolution=resolution, **kwargs)
+    make = lambda: synthetic.make_builder(data_dir, resolution=resolution, **kwargs)
   elif name in folders.LAYOUTS:
     if kwargs:
       raise ValueError(f"{name} takes no options besides resolution and manual_dir, got {kwargs}")
-    builder = folders.make_builder(name, manual_dir, data_dir, resolution=resolution)
+    make = lambda: folders.make_builder(name, manual_dir, data_dir, resolution=resolution)
   else:
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-  tfds_io.prepare(builder)
-  return tfds_io.read_all(builder)
+  # One process of a multi-process job prepares the files; the others read them once it is done.
+  builder = make()
+  if jax.process_index() == 0:
+    tfds_io.prepare(builder)
+  parallel.barrier(f"data {builder.info.full_name}")
+  return tfds_io.read_all(builder if jax.process_index() == 0 else make())
 
 
 __all__ = ["DATASETS", "FaceArrays", "load"]

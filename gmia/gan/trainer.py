@@ -84,9 +84,8 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
   def save_grid(step: int, state: train_step.State) -> None:
     images = sample({"params": state["g_ema"], "buffers": state["g_buffers"]}, grid_z,
                     jax.random.key(0))
-    if jax.process_index() == 0:
-      viz.save_grid(os.path.join(workdir, SAMPLES_DIR, f"step_{step:07d}.png"),
-                    np.asarray(images), ncols=min(8, config.grid_size))
+    viz.save_grid(os.path.join(workdir, SAMPLES_DIR, f"step_{step:07d}.png"),
+                  parallel.to_host(images), ncols=min(8, config.grid_size))
 
   return training.Task(
       kind=KIND, init=lambda _: train_step.init_state(config, models),

@@ -445,9 +445,8 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
 
   def held_out(state):
     variables = decoding.decoder_variables(network.layers, decoders, state)
-    if jax.process_index() == 0:
-      _save_grid(os.path.join(workdir, GRID_FILE), decoders, variables, network,
-                 victims[:GRID_ROWS])
+    _save_grid(os.path.join(workdir, GRID_FILE), decoders, variables, network,
+               victims[:GRID_ROWS])
     return evaluate(decoders, variables, network, victims)
 
   return training.Task(

@@ -138,7 +138,7 @@ def run(task: Task | Callable[[], Task], config: ml_collections.ConfigDict,
       raise ValueError(f"the {task.kind} run needs a positive number of steps, got "
                        f"{[phase.num_steps for phase in task.phases]}")
     result = _run_locked(task, config, workdir)
-    if task.evaluate is not None and jax.process_index() == 0:
+    if task.evaluate is not None:
       files.write_json(os.path.join(workdir, EVAL_FILE), result.metrics)
   if result.metrics:
     logging.info("%s held-out evaluation: %s", task.kind, json.dumps(result.metrics))
