@@ -3,15 +3,18 @@
 import csv
 import logging
 import struct
-import types
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from gmia.attacks import audit, report
+from gmia import parallel
+from gmia.attacks import people as people_lib
+from gmia.attacks import report
 from gmia.data import folders, photos
+from gmia.faces import embedder as embedder_lib
+from gmia.faces import matchers
 
 BACKGROUND = (0, 128, 255)  # Not white: shows that the stated background is the one used.
 
@@ -216,7 +219,7 @@ def test_listing_ignores_hidden_files_folders_and_other_extensions(tmp_path):
   assert photos.list_identity_photos(str(tmp_path / "people")) == [(p, "ann") for p in expected]
 
 
-def test_audit_reads_a_photo_folder_through_the_reader(tmp_path):
+def test_attack_people_are_read_through_the_reader(tmp_path):
   rng = np.random.default_rng(3)
   upright = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)
   picture = Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1)))
@@ -225,12 +228,13 @@ def test_audit_reads_a_photo_folder_through_the_reader(tmp_path):
   picture.save(tmp_path / "turned.png", exif=exif)
   Image.fromarray(upright).save(tmp_path / "plain.png")
   (tmp_path / "broken.jpg").write_text("not a photo")
-  config = audit.default_config()
-  config.photos_dir = str(tmp_path)
-  target = types.SimpleNamespace(arrays=types.SimpleNamespace(resolution=8))
-  images = audit._photos_from_config(config, target)
-  np.testing.assert_array_equal(images, np.stack([folders.fit_photo(upright, 8, None)] * 2))
-  for name in ("plain.png", "turned.png"):
-    (tmp_path / name).unlink()
-  with pytest.raises(ValueError, match="no readable photos .* 0 photos used, 1 skipped"):
-    audit._photos_from_config(config, target)
+  flatten = matchers.Matcher("flatten", 8, {}, lambda _, crops: crops.reshape(len(crops), -1),
+                             {"name": "flatten"})
+  embedder = embedder_lib.FaceEmbedder(flatten, "none", (0.0, 0.0, 1.0, 1.0))
+  entries = [(str(tmp_path / name), "ann", "target")
+             for name in ("broken.jpg", "plain.png", "turned.png")]
+  people = people_lib.photo_people(entries, embedder, parallel.make_mesh())
+  np.testing.assert_array_equal(people.crops, np.stack([folders.fit_photo(upright, 8, None)] * 2))
+  assert people.labels == [str(tmp_path / "plain.png"), str(tmp_path / "turned.png")]
+  assert [path for path, _ in people.skipped] == [str(tmp_path / "broken.jpg")]
+  np.testing.assert_allclose(people.refs.embeddings[0], people.refs.embeddings[1], atol=1e-6)
