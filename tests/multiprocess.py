@@ -70,7 +70,9 @@ def run_job(commands: list[list[str]], devices: int, timeout: float = 300) -> li
     raise RuntimeError(f"process {failed} of {len(commands)} failed (exit "
                        f"{procs[failed].returncode}):\n{texts[failed][-4000:]}")
   if any(p.returncode for p in procs):
-    raise RuntimeError(f"the job of {len(commands)} processes ran out of its {timeout:.0f} s")
+    raise RuntimeError(f"the job of {len(commands)} processes ran out of its {timeout:.0f} s; "
+                       "the end of each one's output:\n" + "\n".join(
+                           f"[process {i}] {text[-1500:]}" for i, text in enumerate(texts)))
   return texts
 
 

@@ -29,10 +29,12 @@ def check_inputs(workdir: str, inputs: Mapping[str, Any], *, overwrite: bool,
   `outputs` (files and folders of the workdir) are deleted first."""
   path = os.path.join(workdir, INPUTS_FILE)
   current = json.loads(json.dumps(inputs, sort_keys=True, default=str))
-  if os.path.exists(path):
-    saved = files.read_json(path)
-    if saved == current:
-      return
+  saved = files.read_json(path) if os.path.exists(path) else None
+  # Every process has read the record before process 0 writes it, so all take the same branch.
+  parallel.barrier(f"inputs of {workdir} read")
+  if saved == current:
+    return
+  if saved is not None:
     key = _first_difference(saved, current)
     if not overwrite:
       raise ValueError(f"{workdir} holds results of other inputs ({key}: {_at(saved, key)!r} "
