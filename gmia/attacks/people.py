@@ -87,12 +87,8 @@ def load_people(config: ml_collections.ConfigDict, source: Source, embedder: Fac
 def split_people(config: ml_collections.ConfigDict, source: Source, embedder: FaceEmbedder,
                  mesh) -> People:
   """Members and non-members (the population) of a gmia split, by their reference photos."""
-  split_path = config.split_path or source.split_path
-  if not split_path or source.data is None:
-    raise ValueError(f"{source.spec} comes with no identity split: give targets_dir (or "
-                     "members_dir) and population_dir, identity folders of photos")
-  split = IdentitySplit.load(split_path)
-  arrays = run_data.load_dataset(source.data)
+  split, arrays = load_split(config, source, "targets_dir (or members_dir) and population_dir, "
+                             "identity folders of photos")
   groups = {**{str(i): "member" for i in split.identities("members").tolist()},
             **{str(i): "population" for i in split.identities("non_members").tolist()}}
   chosen = arrays.select(np.concatenate([split.reference_photos("members"),
@@ -106,6 +102,16 @@ def split_people(config: ml_collections.ConfigDict, source: Source, embedder: Fa
                 embedded.skipped,
                 {"split": fingerprint.tree_digest(split.to_json()),
                  "photos": fingerprint.tree_digest(chosen.images)})
+
+
+def load_split(config: ml_collections.ConfigDict, source: Source, instead: str
+               ) -> tuple[IdentitySplit, Any]:
+  """(the identity split, the data set) of config.split_path or the source's own; a source
+  without one is a ValueError telling to give `instead`."""
+  split_path = config.split_path or source.split_path
+  if not split_path or source.data is None:
+    raise ValueError(f"{source.spec} comes with no identity split: give {instead}")
+  return IdentitySplit.load(split_path), run_data.load_dataset(source.data)
 
 
 def folder_people(folders: Mapping[str, str], embedder: FaceEmbedder, mesh) -> People:

@@ -24,10 +24,9 @@ import ml_collections
 import numpy as np
 
 from gmia import files, fingerprint, kernels, metrics, parallel, sources, viz
-from gmia.attacks import report
+from gmia.attacks import people, report
 from gmia.attacks.inputs import check_inputs
-from gmia.data import folders, photos as photo_files, run_data
-from gmia.data.split import IdentitySplit
+from gmia.data import folders, photos as photo_files
 from gmia.inversion import latent, latent_encoder_training
 from gmia.workdir import exclusive
 
@@ -116,12 +115,7 @@ def _photos(config: ml_collections.ConfigDict, source: sources.Source
     groups = [_folder_photos(folder, source.resolution)
               for folder in (config.members_dir, config.population_dir)]
   else:
-    split_path = config.split_path or source.split_path
-    if not split_path or source.data is None:
-      raise ValueError(f"{source.spec} comes with no identity split: give members_dir and "
-                       "population_dir")
-    split = IdentitySplit.load(split_path)
-    arrays = run_data.load_dataset(source.data)
+    split, arrays = people.load_split(config, source, "members_dir and population_dir")
     groups = [arrays.select(ids).images for ids in (
         split.train_photos("members"), np.concatenate([split.train_photos("non_members"),
                                                        split.reference_photos("non_members")]))]
