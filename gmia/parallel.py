@@ -56,6 +56,11 @@ def initialize_distributed() -> None:
                      f"set but not {', '.join(missing)}")
   if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if "JAX_CPU_ENABLE_ASYNC_DISPATCH" not in os.environ:
+    # CPU programs run one after the other: dispatched asynchronously, a training step's gloo
+    # collectives could still be running when the next program's (the equality check of a host
+    # value put on every process) start, and under load the two processes hung in them.
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
   timeouts = {"heartbeat_timeout_seconds": int(os.environ.get("GMIA_HEARTBEAT_TIMEOUT", 100))}
   if given:
     try:
@@ -90,6 +95,15 @@ def barrier(name: str, timeout_s: int = 24 * 3600) -> None:
 
 
 _barriers: dict[str, int] = {}
+
+
+def compiled_together(fn: Any, *args: Any, name: str) -> Any:
+  """The jitted `fn` compiled for `args`, once every process of the job has compiled it: the
+  first run of a program sets up its CPU collectives, which the processes must reach within 30 s
+  of each other, and one of them may take longer than that to compile (a loaded host)."""
+  compiled = fn.lower(*args).compile()
+  barrier(f"compiled {name}")
+  return compiled
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

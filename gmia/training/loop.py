@@ -222,6 +222,9 @@ def _train(task: Task, config: ml_collections.ConfigDict, workdir: str, mesh: Me
         step_fn = jax.jit(phase.step, out_shardings=(shardings, replicated), donate_argnums=0)
         watch = None
         for index, batch in _prefetched(phase.batches, step, end, mesh):
+          if watch is None:
+            step_fn = parallel.compiled_together(step_fn, state, batch, consts,
+                                                 name=f"{task.kind} step {phase.name}")
           state, step_metrics = step_fn(state, batch, consts)
           if watch is None:
             watch = _watch_start(index, step_metrics, replicated)
