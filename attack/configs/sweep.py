@@ -7,7 +7,7 @@
       --config.encoder_workdir=runs/sweep_over/face_encoder \
       --config.control_workdir=runs/sweep_over/gan_control
 
-Grid: 10 and 100 members x 5, 15 and 35 training photos per member, each generator the main
+Grid: 10 and 100 members x 5 and 35 training photos per member, each generator the main
 job's (gan_cpu_demo, 2,000 steps), attacked with 5,000 samples against the same 100 non-members'
 and the members' 5 reference photos.
 """
@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.control_workdir = ""      # A trained control generator to reuse (the same).
   config.grid = ml_collections.ConfigDict({
       "members": (10, 100),
-      "photos": (5, 15, 35),       # data.split.max_train_photos of each point.
+      "photos": (5, 35),           # data.split.max_train_photos of each point.
       "steps": (),                 # () : gan.num_steps.
       "overrepresented": 0,        # Members of every point trained on more photos ...
       "overrepresented_photos": -1,  # ... up to this many (-1: all but the reference photos).
