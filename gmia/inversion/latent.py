@@ -13,14 +13,16 @@ start reaches a given error in fewer steps (bench/bench_latent_encoder.py).
 No LPIPS weights exist offline, so the perceptual distance is the feature distance at chosen
 layers of the identity encoder; the identity loss is 1 - cosine of its embeddings.
 
-The whole optimisation is one jitted `lax.scan` over steps, vmapped over targets: every target
-is optimised independently, so a batch gives the results of one target at a time, and a batch
-sharded over a mesh gives the results of one device.
+Every step is one jitted call, vmapped over targets and driven from Python (XLA:CPU runs the
+generator's gradient inside a compiled loop, lax.scan, about 6x slower than as separate calls):
+every target is optimised independently, so a batch gives the results of one target at a time,
+and a batch sharded over a mesh gives the results of one device.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -189,8 +191,16 @@ def make_projector(generator: stylegan.Generator, settings: ProjectionSettings,
             + settings.perceptual_weight * terms.get("perceptual", 0.0)
             + settings.identity_weight * terms.get("identity", 0.0))
 
-  def project_one(g_vars, encoder_vars, w_start, w_std, target, key):
-    """w_start: f32[1 (W) or num_ws (W+), w_dim]."""
+  def loss_fn(g_vars, encoder_vars, params, w_noise, target, target_features):
+    image = synthesize(g_vars, params["w"] + w_noise, params["noise"])
+    loss = distance(encoder_vars, image, target, target_features)
+    if settings.noise_mode == "const":
+      loss += settings.regularize_noise_weight * noise_regularization(
+          jax.tree.leaves(params["noise"]))
+    return loss
+
+  def start_one(g_vars, encoder_vars, w_start, target, key):
+    """One target's optimisation before its first step; w_start: f32[1 (W) or num_ws, w_dim]."""
     init_key, step_key = jax.random.split(key)
     noise = {}
     if settings.noise_mode == "const":
@@ -198,40 +208,37 @@ def make_projector(generator: stylegan.Generator, settings: ProjectionSettings,
       noise = jax.tree.unflatten(treedef, [
           jax.random.normal(jax.random.fold_in(init_key, i), m.shape) for i, m in enumerate(maps)])
     params = {"w": w_start, "noise": noise}
-    target_features = encode(encoder_vars, target) if captured else None
-
-    def loss_fn(params, w_noise):
-      image = synthesize(g_vars, params["w"] + w_noise, params["noise"])
-      loss = distance(encoder_vars, image, target, target_features)
-      if settings.noise_mode == "const":
-        loss += settings.regularize_noise_weight * noise_regularization(
-            jax.tree.leaves(params["noise"]))
-      return loss
-
-    def step(carry, index):
-      params, opt_state = carry
-      scale = w_noise_scale(index, settings.num_steps, w_std, settings.initial_noise_factor,
-                            settings.noise_ramp_length)
-      w_noise = scale * jax.random.normal(jax.random.fold_in(step_key, index), params["w"].shape)
-      loss, grads = jax.value_and_grad(loss_fn)(params, w_noise)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      params = dict(params, noise=jax.tree.map(normalize_noise, params["noise"]))
-      return (params, opt_state), loss
-
     start = synthesize(g_vars, params["w"], params["noise"])
-    (params, _), losses = jax.lax.scan(step, (params, tx.init(params)),
-                                       jnp.arange(settings.num_steps))
+    return {"params": params, "opt_state": tx.init(params), "step_key": step_key,
+            "target": target,
+            "target_features": encode(encoder_vars, target) if captured else None,
+            "start_mse": jnp.mean(jnp.square(start - target))}
+
+  def step_one(g_vars, encoder_vars, w_std, run, index):
+    params = run["params"]
+    scale = w_noise_scale(index, settings.num_steps, w_std, settings.initial_noise_factor,
+                          settings.noise_ramp_length)
+    w_noise = scale * jax.random.normal(jax.random.fold_in(run["step_key"], index),
+                                        params["w"].shape)
+    loss, grads = jax.value_and_grad(loss_fn, argnums=2)(
+        g_vars, encoder_vars, params, w_noise, run["target"], run["target_features"])
+    updates, opt_state = tx.update(grads, run["opt_state"], params)
+    params = optax.apply_updates(params, updates)
+    params = dict(params, noise=jax.tree.map(normalize_noise, params["noise"]))
+    return dict(run, params=params, opt_state=opt_state), loss
+
+  def finish_one(g_vars, run):
+    params = run["params"]
     image = synthesize(g_vars, params["w"], params["noise"])
-    return {"ws": jnp.broadcast_to(params["w"], (layers, w_start.shape[-1])),
+    return {"ws": jnp.broadcast_to(params["w"], (layers, params["w"].shape[-1])),
             "noise": params["noise"], "images": image,
-            "pixel_mse": jnp.mean(jnp.square(image - target)),
-            "start_mse": jnp.mean(jnp.square(start - target)), "loss": losses}
+            "pixel_mse": jnp.mean(jnp.square(image - run["target"])),
+            "start_mse": run["start_mse"]}
 
   optimised_ws = layers if settings.w_plus else 1
 
   @jax.jit
-  def project(g_vars, encoder_vars, targets, keys, start_ws):
+  def begin(g_vars, encoder_vars, targets, keys, start_ws):
     w_avg, w_std = latent_statistics(generator, g_vars, jax.random.key(0),
                                      settings.w_avg_samples)
     if start_ws is None:
@@ -239,8 +246,24 @@ def make_projector(generator: stylegan.Generator, settings: ProjectionSettings,
     if start_ws.ndim == 2:
       start_ws = start_ws[:, None]
     starts = jnp.broadcast_to(start_ws, (targets.shape[0], optimised_ws, w_avg.shape[0]))
-    return jax.vmap(project_one, in_axes=(None, None, 0, None, 0, 0))(
-        g_vars, encoder_vars, starts, w_std, targets, keys)
+    return jax.vmap(start_one, in_axes=(None, None, 0, 0, 0))(
+        g_vars, encoder_vars, starts, targets, keys), w_std
+
+  @functools.partial(jax.jit, donate_argnums=3)
+  def advance(g_vars, encoder_vars, w_std, runs, index):
+    return jax.vmap(step_one, in_axes=(None, None, None, 0, None))(
+        g_vars, encoder_vars, w_std, runs, index)
+
+  finish = jax.jit(jax.vmap(finish_one, in_axes=(None, 0)))
+
+  def project(g_vars, encoder_vars, targets, keys, start_ws):
+    runs, w_std = begin(g_vars, encoder_vars, targets, keys, start_ws)
+    losses = []
+    for index in range(settings.num_steps):
+      runs, loss = advance(g_vars, encoder_vars, w_std, runs, jnp.int32(index))
+      losses.append(loss)
+    empty = jnp.zeros((targets.shape[0], 0), jnp.float32)
+    return dict(finish(g_vars, runs), loss=jnp.stack(losses, axis=1) if losses else empty)
 
   def checked(g_vars: dict, encoder_vars: dict | None, targets: jax.Array, keys: jax.Array,
               start_ws: jax.Array | None = None) -> dict[str, jax.Array]:
