@@ -14,14 +14,17 @@ Two parametrisations of the image:
     with learning-rate ramp-up / ramp-down, decaying noise on w; gmia.inversion.latent); the
     generator's fixed noise maps. The result can only be a face the generator can draw.
 
-Any split network (gmia.models.split: IResNet, ResNetClassifier) can be inverted. One jitted
-`lax.scan` over steps, vmapped over targets; each target runs as a batch of one, so its
-batch-norm statistics are its own and a batch gives the results of one target at a time.
+Any split network (gmia.models.split: IResNet, ResNetClassifier) can be inverted. Each step is
+one jitted call vmapped over targets, driven from Python (as in gmia.inversion.latent: XLA:CPU
+runs convolution gradients inside lax.scan several times slower); each target runs as a batch of
+one, so its batch-norm statistics are its own and a batch gives the results of one target at a
+time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -196,42 +199,72 @@ def make_feature_inverter(model: nn.Module, settings: FeatureInversionSettings, 
         latent.ProjectionSettings.lr_rampdown_length))
     return _Parametrisation(start, render, perturb, lambda w: w, optimizer)
 
-  def invert_one(variables, prior, target, key, size):
-    way = (pixel_parametrisation(key, size) if prior is None
-           else latent_parametrisation(*prior, key, size))
+  def parametrisation(prior, key, size):
+    return (pixel_parametrisation(key, size) if prior is None
+            else latent_parametrisation(*prior, key, size))
 
-    def step(carry, index):
-      params, opt_state = carry
-      (loss, _), grad = jax.value_and_grad(
-          lambda p: losses(variables, way.render(way.perturb(p, index)), target),
-          has_aux=True)(params)
-      updates, opt_state = way.optimizer.update(grad, opt_state, params)
-      return (way.project(optax.apply_updates(params, updates)), opt_state), loss
+  def start_one(prior, key, size):
+    way = parametrisation(prior, key, size)
+    return way.start, way.optimizer.init(way.start)
 
-    (params, _), history = jax.lax.scan(step, (way.start, way.optimizer.init(way.start)),
-                                        jnp.arange(settings.num_steps))
+  def step_one(variables, prior, target, key, carry, index, size):
+    way = parametrisation(prior, key, size)
+    params, opt_state = carry
+    (loss, _), grad = jax.value_and_grad(
+        lambda p: losses(variables, way.render(way.perturb(p, index)), target),
+        has_aux=True)(params)
+    updates, opt_state = way.optimizer.update(grad, opt_state, params)
+    return (way.project(optax.apply_updates(params, updates)), opt_state), loss
+
+  def finish_one(variables, prior, target, key, params, size):
+    way = parametrisation(prior, key, size)
     image = way.render(params)
     out = {"images": image, "feature_distance": losses(variables, image, target)[1],
-           "start_feature_distance": losses(variables, way.render(way.start), target)[1],
-           "loss": history}
+           "start_feature_distance": losses(variables, way.render(way.start), target)[1]}
     if prior is not None:
       out["ws"] = jnp.broadcast_to(params, (stylegan.num_ws(generator.img_resolution),
                                             params.shape[-1]))
     return out
 
-  @jax.jit
-  def invert(variables, features, keys, g_vars):
+  def sized(variables, features):
     size = input_size or image_size(model, variables, layer, features.shape[1:])
     expected = split.feature_shapes(model, variables, size, (layer,))[layer]
     if features.shape[1:] != expected:
       raise ValueError(f"features at {layer} must be f32[B, {', '.join(map(str, expected))}] "
                        f"for {size} px inputs, got shape {features.shape}")
+    return size
+
+  @jax.jit
+  def begin(variables, features, keys, g_vars):
+    size = sized(variables, features)
     prior = None
     if generator is not None:
       prior = (g_vars, *latent.latent_statistics(generator, g_vars, jax.random.key(0),
                                                  settings.w_avg_samples))
-    return jax.vmap(invert_one, in_axes=(None, None, 0, 0, None))(variables, prior, features,
-                                                                  keys, size)
+    carry = jax.vmap(start_one, in_axes=(None, 0, None))(prior, keys, size)
+    return prior, carry
+
+  @functools.partial(jax.jit, donate_argnums=4)
+  def advance(variables, prior, features, keys, carry, index):
+    size = sized(variables, features)
+    return jax.vmap(step_one, in_axes=(None, None, 0, 0, 0, None, None))(
+        variables, prior, features, keys, carry, index, size)
+
+  @jax.jit
+  def finish(variables, prior, features, keys, params):
+    size = sized(variables, features)
+    return jax.vmap(finish_one, in_axes=(None, None, 0, 0, 0, None))(
+        variables, prior, features, keys, params, size)
+
+  def invert(variables, features, keys, g_vars):
+    prior, carry = begin(variables, features, keys, g_vars)
+    history = []
+    for index in range(settings.num_steps):
+      carry, loss = advance(variables, prior, features, keys, carry, jnp.int32(index))
+      history.append(loss)
+    empty = jnp.zeros((features.shape[0], 0), jnp.float32)
+    return dict(finish(variables, prior, features, keys, carry[0]),
+                loss=jnp.stack(history, axis=1) if history else empty)
 
   def checked(variables: dict[str, Any], features: jax.Array, keys: jax.Array,
               g_vars: dict[str, Any] | None = None) -> dict[str, jax.Array]:
