@@ -1,6 +1,6 @@
 """What going multi-process costs the identity attack on one machine.
 
-  python bench/bench_multihost.py [--samples=512,2048]
+  python bench/bench_multihost.py [--samples=512,2048] [--chunk_size=256]
 
 The attack (tiny freshly initialised gmia generator and demo-sized encoder, bench_attack's) on
 1 process x 2 devices and on 2 processes x 1 device (127.0.0.1, gloo), each at two sample
@@ -25,13 +25,12 @@ from bench.bench_attack import tiny_models  # noqa: E402
 from tests.multiprocess import REPO, job_environment, free_port  # noqa: E402
 
 _SAMPLES = flags.DEFINE_string("samples", "512,2048", "The two sample counts.")
-_CHUNK = flags.DEFINE_integer("chunk_size", 128, "Samples per chunk.")
 
 
 def seconds(generator: str, encoder: str, workdir: str, samples: int, processes: int) -> float:
   command = [sys.executable, "-m", "attack.identity_membership", f"--workdir={workdir}",
              f"--config.generator={generator}", f"--config.encoder_workdir={encoder}",
-             f"--config.num_samples={samples}", f"--config.chunk_size={_CHUNK.value}",
+             f"--config.num_samples={samples}", f"--config.chunk_size={flags.FLAGS.chunk_size}",
              "--config.bootstrap_resamples=10"]
   started = time.perf_counter()
   if processes == 1:
