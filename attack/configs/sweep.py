@@ -9,7 +9,9 @@
 
 Grid: 10 and 100 members x 5 and 35 training photos per member, each generator the main
 job's (gan_cpu_demo, 2,000 steps), attacked with 5,000 samples against the same 100 non-members'
-and the members' 5 reference photos.
+and the members' 5 reference photos. Wall time on 2 CPU cores: 43 min (encoder 3 min,
+control 8 min, points 5-10 min each, shared with other work); AUC 0.86 and 0.83 at 10 members,
+0.56 and 0.56 at 100 (README).
 """
 
 import ml_collections
