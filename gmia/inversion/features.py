@@ -15,10 +15,9 @@ Two parametrisations of the image:
     generator's fixed noise maps. The result can only be a face the generator can draw.
 
 Any split network (gmia.models.split: IResNet, ResNetClassifier) can be inverted. Each step is
-one jitted call vmapped over targets, driven from Python (as in gmia.inversion.latent: XLA:CPU
-runs convolution gradients inside lax.scan several times slower); each target runs as a batch of
-one, so its batch-norm statistics are its own and a batch gives the results of one target at a
-time.
+one jitted call vmapped over targets, driven from Python (gmia.inversion.stepping); each target
+runs as a batch of one, so its batch-norm statistics are its own and a batch gives the results of
+one target at a time.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from gmia.face_encoder.embed import preprocess
-from gmia.inversion import latent, priors
+from gmia.inversion import latent, priors, stepping
 from gmia.models import split, stylegan
 
 # Input sides tried when the features of a non-spatial layer must reveal the input size.
@@ -258,13 +257,10 @@ def make_feature_inverter(model: nn.Module, settings: FeatureInversionSettings, 
 
   def invert(variables, features, keys, g_vars):
     prior, carry = begin(variables, features, keys, g_vars)
-    history = []
-    for index in range(settings.num_steps):
-      carry, loss = advance(variables, prior, features, keys, carry, jnp.int32(index))
-      history.append(loss)
-    empty = jnp.zeros((features.shape[0], 0), jnp.float32)
-    return dict(finish(variables, prior, features, keys, carry[0]),
-                loss=jnp.stack(history, axis=1) if history else empty)
+    carry, history = stepping.run_steps(
+        lambda carry, index: advance(variables, prior, features, keys, carry, index), carry,
+        settings.num_steps, features.shape[0])
+    return dict(finish(variables, prior, features, keys, carry[0]), loss=history)
 
   def checked(variables: dict[str, Any], features: jax.Array, keys: jax.Array,
               g_vars: dict[str, Any] | None = None) -> dict[str, jax.Array]:

@@ -13,10 +13,9 @@ start reaches a given error in fewer steps (bench/bench_latent_encoder.py).
 No LPIPS weights exist offline, so the perceptual distance is the feature distance at chosen
 layers of the identity encoder; the identity loss is 1 - cosine of its embeddings.
 
-Every step is one jitted call, vmapped over targets and driven from Python (XLA:CPU runs the
-generator's gradient inside a compiled loop, lax.scan, about 6x slower than as separate calls):
-every target is optimised independently, so a batch gives the results of one target at a time,
-and a batch sharded over a mesh gives the results of one device.
+Every step is one jitted call, vmapped over targets and driven from Python
+(gmia.inversion.stepping): every target is optimised independently, so a batch gives the results
+of one target at a time, and a batch sharded over a mesh gives the results of one device.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import numpy as np
 import optax
 
 from gmia.face_encoder.embed import preprocess
-from gmia.inversion import priors
+from gmia.inversion import priors, stepping
 from gmia.models import iresnet, stylegan
 
 PROJECTION_NOISE_MODES = ("const", "none")
@@ -258,12 +257,10 @@ def make_projector(generator: stylegan.Generator, settings: ProjectionSettings,
 
   def project(g_vars, encoder_vars, targets, keys, start_ws):
     runs, w_std = begin(g_vars, encoder_vars, targets, keys, start_ws)
-    losses = []
-    for index in range(settings.num_steps):
-      runs, loss = advance(g_vars, encoder_vars, w_std, runs, jnp.int32(index))
-      losses.append(loss)
-    empty = jnp.zeros((targets.shape[0], 0), jnp.float32)
-    return dict(finish(g_vars, runs), loss=jnp.stack(losses, axis=1) if losses else empty)
+    runs, losses = stepping.run_steps(
+        lambda runs, index: advance(g_vars, encoder_vars, w_std, runs, index), runs,
+        settings.num_steps, targets.shape[0])
+    return dict(finish(g_vars, runs), loss=losses)
 
   def checked(g_vars: dict, encoder_vars: dict | None, targets: jax.Array, keys: jax.Array,
               start_ws: jax.Array | None = None) -> dict[str, jax.Array]:
