@@ -16,17 +16,19 @@ import textwrap
 import numpy as np
 
 
-def run_with_devices(num_devices: int, code: str, timeout: float = 300) -> dict[str, np.ndarray]:
+def run_with_devices(num_devices: int, code: str, timeout: float = 300,
+                     env: dict[str, str] | None = None) -> dict[str, np.ndarray]:
   """Executes `code` with `num_devices` CPU devices and returns the arrays it saved.
 
-  `code` must assign a dict of arrays to `RESULT`; it runs with the repository on sys.path.
+  `code` must assign a dict of arrays to `RESULT`; it runs with the repository on sys.path and
+  the variables of `env` added to the environment.
   """
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "result.npz")
     script = (textwrap.dedent(code)
               + f"\nimport numpy as _np\n_np.savez({out!r}, **{{k: _np.asarray(v) for k, v in RESULT.items()}})\n")
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")

@@ -33,7 +33,7 @@ from gmia.data.pipeline import Batches
 from gmia.data.split import IdentitySplit
 from gmia.face_encoder import evaluation
 from gmia.face_encoder.embed import preprocess
-from gmia.models.iresnet import IResNet, init_key
+from gmia.models.iresnet import IResNet, init_key, output_dtype
 from gmia.models.margins import Margin, padded_num_classes, sharded_margin_loss
 
 KIND = "face_encoder"
@@ -100,7 +100,10 @@ def init_state(model: IResNet, optimizer: optax.GradientTransformation, input_si
   # insightface's Partial FC draws centres from N(0, 0.01).
   centres = 0.01 * jax.random.normal(centres_key, (num_centres, model.num_features))
   params = {"backbone": variables["params"], "centres": centres}
-  return {"params": params, "batch_stats": variables["batch_stats"],
+  # flax keeps parameters and batch statistics in float32; a float64 model holds them in float64.
+  params, batch_stats = jax.tree.map(lambda leaf: leaf.astype(output_dtype(model.dtype)),
+                                     (params, variables["batch_stats"]))
+  return {"params": params, "batch_stats": batch_stats,
           "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
 
 

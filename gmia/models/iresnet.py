@@ -89,7 +89,8 @@ class IResNet(nn.Module):
     width: channels of the stem and the first stage (64 in insightface); stages use 1, 2, 4, 8x.
     num_features: embedding size.
     dropout: dropout rate before the dense layer (0 in insightface training).
-    dtype: computation dtype (parameters stay float32).
+    dtype: computation dtype; parameters and the embedding are float32, or float64 when the
+      computation is (see `output_dtype`).
   """
   blocks: Sequence[int] = ARCHS["r50"]
   width: int = 64
@@ -147,11 +148,17 @@ class IResNet(nn.Module):
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.Dense(self.num_features, kernel_init=dense_init, dtype=self.dtype, name="fc")(x)
     # BatchNorm1d whose weight insightface fixes to 1 (requires_grad=False).
-    x = norm(use_scale=False, name="features")(x).astype(jnp.float32)
+    x = norm(use_scale=False, name="features")(x).astype(output_dtype(self.dtype))
     if capture:
       keep("embedding", x)
       return captured
     return x
+
+
+def output_dtype(dtype: Any) -> jnp.dtype:
+  """The dtype of parameters and embeddings for computation dtype `dtype`: float32, or float64
+  when computing in float64 (then the whole network runs in float64, for exact comparisons)."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 def check_images(images: jax.Array) -> None:
