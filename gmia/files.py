@@ -8,11 +8,14 @@ Files get the permissions `open` would give them (0666 less the umask).
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import math
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -45,15 +48,30 @@ def write_atomic(path: str, data: bytes | str) -> None:
 
 
 def write_json(path: str, payload: Mapping) -> None:
-  """Pretty JSON (numpy scalars and arrays converted), written atomically."""
-  write_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+  """Pretty strict JSON, written atomically: numpy scalars and arrays become numbers and lists,
+  and a number that is not finite (NaN, inf) becomes null, since a browser's JSON.parse and
+  most other readers reject the NaN and Infinity that Python's json would write."""
+  text = json.dumps(strict_json(payload), indent=2, sort_keys=True, allow_nan=False)
+  write_atomic(path, text + "\n")
 
 
-def _json_default(value):
-  if isinstance(value, np.generic):
-    return value.item()
+def strict_json(value: Any) -> Any:
+  """`value` as plain JSON values: dicts (numpy scalar keys as Python ones), lists (from
+  tuples and arrays), str, int, bool, None and finite floats; NaN and inf become None.
+  TypeError names the first other type."""
   if isinstance(value, np.ndarray):
-    return value.tolist()
+    value = value.tolist()
+  elif isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if value is None or isinstance(value, (str, int)):
+    return value
+  if isinstance(value, Mapping):
+    return {key.item() if isinstance(key, np.generic) else key: strict_json(item)
+            for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [strict_json(item) for item in value]
   raise TypeError(f"not JSON-serialisable: {type(value)}")
 
 
@@ -61,6 +79,18 @@ def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
   """numpy .npz, written atomically."""
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
+  write_atomic(path, buffer.getvalue())
+
+
+def write_csv(path: str, columns: Mapping[str, Sequence]) -> None:
+  """A CSV table written atomically; `columns` maps header -> values (all the same length)."""
+  lengths = {len(v) for v in columns.values()}
+  if len(lengths) != 1:
+    raise ValueError(f"columns of different lengths: { {k: len(v) for k, v in columns.items()} }")
+  buffer = io.StringIO()
+  writer = csv.writer(buffer)
+  writer.writerow(list(columns))
+  writer.writerows(zip(*columns.values()))
   write_atomic(path, buffer.getvalue())
 
 
