@@ -91,9 +91,10 @@ class Table:
 
 @dataclasses.dataclass(frozen=True)
 class Figure:
-  """A figure: a matplotlib Figure (embedded as `format`, svg or png), an image file (png, jpg,
-  svg, gif, webp) or u8[H, W, 3] pixels. `shows_people`: it holds photos of people (a grid of
-  matches), so `show_photos=False` leaves it out."""
+  """A figure: a matplotlib Figure (embedded as `format`, svg or png; made with
+  matplotlib.figure.Figure, not pyplot, it leaves no open figure behind), an image file (png,
+  jpg, svg, gif, webp) or u8[H, W, 3] pixels. `shows_people`: it holds photos of people (a grid
+  of matches), so `show_photos=False` leaves it out."""
   image: matplotlib.figure.Figure | str | np.ndarray
   caption: str
   alt: str = ""
@@ -240,8 +241,10 @@ def render_page(path: str, page: Page, *, show_photos: bool = True) -> None:
 
 def render_html(page: Page, *, show_photos: bool = True) -> str:
   """The page's HTML. ValueError names a path the report lacks or a file that cannot be read."""
-  # The numbers go through the same conversion as report.json (numpy -> Python, NaN -> null).
-  view = _View(files.strict_json(page.report), show_photos)
+  # The report as report.json holds it (numpy -> Python, NaN -> null, keys as strings): the
+  # page shows exactly what a reader of that file finds.
+  report = json.loads(json.dumps(files.strict_json(page.report), allow_nan=False))
+  view = _View(report, show_photos)
   verdict = [lookup(view.report, key) for key in page.verdict]
   for key, sentence in zip(page.verdict, verdict):
     if not isinstance(sentence, str):
@@ -417,18 +420,18 @@ def _flatten(record: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str
 # ---------------------------------------------------------------------------------- images
 
 def _figure_bytes(image: matplotlib.figure.Figure | str | np.ndarray,
-                  format: str) -> tuple[bytes, str]:
+                  image_format: str) -> tuple[bytes, str]:
   if isinstance(image, matplotlib.figure.Figure):
-    if format not in ("svg", "png"):
-      raise ValueError(f"figure format {format!r}: use svg or png")
+    if image_format not in ("svg", "png"):
+      raise ValueError(f"figure format {image_format!r}: use svg or png")
     buffer = io.BytesIO()
     # No date or software version in the file: the same figure gives the same bytes.
-    metadata = {"Date": None} if format == "svg" else {"Software": None}
+    metadata = {"Date": None} if image_format == "svg" else {"Software": None}
     # A fixed salt for the SVG's element ids, which are random otherwise.
     with matplotlib.rc_context({"svg.hashsalt": "gmia"}):
-      image.savefig(buffer, format=format, dpi=FIGURE_DPI, bbox_inches="tight",
+      image.savefig(buffer, format=image_format, dpi=FIGURE_DPI, bbox_inches="tight",
                     metadata=metadata)
-    return buffer.getvalue(), _MIME[f".{format}"]
+    return buffer.getvalue(), _MIME[f".{image_format}"]
   if isinstance(image, str):
     mime = _MIME.get(os.path.splitext(image)[1].lower())
     if mime is None:
