@@ -16,9 +16,10 @@ space from its power series (positive terms, so a logsumexp is exact to rounding
 and kappa = 10, I_255 is about e^-751, below float64's range.
 
 The sum over N up to 10^5 samples streams through `gmia.kernels.stream_queries` with a running
-logsumexp: each chunk of samples meets all queries in one matmul, so memory is O(chunk x queries x
-kappas), never queries x samples. For one kappa, 10^5 samples x 7,000 photos x D = 512 is
-3.6e11 multiply-adds.
+logsumexp: each chunk of samples meets all queries in one matmul, so memory is O(chunk x queries)
+(the exponentials of every kappa fuse into their sums), never queries x samples. For one kappa,
+10^5 samples x 7,000 photos x D = 512 (3.6e11 multiply-adds) take 11 s on 2 CPU cores; choosing
+among 25 kappas with 2,000 held-out points of 10^5, 7.5 s.
 
 Bandwidth: kappa is chosen from a grid by the held-out log-likelihood, either of a given held-out
 set or of a random subset of the points each left out in turn (leave-one-out), or left out with
@@ -43,7 +44,8 @@ from jax import lax
 
 from gmia.kernels import similarity
 
-# Points per scan step: 2,048 x 7,000 queries x 4 bytes is 57 MB per kappa.
+# Points per scan step: 2,048 x 7,000 queries of float32 cosines is 57 MB, for any number of
+# kappas (XLA keeps 12 MB of temporaries for 1,000 queries and 1 or 25 kappas).
 DEFAULT_CHUNK_SIZE = 2048
 # A geometric grid from a kernel wider than the sphere to one narrower than a person's photos.
 DEFAULT_KAPPAS = tuple(float(k) for k in 2.0 ** np.arange(0, 12.5, 0.5))

@@ -98,8 +98,8 @@ class GaussianFit:
     return len(self.mean_out)
 
 
-def _side_moments(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                                  float | None]:
+def _side_moments(scores: np.ndarray,
+                  mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, float | None]:
   """Per person over the shadows in `mask` bool[K, P]: (count i64[P], mean f64[P] (NaN without
   shadows), pooled within-person variance or None if it cannot be estimated)."""
   count = mask.sum(axis=0)
