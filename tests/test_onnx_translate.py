@@ -187,7 +187,7 @@ CASES = {
         "Resize", {"x": X}, {"roi": NO_ROI, "scales": NO_ROI,
                              "sizes": i64(2, 4, 5, 4)}, opset=13, mode="linear"),
     "resize_linear_align_corners": single(
-        "Resize", {"x": X}, {"roi": NO_ROI, "scales": np.float32([1, 1, 1.5, 1.5])},
+        "Resize", {"x": X}, {"roi": NO_ROI, "scales": NO_ROI, "sizes": i64(2, 4, 13, 12)},
         opset=13, mode="linear", coordinate_transformation_mode="align_corners"),
     "resize_linear_pytorch_half_pixel": single(
         "Resize", {"x": X}, {"roi": NO_ROI, "scales": NO_ROI,

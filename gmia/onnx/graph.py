@@ -84,6 +84,12 @@ def _input_shapes(declared: Sequence[Any], given: Mapping[str, Sequence[int]],
     raise ValueError(f"{source}: input_shapes names {unknown}, not graph inputs {names}")
   shapes = {}
   for value in declared:
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+      raise ValueError(f"{source}: input {value.name!r} is a {kind or 'value of no type'}; "
+                       "gmia.onnx takes tensors only")
+    if value.type.tensor_type.elem_type == onnx.TensorProto.STRING:
+      raise ValueError(f"{source}: input {value.name!r} holds strings; gmia.onnx takes numbers")
     dims = value.type.tensor_type.shape.dim
     if value.name in given:
       shape = tuple(int(d) for d in given[value.name])

@@ -16,7 +16,9 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
+import onnx
 from jax import lax
 from onnx import helper
 
@@ -62,14 +64,25 @@ def _dtype(xp: Any, onnx_type: int) -> np.dtype:
 # Elementwise.
 
 def _binary(name: str) -> Op:
-  return Op(lambda xp, a, x, y: getattr(xp, name)(x, y))
+  def fn(xp, a, x, y):
+    if a.get("broadcast", 0) and "axis" in a:
+      raise OpError("broadcast with an axis (opset < 7) is not supported")
+    return getattr(xp, name)(x, y)
+  return Op(fn)
 
 
 def _div(xp, a, x, y):
+  if a.get("broadcast", 0) and "axis" in a:
+    raise OpError("broadcast with an axis (opset < 7) is not supported")
   if np.issubdtype(x.dtype, np.integer):
     # Integer division truncates toward zero, as C's does.
     return (x - np.fmod(x, y)) // y if xp is np else lax.div(x, y.astype(x.dtype))
   return x / y
+
+
+def _pow(xp, a, x, y):
+  # The result has the base's type, also for an integer base and a float exponent.
+  return xp.power(x, y).astype(x.dtype)
 
 
 def _unary(fn: Callable[[Any, Any], Any], numpy: bool = True) -> Op:
@@ -122,6 +135,8 @@ def _gemm(xp, a, x, w, c=None):
 def _batch_norm(xp, a, x, scale, bias, mean, var):
   if a.get("training_mode", 0) or a.num_outputs > 1:
     raise OpError("training_mode is not supported (inference graphs only)")
+  if not a.get("spatial", 1):
+    raise OpError("spatial=0 is not supported")
   shape = (1, -1) + (1,) * (x.ndim - 2)
   factor = scale / xp.sqrt(var + a.get("epsilon", 1e-5))
   return x * factor.reshape(shape) + (bias - mean * factor).reshape(shape)
@@ -259,8 +274,8 @@ def _max_pool(xp, a, x):
     raise OpError("the Indices output is not supported")
   kernel, strides, dilations, pads = _window(a, x)
   pads = _pool_pads(a, x, kernel, strides, dilations, pads)
-  low = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-  taps = (shifted for _, shifted in _taps(x, kernel, strides, dilations, pads, low))
+  taps = (shifted for _, shifted in
+          _taps(x, kernel, strides, dilations, pads, _extreme(x.dtype, low=True)))
   return functools.reduce(jnp.maximum, taps)
 
 
@@ -280,6 +295,15 @@ def _average_pool(xp, a, x):
   return total / count.astype(x.dtype)
 
 
+def _extreme(dtype: np.dtype, low: bool) -> Any:
+  """The lowest (or highest) value of a dtype: an infinity, an integer bound, or False/True."""
+  if np.issubdtype(dtype, np.bool_):
+    return not low
+  if np.issubdtype(dtype, np.integer):
+    return np.iinfo(dtype).min if low else np.iinfo(dtype).max
+  return -np.inf if low else np.inf
+
+
 def _global_pool(name: str) -> Op:
   return Op(lambda xp, a, x: getattr(xp, name)(x, axis=tuple(range(2, x.ndim)), keepdims=True))
 
@@ -295,6 +319,9 @@ def _reduce(name: str, axes_input_from: int) -> Op:
     keepdims = bool(a.get("keepdims", 1))
     if name == "l2":
       return xp.sqrt(xp.sum(x * x, axis=axes, keepdims=keepdims))
+    if name in ("max", "min") and x.size == 0:  # ONNX's identities: -inf for max, inf for min.
+      return xp.full([1 if i in axes else n for i, n in enumerate(x.shape) if keepdims or
+                      i not in axes], _extreme(x.dtype, low=name == "max"), x.dtype)
     return getattr(xp, name)(x, axis=axes, keepdims=keepdims)
   return Op(fn, static=frozenset({1}))
 
@@ -306,8 +333,8 @@ def _flatten(xp, a, x):
   return x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))
 
 
-def _reshape(xp, a, x, shape):
-  shape = list(_ints(shape))
+def _reshape(xp, a, x, shape=None):
+  shape = list(_ints(a.get("shape") if a.opset < 5 else shape))
   if not a.get("allowzero", 0):
     shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
   return x.reshape(shape)
@@ -382,7 +409,7 @@ def _shape(xp, a, x):
 
 def _pad(xp, a, x, pads=None, value=None, axes=None):
   if a.opset < 11:
-    pads, value = a.get("pads"), a.get("value", 0.0)
+    pads, value = a.get("pads", a.get("paddings")), a.get("value", 0.0)
   pads = _ints(pads)
   axes = range(x.ndim) if axes is None else [_axis(i, x.ndim) for i in _ints(axes)]
   n = len(pads) // 2
@@ -402,6 +429,22 @@ def _pad(xp, a, x, pads=None, value=None, axes=None):
   return x[crop]
 
 
+_FLOAT8 = frozenset({onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ,
+                     onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E5M2FNUZ})
+
+
+def _cast(xp, a, x):
+  to = a.get("to")
+  if to in (onnx.TensorProto.STRING, onnx.TensorProto.FLOAT8E8M0):
+    raise OpError(f"to={onnx.TensorProto.DataType.Name(to)} is not supported")
+  dtype = _dtype(xp, to)
+  if to in _FLOAT8 and a.get("saturate", 1):
+    # Saturation: values past the largest finite float8, infinities included, become it.
+    bound = float(ml_dtypes.finfo(dtype).max)
+    x = xp.clip(x.astype(np.float32), -bound, bound)
+  return x.astype(dtype)
+
+
 def _constant(xp, a):
   for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
     if key in a:
@@ -416,7 +459,10 @@ def _constant_of_shape(xp, a, shape):
   return xp.full(_ints(shape), value.reshape(-1)[0], dtype=value.dtype)
 
 
-def _dropout(xp, a, x, *unused):
+def _dropout(xp, a, x, ratio=None, training_mode=None):
+  ratio = a.get("ratio", 0.5) if a.opset < 12 else 0.5 if ratio is None else float(ratio)
+  if training_mode is not None and bool(training_mode) and ratio > 0:
+    raise OpError("training_mode=True is not supported (inference graphs only)")
   return x if a.num_outputs == 1 else (x, xp.ones(x.shape, bool))
 
 
@@ -437,30 +483,40 @@ def _dequantize(xp, a, x, scale, zero_point=None):
       shape = [1] * x.ndim
       shape[axis] = -1
       scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
-  centred = x.astype(np.int32) - zero_point.astype(np.int32)
-  return centred.astype(scale.dtype) * scale
+  # Integers subtract exactly in int32; float8 and float4 values (whose zero point is 0) in
+  # float32, which holds them exactly.
+  wide = np.int32 if np.issubdtype(x.dtype, np.integer) else np.float32
+  y = (x.astype(wide) - zero_point.astype(wide)).astype(scale.dtype) * scale
+  return y.astype(_dtype(xp, a.get("output_dtype"))) if a.get("output_dtype") else y
 
 
 # Resize.
 
 def _resize_axis(a, size: int, out: int, scale: float) -> tuple[np.ndarray, np.ndarray | None]:
   """Source indices [out] (nearest) or indices [2, out] with weights [out] (linear)."""
+  kind = a.get("mode", "nearest")
+  if kind not in ("nearest", "linear"):
+    raise OpError(f"mode={kind} is not supported (nearest and linear are)")
   mode = a.get("coordinate_transformation_mode", "half_pixel" if a.opset >= 11 else "asymmetric")
   x = np.arange(out, dtype=np.float32)
+  length = size * scale  # The output length before rounding down to `out`.
   if mode == "half_pixel":
     src = (x + 0.5) / scale - 0.5
   elif mode == "pytorch_half_pixel":
     src = (x + 0.5) / scale - 0.5 if out > 1 else np.zeros_like(x)
   elif mode == "align_corners":
+    if out > 1 and not np.isclose(length, out, rtol=1e-6, atol=0):
+      # ONNX's reference divides by length - 1, onnxruntime and PyTorch by out - 1.
+      raise OpError(f"align_corners with a scale that gives a fractional length ({size} x "
+                    f"{scale:g} = {length:g}) is ambiguous: give sizes")
     src = x * (size - 1) / (out - 1) if out > 1 else np.zeros_like(x)
   elif mode == "asymmetric":
     src = x / scale
   elif mode == "half_pixel_symmetric":
-    adjustment = out / (scale * size)
+    adjustment = out / length
     src = size / 2 * (1 - adjustment) + (x + 0.5) / scale - 0.5
   else:
     raise OpError(f"coordinate_transformation_mode={mode} is not supported")
-  kind = a.get("mode", "nearest")
   if kind == "nearest":
     rounding = a.get("nearest_mode", "round_prefer_floor")
     rounded = {"round_prefer_floor": lambda v: np.ceil(v - 0.5),
@@ -469,8 +525,6 @@ def _resize_axis(a, size: int, out: int, scale: float) -> tuple[np.ndarray, np.n
     if rounding not in rounded:
       raise OpError(f"nearest_mode={rounding} is not supported")
     return np.clip(rounded[rounding](src), 0, size - 1).astype(np.int32), None
-  if kind != "linear":
-    raise OpError(f"mode={kind} is not supported (nearest and linear are)")
   src = np.clip(src, 0, size - 1)
   low = np.floor(src).astype(np.int32)
   high = np.minimum(low + 1, size - 1)
@@ -478,12 +532,20 @@ def _resize_axis(a, size: int, out: int, scale: float) -> tuple[np.ndarray, np.n
 
 
 def _resize(xp, a, x, roi=None, scales=None, sizes=None):
-  if a.get("antialias", 0) or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-    raise OpError("antialias and keep_aspect_ratio_policy are not supported")
+  if a.get("antialias", 0):
+    raise OpError("antialias=1 is not supported")
   axes = [_axis(i, x.ndim) for i in a.get("axes", range(x.ndim))]
   if sizes is not None and np.size(sizes):
     outs = dict(zip(axes, _ints(sizes)))
     factors = {i: outs[i] / x.shape[i] for i in axes}
+    policy = a.get("keep_aspect_ratio_policy", "stretch")
+    if policy in ("not_larger", "not_smaller"):
+      # One scale for all axes, the output sizes rounded half up from it.
+      scale = (min if policy == "not_larger" else max)(factors.values())
+      factors = dict.fromkeys(axes, scale)
+      outs = {i: int(x.shape[i] * scale + 0.5) for i in axes}
+    elif policy != "stretch":
+      raise OpError(f"keep_aspect_ratio_policy={policy} is not supported")
   else:
     factors = dict(zip(axes, np.asarray(scales, np.float32).reshape(-1).tolist()))
     outs = {i: int(np.floor(x.shape[i] * factors[i])) for i in axes}
@@ -514,7 +576,7 @@ def _upsample(xp, a, x, scales=None):
 
 OPS: dict[str, Op] = {
     "Add": _binary("add"), "Sub": _binary("subtract"), "Mul": _binary("multiply"),
-    "Div": Op(_div), "Pow": _binary("power"), "Equal": _binary("equal"),
+    "Div": Op(_div), "Pow": Op(_pow), "Equal": _binary("equal"),
     "Less": _binary("less"), "Greater": _binary("greater"),
     "Max": _variadic("maximum"), "Min": _variadic("minimum"), "Sum": _variadic("add"),
     "Where": Op(lambda xp, a, c, x, y: xp.where(c, x, y)),
@@ -545,13 +607,14 @@ OPS: dict[str, Op] = {
     "Tile": Op(lambda xp, a, x, reps: xp.tile(x, _ints(reps)), static=frozenset({1})),
     "Gather": Op(_gather), "Shape": Op(_shape),
     "Size": Op(lambda xp, a, x: np.asarray(int(np.prod(x.shape)), np.int64)),
-    "Cast": Op(lambda xp, a, x: x.astype(_dtype(xp, a.get("to")))),
+    "Cast": Op(_cast),
     "ConstantOfShape": Op(_constant_of_shape, static=frozenset({0})),
-    "Range": Op(lambda xp, a, start, limit, delta: np.arange(start, limit, delta),
-                static=frozenset({0, 1, 2})),
+    "Range": Op(lambda xp, a, start, limit, delta: np.arange(start, limit, delta).astype(
+        start.dtype), static=frozenset({0, 1, 2})),
     "Pad": Op(_pad, static=frozenset({1, 2, 3})),
     "Resize": Op(_resize, static=frozenset({1, 2, 3})),
     "Upsample": Op(_upsample, static=frozenset({1})),
-    "Constant": Op(_constant), "Identity": Op(lambda xp, a, x: x), "Dropout": Op(_dropout),
+    "Constant": Op(_constant), "Identity": Op(lambda xp, a, x: x),
+    "Dropout": Op(_dropout, static=frozenset({1, 2})),
     "DequantizeLinear": Op(_dequantize),
 }
