@@ -178,9 +178,10 @@ def params_from_weights(weights: dict[str, np.ndarray], expected: dict[tuple[str
       raise ValueError(f"{where}: tensor {name} {list(np.shape(value))} has no place in the "
                        "U-Net that config.json describes")
     if array.shape != expected[path].shape:
+      needed = expected[path].shape
+      needed = needed[::-1][:2] + needed[:2] if len(needed) == 4 else needed[::-1]
       raise ValueError(f"{where}: tensor {name} has shape {list(np.shape(value))}; the U-Net "
-                       f"that config.json describes needs {list(expected[path].shape)} (in gmia's "
-                       "layout)")
+                       f"that config.json describes needs {list(needed)}")
     flat[path] = array
   missing = sorted(".".join(p) for p in expected.keys() - flat.keys())
   if missing:
