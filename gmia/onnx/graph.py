@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from gmia.onnx import ops
@@ -47,21 +48,69 @@ class _Node:
     return out if isinstance(out, tuple) else (out,)
 
 
+# Constants folded at import are computed there: larger ones are refused, so that a graph
+# declaring an absurd constant (ConstantOfShape of 2^40 zeros) cannot exhaust memory.
+MAX_FOLDED_BYTES = 1 << 31
+
+
+def load_model(path: str | os.PathLike, external_data: bool = True) -> onnx.ModelProto:
+  """Reads an .onnx file (and its external data, which must lie in the file's folder).
+
+  Whatever is wrong with the file (empty, truncated, not ONNX, external data outside its folder
+  or shorter than declared, no graph) is a one-line ValueError naming it. Memory is bounded by
+  the files' sizes: protobuf reads what the file holds, onnx checks external data's declared
+  lengths against its file.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ValueError(f"{path}: {'not a file' if os.path.exists(path) else 'no such file'}")
+  size = os.path.getsize(path)
+  if size == 0:
+    raise ValueError(f"{path}: the file is empty, not an ONNX model")
+  try:
+    proto = onnx.load(path, load_external_data=external_data)
+  except DecodeError as error:
+    raise ValueError(f"{path}: not an ONNX model, or a truncated one (protobuf cannot parse "
+                     f"its {size} bytes)") from error
+  except (onnx.checker.ValidationError, ValueError) as error:
+    raise ValueError(f"{path}: its external data is refused: "
+                     f"{_first_line(error)}") from error
+  except OSError as error:
+    raise ValueError(f"{path}: cannot read it or its external data: "
+                     f"{error.strerror or _first_line(error)}") from error
+  if not proto.HasField("graph") or not proto.graph.output:
+    raise ValueError(f"{path}: not an ONNX model (it holds no graph with outputs)")
+  return proto
+
+
+def _first_line(error: BaseException) -> str:
+  return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def _load(model: Any) -> tuple[Any, str]:
   if isinstance(model, (str, os.PathLike)):
-    return onnx.load(os.fspath(model)), os.fspath(model)
+    return load_model(model), os.fspath(model)
   if isinstance(model, onnx.ModelProto):
     return model, f"<graph {model.graph.name or 'unnamed'}>"
   raise TypeError(f"expected an .onnx path or an onnx.ModelProto, got {type(model).__name__}")
 
 
-def _attributes(proto: Any, opset: int) -> ops.Attributes:
+def _array(tensor: Any, source: str, what: str) -> np.ndarray:
+  """A TensorProto as numpy; a malformed one (data shorter than its dims...) a one-line error."""
+  try:
+    return numpy_helper.to_array(tensor)
+  except (ValueError, TypeError, KeyError, IndexError) as error:
+    raise ValueError(f"{source}: {what} {tensor.name!r} of dims {list(tensor.dims)} cannot be "
+                     f"read: {_first_line(error)}") from error
+
+
+def _attributes(proto: Any, opset: int, source: str) -> ops.Attributes:
   def value(attribute):
     v = helper.get_attribute_value(attribute)
     if isinstance(v, bytes):
       return v.decode()
     if hasattr(v, "dims"):  # A TensorProto.
-      return numpy_helper.to_array(v)
+      return _array(v, source, f"attribute {attribute.name} of node {proto.name!r}:")
     if isinstance(v, list):
       return tuple(x.decode() if isinstance(x, bytes) else x for x in v)
     return v
@@ -271,7 +320,7 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
   proto, source = _load(model)
   graph = proto.graph
   opset = _opset(proto, source)
-  values: dict[str, Any] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+  values: dict[str, Any] = {t.name: _array(t, source, "initialiser") for t in graph.initializer}
   # Inputs that no node reads (some exporters leave the names of replaced weights) are dropped.
   read = {name for node in graph.node for name in node.input} | {v.name for v in graph.output}
   declared = [value for value in graph.input if value.name not in values and value.name in read]
@@ -288,7 +337,7 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
       raise NotImplementedError(f"{source}: node {name!r}: operator {op_name} is not supported "
                                 "by gmia.onnx")
     node = _Node(name, node_proto.op_type, tuple(node_proto.input), tuple(node_proto.output),
-                 _attributes(node_proto, opset), ops.OPS[op_name])
+                 _attributes(node_proto, opset, source), ops.OPS[op_name])
     for slot, tensor in enumerate(node.inputs):
       if tensor and tensor not in values:
         raise ValueError(f"{source}: node {name!r} reads {tensor!r}, which nothing before it "
@@ -297,28 +346,36 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
     if node.op_type in ("Shape", "Size"):  # Only the (known) shape is read.
       args = [np.broadcast_to(np.zeros((), a.dtype), a.shape) for a in args]
     try:
+      for slot in node.op.static:
+        if slot < len(args) and isinstance(args[slot], jax.ShapeDtypeStruct):
+          raise ValueError(f"input {slot} ({node.inputs[slot]!r}) must be known at import "
+                           "(gmia.onnx fixes shapes there)")
+      static = {slot: args[slot] for slot in node.op.static if slot < len(args)}
+      dynamic = [jax.ShapeDtypeStruct(a.shape, jax.dtypes.canonicalize_dtype(a.dtype))
+                 if isinstance(a, np.ndarray) else a
+                 for slot, a in enumerate(args) if slot not in static]
+
+      def run(*traced, node=node, static=static, count=len(args)):
+        it = iter(traced)
+        return node.run(jnp, [static[i] if i in static else next(it) for i in range(count)])
+
+      # Shapes first, from a trace that allocates nothing: the node's outputs are known
+      # before anything is computed, constants included.
+      results = jax.eval_shape(run, *dynamic)
       if all(a is None or isinstance(a, np.ndarray) for a in args):
+        size = sum(int(np.prod(r.shape)) * np.dtype(r.dtype).itemsize for r in results)
+        if size > MAX_FOLDED_BYTES:
+          raise ValueError(f"its constant outputs {[tuple(r.shape) for r in results]} would "
+                           f"take {size} bytes, more than gmia.onnx folds ({MAX_FOLDED_BYTES})")
         if node.op.numpy:
           results = node.run(np, args)
         else:
           results = node.run(jnp, [None if a is None else jnp.asarray(a) for a in args])
         values.update((o, np.asarray(r)) for o, r in zip(node.outputs, results))
         continue
-      for slot in node.op.static:
-        if slot < len(args) and isinstance(args[slot], jax.ShapeDtypeStruct):
-          raise ValueError(f"input {slot} ({node.inputs[slot]!r}) must be known at import "
-                           "(gmia.onnx fixes shapes there)")
-      static = {slot: args[slot] for slot in node.op.static if slot < len(args)}
-      dynamic = [a for slot, a in enumerate(args) if slot not in static]
-
-      def run(*traced, node=node, static=static, count=len(args)):
-        it = iter(traced)
-        return node.run(jnp, [static[i] if i in static else next(it) for i in range(count)])
-
-      results = jax.eval_shape(run, *dynamic)
     except (ops.OpError, ValueError, TypeError) as error:
-      message = str(error).splitlines()[0] if str(error) else type(error).__name__
-      raise ValueError(f"{source}: node {name!r} ({node.op_type}): {message}") from error
+      raise ValueError(f"{source}: node {name!r} ({node.op_type}): "
+                       f"{_first_line(error)}") from error
     values.update(zip(node.outputs, results))
     kept.append(node)
 
@@ -332,6 +389,8 @@ def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
         target = fixed if (id(node), slot) in static_slots or not floating else params
         target[tensor] = value
   for value in graph.output:
+    if value.name not in values:
+      raise ValueError(f"{source}: the graph's output {value.name!r} is computed by no node")
     if isinstance(values.get(value.name), np.ndarray):
       fixed[value.name] = values[value.name]
   tensors = {k: v for k, v in values.items() if v is not None}

@@ -456,7 +456,14 @@ def _constant(xp, a):
 
 def _constant_of_shape(xp, a, shape):
   value = a.get("value", np.zeros(1, np.float32))
-  return xp.full(_ints(shape), value.reshape(-1)[0], dtype=value.dtype)
+  dtype = value.dtype if xp is np else jax.dtypes.canonicalize_dtype(value.dtype)
+  return xp.full(_ints(shape), value.reshape(-1)[0], dtype=dtype)
+
+
+def _range(xp, a, start, limit, delta):
+  # xp.arange: under jax.eval_shape (which import runs first) nothing is allocated.
+  dtype = start.dtype if xp is np else jax.dtypes.canonicalize_dtype(start.dtype)
+  return xp.arange(start, limit, delta).astype(dtype)
 
 
 def _dropout(xp, a, x, ratio=None, training_mode=None):
@@ -491,6 +498,8 @@ def _dequantize(xp, a, x, scale, zero_point=None):
 
 
 # Resize.
+
+MAX_RESIZED_LENGTH = 1 << 24  # Per axis: index arrays of that length are built at import.
 
 def _resize_axis(a, size: int, out: int, scale: float) -> tuple[np.ndarray, np.ndarray | None]:
   """Source indices [out] (nearest) or indices [2, out] with weights [out] (linear)."""
@@ -549,6 +558,8 @@ def _resize(xp, a, x, roi=None, scales=None, sizes=None):
   else:
     factors = dict(zip(axes, np.asarray(scales, np.float32).reshape(-1).tolist()))
     outs = {i: int(np.floor(x.shape[i] * factors[i])) for i in axes}
+  if max(outs.values(), default=0) > MAX_RESIZED_LENGTH:
+    raise OpError(f"output lengths {list(outs.values())} exceed {MAX_RESIZED_LENGTH}")
   for axis in axes:
     size, out = x.shape[axis], outs[axis]
     if size == out and factors[axis] == 1:
@@ -609,8 +620,7 @@ OPS: dict[str, Op] = {
     "Size": Op(lambda xp, a, x: np.asarray(int(np.prod(x.shape)), np.int64)),
     "Cast": Op(_cast),
     "ConstantOfShape": Op(_constant_of_shape, static=frozenset({0})),
-    "Range": Op(lambda xp, a, start, limit, delta: np.arange(start, limit, delta).astype(
-        start.dtype), static=frozenset({0, 1, 2})),
+    "Range": Op(_range, static=frozenset({0, 1, 2})),
     "Pad": Op(_pad, static=frozenset({1, 2, 3})),
     "Resize": Op(_resize, static=frozenset({1, 2, 3})),
     "Upsample": Op(_upsample, static=frozenset({1})),
