@@ -1,7 +1,7 @@
 """Audit: was this person's face used to train the generator?
 
   python -m attack.audit --workdir=runs/audit --config.photos_dir=my_photos \
-      --config.generator=gmia:runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
+      --config.generator=gmia:runs/demo/gan --config.matcher.path=runs/demo/face_encoder
 
 Prints the verdict in plain words and writes audit.json.
 """
@@ -9,7 +9,7 @@ Prints the verdict in plain words and writes audit.json.
 import os
 
 from gmia import cli
-from gmia.attacks import audit
+from gmia.jobs import audit
 
 if __name__ == "__main__":
   cli.launch(audit.run, show=lambda result, _: print(result["verdict"]), default_config=os.path.join(

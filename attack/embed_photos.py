@@ -1,8 +1,8 @@
 """Embed a folder of photos with a face matcher and look at what it saw.
 
   python -m attack.embed_photos --workdir=OUT --config.photos_dir=DIR \
-      --config.encoder_onnx=face_recognition_sface_2021dec_int8bq.onnx \
-      --config.encoder_preset=sface --config.align=detect \
+      --config.matcher.path=face_recognition_sface_2021dec_int8bq.onnx \
+      --config.matcher.preset=sface --config.align=detect \
       --config.detector_onnx=face_detection_yunet_2023mar.onnx
 
 DIR is a flat folder of photos or identity folders DIR/<person>/<photo>. Writes embeddings.npz
@@ -13,7 +13,7 @@ similarity.png and the same- and different-person similarity ranges in report.js
 import os
 
 from gmia import cli
-from gmia.faces import photo_job
+from gmia.jobs import embed_photos as embed_photos_job
 
 
 def _show(result, workdir):
@@ -28,5 +28,5 @@ def _show(result, workdir):
 
 
 if __name__ == "__main__":
-  cli.launch(photo_job.run, show=_show, default_config=os.path.join(
+  cli.launch(embed_photos_job.run, show=_show, default_config=os.path.join(
       os.path.dirname(__file__), "configs", "embed_photos.py"))

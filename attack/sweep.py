@@ -12,7 +12,7 @@ the stage it was in.
 import os
 
 from gmia import cli
-from gmia.attacks import sweep
+from gmia.jobs import sweep
 
 
 def _show(summary, workdir):

@@ -37,6 +37,7 @@ from gmia.data import run_data  # noqa: E402
 from gmia.faces import embedder as embedder_lib, matchers  # noqa: E402
 from gmia.face_encoder import trainer as encoder_trainer  # noqa: E402
 from gmia.gan import train_step  # noqa: E402
+from gmia.models import iresnet  # noqa: E402
 from train.configs import face_encoder_cpu_demo, gan_tiny  # noqa: E402
 
 _CHUNK = flags.DEFINE_integer("chunk_size", 256, "Samples per chunk.")
@@ -60,7 +61,7 @@ def tiny_models(root: str) -> tuple[str, str]:
   checkpointer.save(1, state, {"kind": "gan", "config": json.loads(gan_config.to_json())})
   checkpointer.close()
   enc_config = face_encoder_cpu_demo.get_config()
-  encoder = encoder_trainer.create_model(enc_config.model)
+  encoder = iresnet.from_config(enc_config.model)
   e_state = encoder_trainer.init_state(encoder, encoder_trainer.make_optimizer(enc_config),
                                        enc_config.model.input_size, 8, jax.random.key(0))
   checkpointer = Checkpointer(os.path.join(root, "encoder"))
@@ -89,7 +90,7 @@ def stages(name: str, config: ml_collections.ConfigDict) -> None:
   source, embedder, refs, mesh = pipeline(config)
   params = jax.device_put(embedder.params, parallel.replicated(mesh))
   embed = embedder_lib.jitted_embed(embedder)
-  evidence = im.Evidence.empty(refs.num_identities, 10)
+  evidence = im.Evidence.empty(refs.num_identities, 10, len(refs.identity))
   times = {"generate": 0.0, "align + embed": 0.0, "kernels": 0.0}
   for chunk in range(_CHUNKS.value + 1):
     indices = np.arange(chunk * _CHUNK.value, (chunk + 1) * _CHUNK.value)
@@ -118,7 +119,7 @@ def stages(name: str, config: ml_collections.ConfigDict) -> None:
 
 
 def memory_run(config: ml_collections.ConfigDict, num_samples: int) -> None:
-  """One whole streamed attack (as membership_job streams it); prints the peak RSS in MB."""
+  """One whole streamed attack (as membership streams it); prints the peak RSS in MB."""
   source, embedder, refs, mesh = pipeline(config)
   samples = make_sample_embedder(source, embedder, mesh, _CHUNK.value)
   with tempfile.TemporaryDirectory() as state:
@@ -132,7 +133,8 @@ def tiny_config(root: str) -> ml_collections.ConfigDict:
   generator, encoder = tiny_models(root)
   config = ml_collections.ConfigDict({**sources.config_fields(),
                                       **embedder_lib.config_fields()})
-  config.update(generator=generator, encoder_workdir=encoder)
+  config.generator = generator
+  config.matcher.path = encoder
   return config
 
 
@@ -147,9 +149,9 @@ def main(argv):
     if _REAL.value:
       from tests import assets, dcgan
       real = ml_collections.ConfigDict(config.to_dict())
-      real.update(generator=f"onnx:{dcgan.onnx_path(root)}", encoder_workdir="",
-                  encoder_onnx=assets.sface_path(), encoder_preset="sface", align="detect",
+      real.update(generator=f"onnx:{dcgan.onnx_path(root)}", align="detect",
                   detector_onnx=assets.yunet_path(), detect_score=0.6, sample_detector_size=160)
+      real.matcher.update(path=assets.sface_path(), preset="sface")
       stages("gan-face-generate DCGAN (onnx:) + YuNet + SFace", real)
   for count in (int(n) for n in _MEMORY.value.split(",") if n):
     started = time.perf_counter()

@@ -4,7 +4,7 @@
     python bench/bench_encoder.py --models demo --batch 64 --rounds 5
 
 The peer is what insightface users run: onnxruntime (CPU provider) on an insightface-layout ONNX
-graph of the same network (gmia.models.export_onnx of random weights, BNs folded into convs as in
+graph of the same network (tests/iresnet_onnx_export.py of random weights, BNs folded into convs as in
 the released files).
 Each engine runs `--rounds` rounds of `--iters` batches; its fastest round counts, which evens out
 load from other processes. Compilation / session creation is timed separately.
@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gmia.face_encoder.embed import embed  # noqa: E402
-from gmia.models.export_onnx import INPUT_NAME, export_onnx  # noqa: E402
+from tests.iresnet_onnx_export import INPUT_NAME, export_onnx  # noqa: E402
 from gmia.models.iresnet import ARCHS, IResNet, init_key  # noqa: E402
 
 # name -> (blocks, width, features, input size); "demo" is train/configs/face_encoder_cpu_demo.py.

@@ -29,12 +29,13 @@ import numpy as np
 import scipy.optimize
 from absl import app, flags
 
-from gmia.attacks import reconstruction
 from gmia.data import run_data
 from gmia.data.split import IdentitySplit
 from gmia.gan import sampling, train_step
 from gmia.inversion import latent
+from gmia.jobs import reconstruction
 from gmia.models import stylegan
+from gmia.runs import load_run
 from train.configs import gan_cpu_demo
 
 _WORKDIR = flags.DEFINE_string("generator_workdir", "", "Trained generator (default: random).")
@@ -47,7 +48,8 @@ _W_AVG_SAMPLES = 10_000
 def generator_and_targets(workdir: str, num: int) -> tuple[stylegan.Generator, dict, np.ndarray]:
   """(generator, g_vars, targets f32[num, R, R, 3] in [-1, 1])."""
   if workdir:
-    generator, g_vars, config = sampling.load_generator(workdir)
+    run = load_run(workdir, "gan")
+    generator, g_vars, config = run.model, run.variables, run.config
     split = IdentitySplit.load(os.path.join(workdir, run_data.SPLIT_FILE))
     photos = split.train_photos(config.train_group)[:num]
     images = run_data.load_dataset(config.data).select(photos).images

@@ -29,12 +29,14 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gmia import metrics, parallel, progress  # noqa: E402
-from gmia.attacks import reconstruction  # noqa: E402
 from gmia.checkpoint import Checkpointer  # noqa: E402
 from gmia.data import run_data  # noqa: E402
 from gmia.data.split import IdentitySplit  # noqa: E402
 from gmia.gan import sampling  # noqa: E402
 from gmia.inversion import latent, latent_encoder_training  # noqa: E402
+from gmia.jobs import reconstruction  # noqa: E402
+from gmia.models import latent_encoder  # noqa: E402
+from gmia.runs import load_run  # noqa: E402
 from train.configs import latent_encoder_cpu_demo  # noqa: E402
 
 _GENERATOR = flags.DEFINE_string("generator_workdir", None, "Trained generator.", required=True)
@@ -55,8 +57,7 @@ HELD_OUT_SEED = 1_000_003  # Latents of the generated targets: key(seed), unlike
 def encoder_training_speed(generator, g_vars, steps: int) -> float:
   """Encoder training steps/s of the demo config (after a compiling step)."""
   config = latent_encoder_cpu_demo.get_config()
-  encoder = latent_encoder_training.create_model(config, generator.img_resolution,
-                                                 generator.w_dim)
+  encoder = latent_encoder.from_config(config, generator.img_resolution, generator.w_dim)
   w_avg, w_std = latent_encoder_training.latent_moments(generator, g_vars, jax.random.key(0), 256)
   optimizer = latent_encoder_training.make_optimizer(config)
   state = latent_encoder_training.init_state(encoder, optimizer, w_avg, w_std, jax.random.key(0))
@@ -74,7 +75,7 @@ def targets_of(generator, g_vars, num: int) -> dict[str, np.ndarray]:
   """{kind: f32[num, R, R, 3] in [-1, 1]}: held-out generated faces, and real photos."""
   kinds = {"generated": sampling.generate(generator, g_vars, seed=HELD_OUT_SEED, num=num)}
   if _REAL.value:
-    g_config = sampling.load_generator(_GENERATOR.value)[2]
+    g_config = load_run(_GENERATOR.value, "gan").config
     split = IdentitySplit.load(os.path.join(_GENERATOR.value, run_data.SPLIT_FILE))
     photos = split.train_photos("members")
     ids = np.random.default_rng(0).choice(photos, min(num, len(photos)), replace=False)
@@ -116,10 +117,11 @@ def main(argv):
   progress.quiet_library_logs()
   budgets = sorted(int(b) for b in _BUDGETS.value)
   noise_factors = [float(f) for f in _NOISE.value]
-  generator, g_vars, _ = sampling.load_generator(_GENERATOR.value)
+  gan = load_run(_GENERATOR.value, "gan")
+  generator, g_vars = gan.model, gan.variables
   if Checkpointer(_ENCODER.value).latest_step() is None:
     config = latent_encoder_cpu_demo.get_config()
-    config.generator_workdir = _GENERATOR.value
+    config.generator = f"gmia:{_GENERATOR.value}"
     began = time.perf_counter()
     latent_encoder_training.train_and_evaluate(config, _ENCODER.value)
     print(f"trained the encoder ({config.num_steps} steps) in {time.perf_counter() - began:.0f} s")

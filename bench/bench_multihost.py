@@ -28,8 +28,8 @@ _SAMPLES = flags.DEFINE_string("samples", "512,2048", "The two sample counts.")
 
 
 def seconds(generator: str, encoder: str, workdir: str, samples: int, processes: int) -> float:
-  command = [sys.executable, "-m", "attack.identity_membership", f"--workdir={workdir}",
-             f"--config.generator={generator}", f"--config.encoder_workdir={encoder}",
+  command = [sys.executable, "-m", "attack.membership", f"--workdir={workdir}",
+             f"--config.generator={generator}", f"--config.matcher.path={encoder}",
              f"--config.num_samples={samples}", f"--config.chunk_size={flags.FLAGS.chunk_size}",
              "--config.bootstrap_resamples=10"]
   started = time.perf_counter()

@@ -30,6 +30,22 @@ CONFIG_HELP = "Config file (ml_collections); override fields with --config.FIELD
 # Errors a user's input or the machine (OSError: a busy workdir, a full disk) causes: shown as
 # one line. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError)
+# Config fields of earlier versions -> how they are spelled now.
+RENAMED = {
+    "encoder_workdir": "matcher.path (a face encoder workdir; for the sweep: "
+                       "face_encoder_workdir; for an inversion: network.path)",
+    "encoder_onnx": "matcher.path (an .onnx file)",
+    "encoder_preset": "matcher.preset",
+    "encoder_input_size": "matcher.input_size",
+    "encoder_bgr": "matcher.bgr",
+    "encoder_mean": "matcher.mean",
+    "encoder_std": "matcher.std",
+    "judge_onnx": "judge.path",
+    "judge_preset": "judge.preset",
+    "generator_workdir": "generator=gmia:WORKDIR",
+    "network.workdir": "network.path",
+    "network.onnx": "network.path",
+}
 
 
 def unknown_field_message(error: Exception, argv: Sequence[str]) -> str:
@@ -38,6 +54,10 @@ def unknown_field_message(error: Exception, argv: Sequence[str]) -> str:
     error = error.args[0]
   detail = str(error.args[0] if error.args else error).replace("\n", ". ")
   overrides = [arg.split("=")[0] for arg in argv if arg.startswith("--config.")]
+  renamed = [f"--config.{field} is now --config.{now}" for field, now in RENAMED.items()
+             if f"--config.{field}" in overrides]
+  if renamed:
+    return "; ".join(renamed)
   return f"unknown config field {detail} (overrides given: {', '.join(overrides) or 'none'})"
 
 

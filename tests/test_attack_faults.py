@@ -16,8 +16,8 @@ FILES = ("scores.csv", "samples.csv")
 
 def command(models, workdir):
   gan, encoder = models
-  return [sys.executable, "-m", "attack.identity_membership", f"--workdir={workdir}",
-          f"--config.generator=gmia:{gan}", f"--config.encoder_workdir={encoder}",
+  return [sys.executable, "-m", "attack.membership", f"--workdir={workdir}",
+          f"--config.generator=gmia:{gan}", f"--config.matcher.path={encoder}",
           "--config.num_samples=96", "--config.chunk_size=8", "--config.topk=3",
           "--config.bootstrap_resamples=20"]
 

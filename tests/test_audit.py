@@ -1,6 +1,6 @@
 """The audit's verdict in words."""
 
-from gmia.attacks import audit
+from gmia.jobs import audit
 
 
 def test_verdict_wording_follows_the_p_value():

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from gmia.attacks import calibration, calibration_job, exposure, report
+from gmia import files
+from gmia.attacks import calibration, exposure
+from gmia.jobs import calibration as calibration_job
 from gmia.data.arrays import FaceArrays
 from gmia.data.split import make_split
 
@@ -39,7 +41,7 @@ def test_calibrate_and_its_errors():
 
 
 def _write_scores(path, identity, group, best, count):
-  report.write_scores_csv(str(path / calibration.SCORES_FILE), {
+  files.write_csv(str(path / calibration.SCORES_FILE), {
       "identity": identity, "group": group, "score_best": best, "score_count": count,
       "best_sample": [0] * len(identity)})
 

@@ -8,7 +8,7 @@ import pytest
 
 @pytest.mark.parametrize("command", [
     # Default config file: the override is resolved when the flag is defined.
-    ["attack.identity_membership", "--workdir=unused", "--config.num_sampels=3"],
+    ["attack.membership", "--workdir=unused", "--config.num_sampels=3"],
     # --config=FILE: the override is resolved when the flags are parsed.
     ["train.train_gan", "--workdir=unused", "--config=train/configs/gan_tiny.py",
      "--config.model.z_dimm=3"],
@@ -22,10 +22,26 @@ def test_unknown_config_field_is_named(command):
   assert "unknown config field" in result.stderr and field in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("command,message", [
+    (["attack.membership", "--config.encoder_onnx=sface.onnx"],
+     "--config.encoder_onnx is now --config.matcher.path"),
+    (["attack.feature_inversion", "--config.judge_preset=sface"],
+     "--config.judge_preset is now --config.judge.preset"),
+    (["attack.feature_inversion", "--config.generator_workdir=runs/demo/gan"],
+     "--config.generator_workdir is now --config.generator=gmia:WORKDIR"),
+])
+def test_a_renamed_config_field_names_its_new_spelling(command, message):
+  result = subprocess.run([sys.executable, "-m", command[0], "--workdir=unused", *command[1:]],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], result.stderr
+
+
 def test_a_missing_checkpoint_is_one_line_and_exit_status_1(tmp_path):
-  command = [sys.executable, "-m", "attack.identity_membership", f"--workdir={tmp_path / 'out'}",
+  command = [sys.executable, "-m", "attack.membership", f"--workdir={tmp_path / 'out'}",
              f"--config.generator=gmia:{tmp_path / 'nowhere'}",
-             f"--config.encoder_workdir={tmp_path / 'nowhere'}"]
+             f"--config.matcher.path={tmp_path / 'nowhere'}"]
   result = subprocess.run(command, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1, result.stderr
   last = result.stderr.strip().splitlines()[-1]

@@ -85,7 +85,7 @@ def test_celeb_a_bad_identity_line(tmp_path):
   _write_photo(str(root / "img_align_celeba" / "000001.jpg"))
   (root / "identity_CelebA.txt").write_text("000001.jpg\n")
   with pytest.raises(ValueError, match="identity_CelebA.txt:1"):
-    folders.list_photos("celeb_a", str(root))
+    folders.collection_photos("celeb_a", str(root))
 
 
 @pytest.mark.parametrize("name", ["identity_folder", "lfw", "vggface2", "celeb_a"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gmia.faces import photo_job
+from gmia.jobs import embed_photos as embed_photos_job
 from tests import assets
 
 
@@ -24,11 +24,11 @@ def photo_folders(tmp_path_factory):
 
 
 def embed(photo_folders, tmp_path, align):
-  config = photo_job.default_config()
+  config = embed_photos_job.default_config()
   config.photos_dir = photo_folders
-  config.encoder_onnx, config.encoder_preset = assets.sface_path(), "sface"
+  config.matcher.update(path=assets.sface_path(), preset="sface")
   config.align, config.detector_onnx = align, assets.yunet_path()
-  return photo_job.run(config, str(tmp_path / align))
+  return embed_photos_job.run(config, str(tmp_path / align))
 
 
 def test_detected_and_aligned_faces_separate_people(photo_folders, tmp_path):
@@ -56,15 +56,15 @@ def test_detected_and_aligned_faces_separate_people(photo_folders, tmp_path):
 
 
 def test_strict_photos_make_a_skipped_photo_an_error(photo_folders, tmp_path):
-  config = photo_job.default_config()
+  config = embed_photos_job.default_config()
   config.photos_dir = os.path.join(photo_folders, "obama")
-  config.encoder_onnx, config.encoder_preset = assets.sface_path(), "sface"
+  config.matcher.update(path=assets.sface_path(), preset="sface")
   config.align, config.detector_onnx, config.strict_photos = "detect", assets.yunet_path(), True
   with pytest.raises(ValueError, match="blank.png: no face"):
-    photo_job.run(config, str(tmp_path))
+    embed_photos_job.run(config, str(tmp_path))
   config.align, config.detector_onnx = "detect", ""
   with pytest.raises(ValueError, match="align=detect needs config.detector_onnx"):
-    photo_job.run(config, str(tmp_path))
-  config.align, config.encoder_preset = "none", "deepface"
-  with pytest.raises(ValueError, match="unknown encoder_preset 'deepface'"):
-    photo_job.run(config, str(tmp_path))
+    embed_photos_job.run(config, str(tmp_path))
+  config.align, config.matcher.preset = "none", "deepface"
+  with pytest.raises(ValueError, match="unknown config.matcher.preset .deepface."):
+    embed_photos_job.run(config, str(tmp_path))

@@ -17,32 +17,10 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from gmia.models.export_onnx import INPUT_NAME, export_onnx  # noqa: E402
-from gmia.models.import_insightface import load_onnx, variables_from_onnx  # noqa: E402
 from gmia.models.iresnet import IResNet  # noqa: E402
-
-BLOCKS, WIDTH, SIZE, FEATURES = (2, 2, 2, 2), 8, 32, 16
-MODEL = IResNet(blocks=BLOCKS, width=WIDTH, num_features=FEATURES)
-
-
-def random_variables(model, seed=0):
-  """Variables of `model` for SIZE px inputs, drawn in numpy: kernels scaled by fan-in, BN
-  scales and variances around 1, slopes in [0.1, 0.4], biases and means around 0."""
-  rng = np.random.default_rng(seed)
-  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
-
-  def draw(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape)
-    if name in ("scale", "var"):
-      return rng.uniform(0.5, 1.5, leaf.shape)
-    if name == "negative_slope":
-      return rng.uniform(0.1, 0.4, leaf.shape)
-    return rng.normal(0, 0.1, leaf.shape)
-
-  return jax.tree_util.tree_map_with_path(lambda p, x: draw(p, x).astype(np.float32), abstract)
-
+from tests.iresnet_onnx_export import (BLOCKS, FEATURES, INPUT_NAME, MODEL, SIZE,  # noqa: E402
+                                       WIDTH, export_onnx, random_variables)
+from tests.iresnet_onnx_import import load_onnx, variables_from_onnx  # noqa: E402
 
 @functools.cache
 def apply_fn():

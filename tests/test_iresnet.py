@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmia.face_encoder.embed import embed, preprocess
+from gmia.face_encoder.embed import embed
+from gmia.models.preprocessing import preprocess
 from gmia.models.iresnet import ARCHS, IResNet, init_key, input_size, iresnet
 
 TINY = IResNet(blocks=(1, 1, 1, 1), width=8, num_features=16)

@@ -11,13 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmia.attacks import reconstruction
 from gmia.checkpoint import Checkpointer
-from gmia.training import EVAL_FILE
-from gmia.gan import sampling, train_step
+from gmia.gan import train_step
 from gmia.inversion import latent, latent_encoder_training as training
+from gmia.jobs import reconstruction
 from gmia.models import stylegan
-from gmia.models.latent_encoder import LatentEncoder, with_latent_statistics
+from gmia.models.latent_encoder import (LatentEncoder, check_matches_generator,
+                                        with_latent_statistics)
+from gmia.runs import load_run
+from gmia.training import EVAL_FILE
 from tests.resume_check import check_resume
 from train.configs import gan_tiny
 
@@ -69,7 +71,8 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def targets(run):
   """(generator, g_vars, true ws f32[4, w_dim], targets G(w) f32[4, R, R, 3]) held out."""
-  generator, g_vars, _ = sampling.load_generator(run[0])
+  gan = load_run(run[0], "gan")
+  generator, g_vars = gan.model, gan.variables
   ws = map_latents(generator, g_vars, jax.random.normal(jax.random.key(99), (4, W_DIM)))
   return generator, g_vars, ws, synthesize(generator, g_vars, ws)
 
@@ -107,7 +110,9 @@ def test_training_learns_w_from_generator_samples(run, targets):
   the pixel MSE of G(E(x)) 0.04 of G(w_avg)'s."""
   gan_workdir, encoder_workdir, config, metrics = run
   generator, g_vars, ws, images = targets
-  encoder, e_vars = training.load_latent_encoder(encoder_workdir, generator=generator)
+  latent = load_run(encoder_workdir, "latent_encoder")
+  check_matches_generator(latent.model, generator)
+  encoder, e_vars = latent.model, latent.variables
   # Latent statistics against numpy over the same mapped latents.
   z = jax.random.normal(jax.random.key(0), (config.statistics_samples, W_DIM))
   mapped = np.asarray(map_latents(generator, g_vars, z), np.float64)
@@ -141,7 +146,7 @@ def test_mismatched_generator_and_encoder_are_named(run, tmp_path):
   for resolution, w_dim, message in ((8, W_DIM, "16 px .* 8 px"), (RESOLUTION, 4, "w_dim=8 .* 4")):
     generator = stylegan.Generator(z_dim=w_dim, w_dim=w_dim, img_resolution=resolution)
     with pytest.raises(ValueError, match=message):
-      training.load_latent_encoder(encoder_workdir, generator=generator)
+      check_matches_generator(load_run(encoder_workdir, "latent_encoder").model, generator)
     with pytest.raises(ValueError, match=message):
       training.encoder_start(encoder_workdir, generator)
   other = str(tmp_path / "other_gan")

@@ -1,24 +1,19 @@
 """Face matchers: a preset's preprocessing against onnxruntime fed by hand, gmia's own encoder
-against gmia.face_encoder.embed, and the config's errors."""
+against gmia.face_encoder.embed, and the matcher block's errors."""
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
-from gmia.face_encoder import embed as face_embed, trainer
+from gmia.face_encoder import embed as face_embed
 from gmia.faces import matchers
+from gmia.runs import load_run
 from tests import assets
-
-
-def matcher_config(**fields):
-  return ml_collections.ConfigDict({**matchers.config_fields(), **fields})
 
 
 def test_mobilefacenet_preset_equals_onnxruntime_on_hand_preprocessed_crops():
   path = assets.mobilefacenet_path()
-  matcher = matchers.load_matcher(matcher_config(encoder_onnx=path,
-                                                 encoder_preset="mobilefacenet"))
+  matcher = matchers.load_matcher(matchers.default_config(path=path, preset="mobilefacenet"))
   assert matcher.input_size == 112
   crops = np.random.default_rng(0).uniform(0, 255, (2, 112, 112, 3)).astype(np.float32)
   session = assets.onnxruntime_session(path)
@@ -29,15 +24,16 @@ def test_mobilefacenet_preset_equals_onnxruntime_on_hand_preprocessed_crops():
   got = np.asarray(jax.jit(matcher.embed)(matcher.params, crops))
   np.testing.assert_allclose(got, want, atol=1e-4)
   # Another preprocessing gives other embeddings: the preset is not ignored.
-  bgr = matchers.load_matcher(matcher_config(encoder_onnx=path, encoder_preset="mobilefacenet",
-                                             encoder_bgr=True))
+  bgr = matchers.load_matcher(matchers.default_config(path=path, preset="mobilefacenet",
+                                                      bgr=True))
   assert np.abs(np.asarray(bgr.embed(bgr.params, crops)) - got).max() > 1e-2
 
 
 def test_a_gmia_encoder_as_a_matcher_embeds_like_face_encoder_embed(models):
   _, encoder_workdir = models
-  matcher = matchers.load_matcher(matcher_config(encoder_workdir=encoder_workdir))
-  model, variables = trainer.load_encoder(encoder_workdir)
+  matcher = matchers.load_matcher(matchers.default_config(path=encoder_workdir))
+  run = load_run(encoder_workdir, "face_encoder")
+  model, variables = run.model, run.variables
   photos = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
   np.testing.assert_allclose(np.asarray(matcher.embed(matcher.params, photos.astype(np.float32))),
                              np.asarray(face_embed.embed(model, variables, photos)), atol=1e-5)
@@ -45,16 +41,22 @@ def test_a_gmia_encoder_as_a_matcher_embeds_like_face_encoder_embed(models):
 
 
 @pytest.mark.parametrize("fields,message", [
-    ({}, "exactly one of encoder_workdir"),
-    ({"encoder_workdir": "a", "encoder_onnx": "b"}, "exactly one of encoder_workdir"),
-    ({"encoder_onnx": "x.onnx", "encoder_preset": "deepface"}, "unknown encoder_preset"),
+    ({}, "config.matcher.path is required"),
+    ({"path": "a", "kind": "torch"}, "unknown config.matcher.kind 'torch'"),
+    ({"path": "x.onnx", "preset": "deepface"}, "unknown config.matcher.preset 'deepface'"),
 ])
-def test_bad_matcher_configs_are_named(fields, message):
+def test_bad_matcher_blocks_are_named(fields, message):
   with pytest.raises(ValueError, match=message):
-    matchers.load_matcher(matcher_config(**fields))
+    matchers.load_matcher(matchers.default_config(**fields))
+
+
+def test_a_classifier_workdir_is_no_matcher(models):
+  gan_workdir, _ = models
+  with pytest.raises(ValueError, match="holds a gan checkpoint, not face_encoder"):
+    matchers.load_matcher(matchers.default_config(path=gan_workdir))
 
 
 def test_a_wrong_input_size_is_named():
   with pytest.raises(ValueError, match="reads 112 px crops, the preprocessing says 96"):
-    matchers.load_matcher(matcher_config(encoder_onnx=assets.sface_path(), encoder_preset="sface",
-                                         encoder_input_size=96))
+    matchers.load_matcher(matchers.default_config(path=assets.sface_path(), preset="sface",
+                                                  input_size=96))

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from gmia.attacks import membership_job
+from gmia.jobs import membership
 from tests.multidevice import run_with_devices
 from tests.multiprocess import REPO, free_port, job_environment, run_code, run_job
 
@@ -137,8 +137,8 @@ RESULT["global"] = np.stack([batches.global_indices(s) for s in range(3)])
 
 def attack_command(models, workdir, num_samples):
   gan, encoder = models
-  return [sys.executable, "-m", "attack.identity_membership", f"--workdir={workdir}",
-          f"--config.generator=gmia:{gan}", f"--config.encoder_workdir={encoder}",
+  return [sys.executable, "-m", "attack.membership", f"--workdir={workdir}",
+          f"--config.generator=gmia:{gan}", f"--config.matcher.path={encoder}",
           f"--config.num_samples={num_samples}", "--config.chunk_size=8", "--config.topk=3",
           "--config.bootstrap_resamples=50"]
 
@@ -147,10 +147,11 @@ def test_the_attack_on_two_processes_reports_what_one_does(models, tmp_path):
   job = str(tmp_path / "job")
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
     two = pool.submit(run_job, [attack_command(models, job, 48)] * 2, 2, 600)
-    config = membership_job.default_config()
-    config.generator, config.encoder_workdir = f"gmia:{models[0]}", models[1]
+    config = membership.default_config()
+    config.generator = f"gmia:{models[0]}"
+    config.matcher.path = models[1]
     config.update(num_samples=48, chunk_size=8, topk=3, bootstrap_resamples=50)
-    alone = membership_job.run(config, str(tmp_path / "alone"))
+    alone = membership.run(config, str(tmp_path / "alone"))
     two.result()
   # The same people, groups, best samples and photos; scores equal to float precision (4
   # devices sum in another order than 1), and the same metrics.

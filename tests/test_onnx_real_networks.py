@@ -16,10 +16,9 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from gmia.models.export_onnx import export_onnx  # noqa: E402
 from gmia.onnx import import_onnx  # noqa: E402
 from tests import assets  # noqa: E402
-from tests.test_import_insightface import MODEL, SIZE, random_variables  # noqa: E402
+from tests.iresnet_onnx_export import MODEL, SIZE, export_onnx, random_variables  # noqa: E402
 
 BATCH = 3
 # Input ranges: SFace and YuNet read 0..255, the MobileFaceNet and IResNet [-1, 1].

@@ -23,9 +23,8 @@ pytest.importorskip("onnxruntime")
 from gmia.faces.matchers import Preprocessing  # noqa: E402
 from gmia.inversion import features, priors  # noqa: E402
 from gmia.models import onnx_split, stylegan  # noqa: E402
-from gmia.models.export_onnx import export_onnx  # noqa: E402
 from tests import assets  # noqa: E402
-from tests.test_import_insightface import MODEL, SIZE, random_variables  # noqa: E402
+from tests.iresnet_onnx_export import MODEL, SIZE, export_onnx, random_variables  # noqa: E402
 
 ARCFACE = Preprocessing(0, mean=127.5, std=127.5)  # gmia's exports, at their own input size.
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gmia import parallel
+from gmia import files, parallel
 from gmia.attacks import people as people_lib
-from gmia.attacks import report
+
 from gmia.data import folders, photos
 from gmia.faces import embedder as embedder_lib
 from gmia.faces import matchers
@@ -168,7 +168,7 @@ def _bad_files(folder) -> dict[str, str]:
 
 def test_bad_files_are_named_skipped_and_raised_when_strict(tmp_path, caplog):
   bad = _bad_files(tmp_path)
-  paths = photos.list_photos(str(tmp_path))
+  paths = photos.files_in(str(tmp_path))
   with caplog.at_level(logging.WARNING):
     read = photos.Reader().read(paths)
   assert [p.rsplit("/", 1)[1] for p in read.paths] == ["whole.jpg", "whole.png"]
@@ -195,8 +195,8 @@ def test_pixel_limit_is_a_reader_option(tmp_path):
 def test_skipped_rows_write_as_csv(tmp_path):
   (tmp_path / "empty.png").write_bytes(b"")
   (tmp_path / "text.jpg").write_text("x")
-  read = photos.Reader().read(photos.list_photos(str(tmp_path)))
-  report.write_scores_csv(str(tmp_path / "skipped.csv"), read.skipped_columns())
+  read = photos.Reader().read(photos.files_in(str(tmp_path)))
+  files.write_csv(str(tmp_path / "skipped.csv"), read.skipped_columns())
   with open(tmp_path / "skipped.csv") as handle:
     rows = [tuple(row.values()) for row in csv.DictReader(handle)]
   assert rows == [tuple(row) for row in read.skipped] and len(rows) == 2
@@ -215,8 +215,8 @@ def test_listing_ignores_hidden_files_folders_and_other_extensions(tmp_path):
   (tmp_path / "people" / "bob").mkdir()
   expected = [str(person / n) for n in sorted(["A.JPG", "b.Png", "c.jpeg", "d.webp", "e.bmp",
                                                "f.tif", "g.TIFF"])]
-  assert photos.list_photos(str(person)) == expected
-  assert photos.list_identity_photos(str(tmp_path / "people")) == [(p, "ann") for p in expected]
+  assert photos.files_in(str(person)) == expected
+  assert photos.identity_photos(str(tmp_path / "people")) == [(p, "ann") for p in expected]
 
 
 def test_attack_people_are_read_through_the_reader(tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gmia import parallel, sources, viz
-from gmia.attacks import audit, membership_job
+from gmia.jobs import audit, membership
 from gmia.onnx import import_onnx
 from tests import assets, dcgan
 
@@ -39,9 +39,9 @@ def people(tmp_path_factory):
 
 
 def attack_config(generator: str, people):
-  config = membership_job.default_config()
+  config = membership.default_config()
   config.generator = generator
-  config.encoder_onnx, config.encoder_preset = assets.sface_path(), "sface"
+  config.matcher.update(path=assets.sface_path(), preset="sface")
   config.align, config.detector_onnx, config.detect_score = "detect", assets.yunet_path(), 0.6
   config.sample_detector_size = 160  # 64 px faces: 16x faster than 640, and finds more.
   config.targets_dir, config.population_dir = people
@@ -63,7 +63,7 @@ def test_the_translated_generator_equals_onnxruntime(generator_path):
 @pytest.fixture(scope="module")
 def onnx_attack(generator_path, people, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("onnx_attack"))
-  return workdir, membership_job.run(attack_config(f"onnx:{generator_path}", people), workdir)
+  return workdir, membership.run(attack_config(f"onnx:{generator_path}", people), workdir)
 
 
 def test_attack_on_the_onnx_generator_ranks_every_target(onnx_attack):
@@ -94,7 +94,7 @@ def test_the_same_samples_as_images_give_the_same_scores(generator_path, people,
   folder.mkdir()
   for i, image in enumerate(samples):
     viz.save_png(str(folder / f"{i:05d}.png"), image)
-  as_images = membership_job.run(attack_config(f"images:{folder}", people), str(tmp_path / "a"))
+  as_images = membership.run(attack_config(f"images:{folder}", people), str(tmp_path / "a"))
   _, as_onnx = onnx_attack
   # The images are the generator's samples quantised to 8 bits, as a service hands them out.
   assert as_images["usable_samples"] == as_onnx["usable_samples"]

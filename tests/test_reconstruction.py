@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gmia.attacks import reconstruction
+from gmia.jobs import reconstruction
 
 
 def test_nearest_sample_distance_matches_brute_force():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from attack.configs import sweep_tiny
-from gmia.attacks import membership_job, sweep
+from gmia.jobs import membership, sweep
 from gmia.face_encoder import trainer as encoder_trainer
 from gmia.gan import trainer as gan_trainer
 
@@ -34,14 +34,14 @@ def counted(monkeypatch):
       calls["train"] += 1
       return original(config, workdir)
     monkeypatch.setattr(module, "train_and_evaluate", train)
-  attack = membership_job.run
+  attack = membership.run
 
   def run(config, workdir):
     if workdir == calls["kill"]:
       raise KeyboardInterrupt
     calls["attack"] += 1
     return attack(config, workdir)
-  monkeypatch.setattr(membership_job, "run", run)
+  monkeypatch.setattr(membership, "run", run)
   return calls
 
 

@@ -11,6 +11,7 @@ from gmia.classifier import trainer
 from gmia.data import run_data
 from gmia.data.arrays import FaceArrays
 from gmia.data.split import make_split
+from gmia.runs import load_run
 from tests.resume_check import check_resume
 from train.configs import classifier_tiny
 
@@ -49,7 +50,8 @@ def test_training_learns_the_identities(finished_run):
   assert metrics["accuracy"] > 4 * metrics["chance"], metrics
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["100", "50"]
   # The loaded classifier reproduces the reported accuracy.
-  model, variables = trainer.load_classifier(workdir)
+  run = load_run(workdir, "classifier")
+  model, variables = run.model, run.variables
   arrays, split = run_data.load_for_run(config.data, workdir)
   _, eval_set, classes = trainer.classifier_sets(arrays, split, config.eval_photos, config.seed)
   images = (eval_set.images.astype(np.float32) - 127.5) / 127.5

@@ -30,7 +30,7 @@ def encoder_workdir(tmp_path_factory):
 def tiny_config(encoder, method):
   workdir, data = encoder
   config = decoder_training.default_config()
-  config.network.workdir = workdir
+  config.network.path = workdir
   config.data = data
   config.method = method
   config.layers = ("stem", "stage1")
@@ -133,9 +133,9 @@ def test_bad_configs_are_named(encoder_workdir, tmp_path):
 
   fails("unknown method", method="gan")
   fails("unknown layer", layers=("stem", "stage9"))
-  fails("network.workdir is required", **{"network.workdir": ""})
-  fails("no checkpoints in", FileNotFoundError, **{"network.workdir": str(tmp_path / "nowhere")})
-  fails("unknown network kind", **{"network.kind": "detector"})
+  fails("config.network.path is required", **{"network.path": ""})
+  fails("no checkpoints in", FileNotFoundError, **{"network.path": str(tmp_path / "nowhere")})
+  fails("unknown config.network.kind 'detector'", **{"network.kind": "detector"})
   fails("other people than the victims", aux_group="non_members")
   fails("noise_fraction", method="zero_shot", **{"synthesis.noise_fraction": 1.5})
   assert not os.path.exists(tmp_path / "nowhere")

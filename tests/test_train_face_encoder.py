@@ -104,10 +104,10 @@ RESULT = {{"num_centres": trainer.Checkpointer({workdir!r}).restore_meta()["num_
   # Both checkpoints restored in one single-device process: the 8-device one changes topology.
   restored = run_with_devices(1, f"""
 import jax
-from gmia.face_encoder import trainer
+from gmia.runs import load_run
 RESULT = {{}}
 for name, workdir in (("one", {workdirs[1]!r}), ("eight", {workdirs[8]!r})):
-  _, variables = trainer.load_encoder(workdir)
+  variables = load_run(workdir, "face_encoder").variables
   RESULT.update({{f"{{name}}{{i}}": leaf for i, leaf in enumerate(jax.tree.leaves(variables))}})
 """, env=float64)
   num_leaves = len(restored) // 2

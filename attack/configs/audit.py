@@ -1,10 +1,10 @@
 """Audit one person against a generator.
 
   python -m attack.audit --workdir=runs/audit --config.photos_dir=my_photos \
-      --config.generator=gmia:runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
+      --config.generator=gmia:runs/demo/gan --config.matcher.path=runs/demo/face_encoder
 """
 
-from gmia.attacks import audit
+from gmia.jobs import audit
 
 
 def get_config():

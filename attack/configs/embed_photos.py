@@ -1,7 +1,7 @@
 """Embed photos with a face matcher (see attack/embed_photos.py for the command)."""
 
-from gmia.faces import photo_job
+from gmia.jobs import embed_photos as embed_photos_job
 
 
 def get_config():
-  return photo_job.default_config()
+  return embed_photos_job.default_config()

@@ -1,7 +1,7 @@
 """The main job on the embedded synthetic faces: encoder, target and control generators, attacks.
 
-  python -m attack.run_all --workdir=runs/demo
-  python -m attack.run_all --workdir=runs/demo --config.gan.num_steps=4000
+  python -m attack.main_job --workdir=runs/demo
+  python -m attack.main_job --workdir=runs/demo --config.gan.num_steps=4000
 
 Data: 1,000 identities x 40 photos at 32 px; 25 members, 100 non-members and 25 shadow
 identities, each with 35 training and 5 reference photos; the encoder trains on the other 850.
@@ -17,7 +17,7 @@ control generator (trained on the shadow identities) AUC 0.580 [0.470, 0.685] (b
 
 import ml_collections
 
-from gmia.attacks import membership_job
+from gmia.jobs import membership
 from gmia.data import run_data
 from train.configs import face_encoder_cpu_demo, gan_cpu_demo
 
@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.face_encoder.eval_every = 0  # Evaluate once, at the end.
   config.gan = gan_cpu_demo.get_config()
   config.gan.mirror = False  # Mirroring would move moles and partings: identity cues here.
-  config.attack = membership_job.default_config()
+  config.attack = membership.default_config()
   config.attack.num_samples = 5_000
   config.overview_identities = 8  # Rows of the data overview figure.
   return config

@@ -1,6 +1,6 @@
 """The main job at toy size: every stage in about a minute, for a smoke test of an install.
 
-  python -m attack.run_all --workdir=/tmp/demo_tiny --config=attack/configs/main_job_tiny.py
+  python -m attack.main_job --workdir=/tmp/demo_tiny --config=attack/configs/main_job_tiny.py
 
 The models train for a few steps only, so the attack numbers mean nothing here.
 """

@@ -4,7 +4,7 @@
   # reusing the encoder and control of the over-representation sweep (their people include all
   # of this sweep's, so neither ever saw a target here):
   python -m attack.sweep --workdir=runs/sweep \
-      --config.encoder_workdir=runs/sweep_over/face_encoder \
+      --config.face_encoder_workdir=runs/sweep_over/face_encoder \
       --config.control_workdir=runs/sweep_over/gan_control
 
 Grid: 10 and 100 members x 5 and 35 training photos per member, each generator the main
@@ -17,6 +17,7 @@ control 8 min, points 5-10 min each, shared with other work); AUC 0.86 and 0.83 
 import ml_collections
 
 from attack.configs import main_job
+from gmia.jobs import shadows
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -26,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.face_encoder = main.face_encoder
   config.gan = main.gan
   config.attack = main.attack
-  config.encoder_workdir = ""      # A trained encoder to reuse (it must never have seen a target).
+  config.face_encoder_workdir = ""  # A trained encoder to reuse (it must never have seen a target).
   config.control_workdir = ""      # A trained control generator to reuse (the same).
   config.grid = ml_collections.ConfigDict({
       "members": (10, 100),
@@ -38,4 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Tables and figures: the paper's score, then population- and reference-calibrated (see
   # gmia.attacks.calibration); the first also ranks the people in each point's exposure.csv.
   config.variants = ("best", "best-pop", "best-ref")
+  # Shadow generators per point (gmia.jobs.shadows) for the likelihood-ratio variants (-lira).
+  config.shadows = shadows.default_config()
+  config.shadows.num_shadows = 0
   return config

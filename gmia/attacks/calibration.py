@@ -10,8 +10,16 @@ them by about 0.1 either way. Two calibrations remove that, neither looking at m
        reference photos of every other person: (score - mean) / std (the Z-norm of speaker
        verification; a hub's high mean comes off, the spread puts people on one scale).
 
+A third needs shadow generators (gmia.jobs.shadows), trained with the target's recipe on people
+the attacker holds:
+
+  lira          the person's own likelihood ratio: their score under the target against a Gaussian
+                of their scores under the shadows that saw them and one under those that did not
+                (gmia.attacks.likelihood_ratio, online); lira_offline: against the second alone.
+
 Variant names: the attack's own (`best`, `topk_mean`, `count`) and `<variant>-ref`, `<variant>-pop`
-for the similarity variants (`count` is calibrated by reference only: it is no similarity).
+for the similarity variants (`count` is calibrated by reference only: it is no similarity), and
+`<variant>-lira`, `<variant>-lira_offline` with shadows.
 Everything here reads an attack's outputs (scores.csv) and embeddings; nothing re-runs it.
 """
 
@@ -26,11 +34,15 @@ import numpy as np
 
 from gmia import metrics, parallel
 from gmia.attacks import identity_membership as im
+from gmia.attacks import likelihood_ratio
 from gmia.data.split import IdentitySplit
-from gmia.face_encoder import evaluation, trainer as encoder_trainer
+from gmia.face_encoder import evaluation
+from gmia.runs import load_run
 
 SCORES_FILE = "scores.csv"
 SIMILARITY_VARIANTS = ("best", "topk_mean")
+# How each attack variant is mapped to the real line before the shadows' Gaussians are fitted.
+LIRA_TRANSFORMS = {"best": "arctanh", "topk_mean": "arctanh", "count": "log1p", "density": "none"}
 NEGATIVE_GROUPS = ("non_member", "population")  # scores.csv's name of people known not to be in.
 
 
@@ -106,7 +118,8 @@ class Population:
   str|int[I] in the order of an attack's scores."""
 
   def __init__(self, encoder_workdir: str, arrays):
-    self.model, self.variables = encoder_trainer.load_encoder(encoder_workdir)
+    run = load_run(encoder_workdir, "face_encoder")
+    self.model, self.variables = run.model, run.variables
     self.arrays, self.mesh = arrays, parallel.make_mesh()
 
   def __call__(self, split: IdentitySplit, identity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,17 +143,43 @@ def calibrate(scores: np.ndarray, baseline: np.ndarray,
   return calibrated if scale is None else calibrated / np.asarray(scale, np.float64)
 
 
-def variant_names(attack_variants: tuple[str, ...] = im.VARIANTS) -> list[str]:
-  """Every variant variant_scores gives for an attack with `attack_variants`."""
-  return [*attack_variants, *(f"{v}-ref" for v in attack_variants),
-          *(f"{v}-pop" for v in SIMILARITY_VARIANTS if v in attack_variants)]
+@dataclasses.dataclass(frozen=True)
+class ShadowScores:
+  """Shadow generators' scores of an attack's people, in its order: scores {variant: f64[K, I]}
+  and seen bool[K, I] (shadow k trained on person i)."""
+  scores: Mapping[str, np.ndarray]
+  seen: np.ndarray
+
+
+def variant_names(attack_variants: tuple[str, ...] = im.VARIANTS, *,
+                  shadows: bool = False) -> list[str]:
+  """Every variant variant_scores gives for an attack with `attack_variants` (and shadows)."""
+  names = [*attack_variants, *(f"{v}-ref" for v in attack_variants),
+           *(f"{v}-pop" for v in SIMILARITY_VARIANTS if v in attack_variants)]
+  if shadows:
+    names += [f"{v}-{form}" for v in attack_variants for form in ("lira", "lira_offline")]
+  return names
+
+
+def lira_scores(variant: str, target: np.ndarray, shadows: ShadowScores
+                ) -> dict[str, np.ndarray]:
+  """{"<variant>-lira": online, "<variant>-lira_offline": offline} likelihood-ratio scores f64[I]
+  of the target's scores of one variant, with Gaussians fitted over the shadows' (online only
+  where some shadow saw someone)."""
+  fit = likelihood_ratio.fit_gaussians(shadows.scores[variant], shadows.seen,
+                                       transform=LIRA_TRANSFORMS[variant])
+  found = {f"{variant}-lira_offline": likelihood_ratio.offline_scores(fit, target)}
+  if shadows.seen.any():
+    found[f"{variant}-lira"] = likelihood_ratio.online_scores(fit, target)
+  return found
 
 
 def variant_scores(target: AttackScores, *, reference: AttackScores | None = None,
-                   population: tuple[np.ndarray, np.ndarray] | None = None
-                   ) -> dict[str, np.ndarray]:
+                   population: tuple[np.ndarray, np.ndarray] | None = None,
+                   shadows: ShadowScores | None = None) -> dict[str, np.ndarray]:
   """{variant: f64[I]}: the attack's variants, then `-ref` (with a reference generator's scores
-  of the same people) and `-pop` (with population_similarity in target's order) variants."""
+  of the same people), `-pop` (with population_similarity in target's order) and `-lira`,
+  `-lira_offline` (with shadow generators' scores of the same people) variants."""
   found = dict(target.scores)
   if reference is not None:
     reference = reference.aligned_to(target)
@@ -150,6 +189,9 @@ def variant_scores(target: AttackScores, *, reference: AttackScores | None = Non
     for variant in SIMILARITY_VARIANTS:
       if variant in target.scores:
         found[f"{variant}-pop"] = calibrate(target.scores[variant], *population)
+  if shadows is not None:
+    for variant, scores in target.scores.items():
+      found.update(lira_scores(variant, scores, shadows))
   return found
 
 

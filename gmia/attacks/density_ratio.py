@@ -82,8 +82,9 @@ def log_vmf_normalizer(kappa, dim: int) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("chunk_size", "exclude"))
 def _log_kernel_sums(points, queries, kappas, point_group, query_group, *, chunk_size: int,
                      exclude: bool):
-  """f32[G, Q]: log sum_j exp(kappa_g <q, y_j>) over the points y_j f[N, D] not in the query's
-  group (exclude=True), streamed over chunks of points; -inf where no point is left."""
+  """(best cosine f32[Q], f32[G, Q]: log sum_j exp(kappa_g <q, y_j>)) over the points y_j
+  f[N, D] not in the query's group (exclude=True), streamed over chunks of points; -inf where no
+  point is left."""
   num_points = points.shape[0]
   precision = lax.Precision.HIGHEST if points.dtype == jnp.float32 else lax.Precision.DEFAULT
 
@@ -106,7 +107,22 @@ def _log_kernel_sums(points, queries, kappas, point_group, query_group, *, chunk
   init = (jnp.full(queries.shape[0], -jnp.inf, jnp.float32),
           jnp.zeros((kappas.shape[0], queries.shape[0]), jnp.float32))
   (best, total), _ = similarity.stream_queries(points, chunk_size, init, step)
-  return kappas[:, None] * best[None, :] + jnp.log(total)
+  return best, kappas[:, None] * best[None, :] + jnp.log(total)
+
+
+def log_kernel_sums(queries, points, kappas, *,
+                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[np.ndarray, np.ndarray]:
+  """(best f32[Q], sums f64[G, Q]): each query's largest cosine to the points, and the log of
+  its unnormalised kernel sum sum_j exp(kappa_g <q, y_j>) for every kappa. Sums of disjoint
+  point sets combine by logaddexp, so a stream of sample chunks accumulates them (the density is
+  sums + log C_D(kappa) - log N)."""
+  queries, points = jnp.asarray(queries), jnp.asarray(points)
+  kappas = _check_kappas(kappas)
+  best, sums = _log_kernel_sums(points, queries, jnp.asarray(kappas, jnp.float32),
+                                jnp.zeros(points.shape[0], jnp.int32),
+                                jnp.zeros(queries.shape[0], jnp.int32),
+                                chunk_size=int(chunk_size), exclude=False)
+  return np.asarray(best), np.asarray(sums, np.float64)
 
 
 def _check_kappas(kappas) -> np.ndarray:
@@ -157,9 +173,9 @@ def log_densities(queries, points, kappas, *, query_group=None, point_group=None
     raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
   query_group, point_group, count = _groups(query_group, point_group, queries.shape[0],
                                             points.shape[0])
-  sums = _log_kernel_sums(points, queries, jnp.asarray(kappas, jnp.float32),
-                          jnp.asarray(point_group), jnp.asarray(query_group),
-                          chunk_size=int(chunk_size), exclude=bool(np.any(count < len(points))))
+  _, sums = _log_kernel_sums(points, queries, jnp.asarray(kappas, jnp.float32),
+                             jnp.asarray(point_group), jnp.asarray(query_group),
+                             chunk_size=int(chunk_size), exclude=bool(np.any(count < len(points))))
   return (np.asarray(sums, np.float64) + log_vmf_normalizer(kappas, queries.shape[1])[:, None]
           - np.log(count)[None, :])
 

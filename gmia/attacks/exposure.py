@@ -15,9 +15,9 @@ from collections.abc import Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 
-from gmia import metrics
+from gmia import metrics, viz
 from gmia.attacks import identity_membership as im
-from gmia.attacks import report
+
 
 EXPOSED_P = 0.05
 
@@ -82,4 +82,4 @@ def save_exposure_figure(path: str, table: Mapping[str, np.ndarray], title: str)
   axes.legend(fontsize=7, loc="best")
   axes.set_title(title, fontsize=9)
   figure.tight_layout()
-  report.save_figure(path, figure)
+  viz.save_figure(path, figure)

@@ -14,7 +14,14 @@ chunk boundary. Score variants, all from one pass:
               (the paper's protocol);
   topk_mean   the mean similarity of the k samples closest to the person;
   count       how many samples the encoder would verify as the person at a threshold set from a
-              chosen false-accept rate on impostor pairs of reference photos.
+              chosen false-accept rate on impostor pairs of reference photos;
+  density     the mean over the person's photos of log p_G(x) - log p_R(x), the density of the
+              samples there over that of the population's photos (DOMIAS, van Breugel et al.
+              2023; gmia.attacks.density_ratio): the state keeps every photo's kernel sum for a
+              grid of bandwidths, chosen at the end by held-out likelihood.
+
+The state also keeps each photo's best similarity, the per-photo scores of a person-level test
+(gmia.attacks.set_test: a person's photos against the population's).
 """
 
 from __future__ import annotations
@@ -29,8 +36,13 @@ from absl import logging
 from jax.sharding import Mesh
 
 from gmia import files, kernels, parallel
+from gmia.attacks import density_ratio
 
-VARIANTS = ("best", "topk_mean", "count")
+VARIANTS = ("best", "topk_mean", "count", "density")
+# The kernel bandwidths whose sums the state accumulates; one is chosen per attack.
+KAPPAS = density_ratio.DEFAULT_KAPPAS
+# Generated samples that choose the samples' bandwidth (held-out likelihood, leave-one-out).
+DENSITY_HELD_OUT = 1000
 
 
 GROUPS = ("member", "target", "population")
@@ -116,7 +128,8 @@ class Evidence:
 
   best: f32[I] best similarity; best_sample: i64[I] the sample; best_photo: i64[I] the row of the
   reference photo; topk: f32[I, k] the k best sample similarities; count: i64[I] samples verified
-  as the person.
+  as the person; photo_best: f32[R] each reference photo's best similarity; log_kernel:
+  f64[len(KAPPAS), R] each photo's log sum over samples of exp(kappa cos).
   """
 
   num_samples: np.ndarray
@@ -125,15 +138,19 @@ class Evidence:
   best_photo: np.ndarray
   topk: np.ndarray
   count: np.ndarray
+  photo_best: np.ndarray
+  log_kernel: np.ndarray
 
   @classmethod
-  def empty(cls, num_identities: int, k: int) -> Evidence:
+  def empty(cls, num_identities: int, k: int, num_photos: int) -> Evidence:
     return cls(num_samples=np.zeros((), np.int64),
                best=np.full(num_identities, -np.inf, np.float32),
                best_sample=np.full(num_identities, -1, np.int64),
                best_photo=np.full(num_identities, -1, np.int64),
                topk=np.full((num_identities, k), -np.inf, np.float32),
-               count=np.zeros(num_identities, np.int64))
+               count=np.zeros(num_identities, np.int64),
+               photo_best=np.full(num_photos, -np.inf, np.float32),
+               log_kernel=np.full((len(KAPPAS), num_photos), -np.inf))
 
   def to_arrays(self) -> dict[str, np.ndarray]:
     return {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -179,10 +196,12 @@ def observe(evidence: Evidence, sample_ids: np.ndarray, samples: np.ndarray, ref
   view_sim, view_id = ops.top_k_identities(*args, min(view_k, num_ids), **options)
   best, best_sample, best_photo, topk, count, view_sim, view_id = parallel.to_host(
       (best, best_sample, best_photo, topk, count, view_sim, view_id))
+  photo_best, log_kernel = density_ratio.log_kernel_sums(refs.embeddings, samples, KAPPAS)
   merged = _merge(evidence, Evidence(
       num_samples=np.asarray(len(samples), np.int64), best=best,
       best_sample=np.asarray(sample_ids, np.int64)[best_sample],
-      best_photo=best_photo.astype(np.int64), topk=topk, count=count.astype(np.int64)))
+      best_photo=best_photo.astype(np.int64), topk=topk, count=count.astype(np.int64),
+      photo_best=photo_best, log_kernel=log_kernel))
   return merged, SampleView(np.asarray(sample_ids, np.int64), view_sim, view_id)
 
 
@@ -196,11 +215,47 @@ def _merge(old: Evidence, new: Evidence) -> Evidence:
       best=np.where(take_new, new.best, old.best),
       best_sample=np.where(take_new, new.best_sample, old.best_sample),
       best_photo=np.where(take_new, new.best_photo, old.best_photo),
-      topk=topk, count=old.count + new.count)
+      topk=topk, count=old.count + new.count,
+      photo_best=np.maximum(old.photo_best, new.photo_best),
+      log_kernel=np.logaddexp(old.log_kernel, new.log_kernel))
 
 
-def scores(evidence: Evidence, variant: str) -> np.ndarray:
-  """f64[I]: membership score per target identity (higher: more likely a member)."""
+@dataclasses.dataclass(frozen=True)
+class Density:
+  """The density ratio of an attack: photo f64[R] (log p_G - log p_R at each reference photo),
+  person f64[I] (their photos' mean), and the bandwidths chosen for the samples and the
+  population."""
+  photo: np.ndarray
+  person: np.ndarray
+  kappa_samples: float
+  kappa_population: float
+
+
+def density(evidence: Evidence, refs: References, held_out: np.ndarray) -> Density:
+  """The density ratio of every reference photo and person: p_G from the streamed kernel sums
+  at the bandwidth that best predicts `held_out` (f32[H, D], embeddings of generated samples,
+  each left out in turn); p_R the kernel density of the population's photos, its bandwidth by
+  leaving out whole people, and at each photo without its own person's photos."""
+  kappa_samples, _ = density_ratio.select_kappa(held_out, KAPPAS)
+  row = KAPPAS.index(kappa_samples)
+  dim = refs.embeddings.shape[1]
+  log_generator = (evidence.log_kernel[row]
+                   + density_ratio.log_vmf_normalizer(kappa_samples, dim)
+                   - np.log(int(evidence.num_samples)))
+  population = np.flatnonzero(refs.in_population[refs.identity])
+  kappa_population, _ = density_ratio.select_kappa(
+      refs.embeddings[population], KAPPAS, groups=refs.identity[population])
+  log_population = density_ratio.log_densities(
+      refs.embeddings, refs.embeddings[population], [kappa_population],
+      query_group=refs.identity, point_group=refs.identity[population])[0]
+  photo = log_generator - log_population
+  return Density(photo, density_ratio.person_scores(photo, refs.identity, refs.num_identities),
+                 kappa_samples, kappa_population)
+
+
+def scores(evidence: Evidence, variant: str, density_scores: Density | None = None) -> np.ndarray:
+  """f64[I]: membership score per target identity (higher: more likely a member); `density`
+  needs the attack's Density."""
   if variant == "best":
     return evidence.best.astype(np.float64)
   if variant == "topk_mean":
@@ -211,6 +266,11 @@ def scores(evidence: Evidence, variant: str) -> np.ndarray:
     return evidence.topk.mean(axis=1, dtype=np.float64)
   if variant == "count":
     return evidence.count.astype(np.float64)
+  if variant == "density":
+    if density_scores is None:
+      raise ValueError("the density variant needs the attack's density (identity_membership."
+                       "density)")
+    return density_scores.person
   raise ValueError(f"unknown score variant {variant!r}; variants: {VARIANTS}")
 
 
@@ -247,7 +307,7 @@ def stream(embed_samples: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
   os.makedirs(os.path.join(state_dir, "views"), exist_ok=True)
   state_path = os.path.join(state_dir, "evidence.npz")
   fingerprint_json = json.dumps(fingerprint, sort_keys=True)
-  evidence, done = Evidence.empty(refs.num_identities, k), 0
+  evidence, done = Evidence.empty(refs.num_identities, k, len(refs.identity)), 0
   if os.path.exists(state_path):
     with np.load(state_path) as saved:
       if str(saved["fingerprint"]) != fingerprint_json:

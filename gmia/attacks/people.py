@@ -118,7 +118,7 @@ def folder_people(folders: Mapping[str, str], embedder: FaceEmbedder, mesh) -> P
   """The people of identity folders {DIR: group}: DIR/<person>/<photo>."""
   entries, group_of = [], {}
   for folder, group in folders.items():
-    listed = photo_files.list_identity_photos(folder)
+    listed = photo_files.identity_photos(folder)
     if not listed:
       raise ValueError(f"no identity folders with photos in {folder} (expected "
                        f"{folder}/<person>/<photo>)")

@@ -20,6 +20,8 @@ from gmia.faces import detect
 from gmia.faces.embedder import FaceEmbedder, jitted_embed
 from gmia.sources import Source
 
+DEFAULT_CHUNK = 500  # Samples per chunk, unless a job says otherwise.
+
 
 @dataclasses.dataclass(frozen=True)
 class SampleEmbedder:
@@ -54,7 +56,20 @@ def make_sample_embedder(source: Source, embedder: FaceEmbedder, mesh: Mesh,
     ids, embeddings, images, usable = embedded(indices)
     return ids, embeddings, viz.to_uint8(parallel.to_host(images)[:len(usable)][usable])
 
-  def images(indices: np.ndarray) -> np.ndarray:
-    return viz.to_uint8(parallel.to_host(source.sample(np.asarray(indices, np.int64), mesh)))
+  return SampleEmbedder(embed, with_images,
+                        lambda indices: draw(source, indices, mesh, chunk_size))
 
-  return SampleEmbedder(embed, with_images, images)
+
+def draw(source: Source, indices: np.ndarray, mesh: Mesh, chunk_size: int) -> np.ndarray:
+  """Images u8[N, R, R, 3] of samples `indices`, drawn in chunks padded to `chunk_size` as an
+  attack with that chunk size draws them: a program's results can depend on its batch size (on
+  a CPU, one sample alone differs from the same sample in a batch by 1e-6), so the same chunk
+  size gives the same images bit for bit."""
+  indices = np.asarray(indices, np.int64)
+  chunks = []
+  for start in range(0, len(indices), chunk_size):
+    part = indices[start:start + chunk_size]
+    padded = np.concatenate([part, np.full(chunk_size - len(part), part[-1])])
+    chunks.append(viz.to_uint8(parallel.to_host(source.sample(padded, mesh)))[:len(part)])
+  side = source.resolution
+  return np.concatenate(chunks) if chunks else np.zeros((0, side, side, 3), np.uint8)

@@ -26,13 +26,13 @@ from absl import logging
 from jax.sharding import Mesh
 
 from gmia import parallel, training
-from gmia.checkpoint import Checkpointer
 from gmia.data import run_data
 from gmia.data.arrays import FaceArrays
 from gmia.data.pipeline import Batches
 from gmia.data.split import IdentitySplit
-from gmia.face_encoder.embed import preprocess
+from gmia.models.preprocessing import preprocess
 from gmia.face_encoder.trainer import make_optimizer
+from gmia.models import classifiers
 from gmia.models.classifiers import ResNetClassifier
 from gmia.models.iresnet import init_key
 
@@ -52,13 +52,6 @@ def default_config() -> ml_collections.ConfigDict:
   config.batch_size = 128
   config.num_steps = 800
   return config
-
-
-def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> ResNetClassifier:
-  """The classifier a `model` config block describes, with `num_classes` logits."""
-  return ResNetClassifier(num_classes=num_classes, widths=tuple(model_config.widths),
-                          blocks=tuple(model_config.blocks), strides=tuple(model_config.strides),
-                          dtype=jnp.dtype(model_config.dtype))
 
 
 def classifier_sets(arrays: FaceArrays, split: IdentitySplit, eval_photos: int,
@@ -144,7 +137,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
   eval_labels = np.searchsorted(classes, eval_set.identity)
   logging.info("classifier training: %d photos of %d identities; evaluation: %d held-out photos",
                len(train_set), len(classes), len(eval_set))
-  model = create_model(config.model, len(classes))
+  model = classifiers.from_config(config.model, len(classes))
   optimizer = make_optimizer(config)
   step = functools.partial(train_step, model=model, optimizer=optimizer,
                            input_size=config.model.input_size)
@@ -170,16 +163,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   """Trains (or resumes) in `workdir`; the result's metrics are the final held-out ones (also
   in eval.json)."""
   return training.run(lambda: make_task(config, workdir), config, workdir)
-
-
-def load_classifier(workdir: str, step: int | None = None
-                    ) -> tuple[ResNetClassifier, dict[str, Any]]:
-  """(model, variables {"params", "batch_stats"}) of a classifier trained by train_and_evaluate;
-  its input size is config.model.input_size of the checkpoint's metadata."""
-  checkpointer = Checkpointer(workdir, read_only=True)
-  try:
-    state, meta = checkpointer.restore_replicated(step, kind=KIND)
-  finally:
-    checkpointer.close()
-  config = ml_collections.ConfigDict(meta["config"])
-  return create_model(config.model, len(meta["classes"])), _variables(state)

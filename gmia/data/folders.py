@@ -42,8 +42,8 @@ INSTRUCTIONS = {
 def _lfw(root: str) -> list[tuple[str, str]]:
   for sub in ("lfw", "lfw-deepfunneled", "lfw_funneled"):
     if os.path.isdir(os.path.join(root, sub)):
-      return photos.list_identity_photos(os.path.join(root, sub))
-  return photos.list_identity_photos(root)
+      return photos.identity_photos(os.path.join(root, sub))
+  return photos.identity_photos(root)
 
 
 def _vggface2(root: str) -> list[tuple[str, str]]:
@@ -51,7 +51,7 @@ def _vggface2(root: str) -> list[tuple[str, str]]:
   if not splits:
     raise FileNotFoundError(f"no train/ or test/ folder in {root}. {INSTRUCTIONS['vggface2']}")
   # VGGFace2's train and test identities are disjoint; gmia makes its own split by identity.
-  return sorted(item for s in splits for item in photos.list_identity_photos(os.path.join(root, s)))
+  return sorted(item for s in splits for item in photos.identity_photos(os.path.join(root, s)))
 
 
 def _celeb_a(root: str) -> list[tuple[str, str]]:
@@ -72,12 +72,12 @@ def _celeb_a(root: str) -> list[tuple[str, str]]:
 
 
 LAYOUTS: dict[str, Callable[[str], list[tuple[str, str]]]] = {
-    "identity_folder": photos.list_identity_photos, "lfw": _lfw, "vggface2": _vggface2,
+    "identity_folder": photos.identity_photos, "lfw": _lfw, "vggface2": _vggface2,
     "celeb_a": _celeb_a}
 CROP_BOXES = {"celeb_a": _CELEBA_FACE_BOX}
 
 
-def list_photos(layout: str, root: str) -> list[tuple[str, str]]:
+def collection_photos(layout: str, root: str) -> list[tuple[str, str]]:
   """(path, identity name) pairs of a collection, sorted; clear errors for a missing folder."""
   if layout not in LAYOUTS:
     raise ValueError(f"unknown photo layout {layout!r}; known: {sorted(LAYOUTS)}")
@@ -92,7 +92,7 @@ def list_photos(layout: str, root: str) -> list[tuple[str, str]]:
 
 def identity_names(layout: str, root: str) -> list[str]:
   """Identity names in id order: `identity_names(...)[i]` is the person with identity i."""
-  return sorted({name for _, name in list_photos(layout, root)})
+  return sorted({name for _, name in collection_photos(layout, root)})
 
 
 def fit_photo(image: np.ndarray, resolution: int,
@@ -141,7 +141,7 @@ class FacePhotoFolders(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self):
     config = self.builder_config
-    items = list_photos(config.layout, config.root)
+    items = collection_photos(config.layout, config.root)
     ids = {name: i for i, name in enumerate(sorted({name for _, name in items}))}
     box = CROP_BOXES.get(config.layout)
     reader = photos.Reader()
@@ -162,7 +162,7 @@ class FacePhotoFolders(tfds.core.GeneratorBasedBuilder):
 def make_builder(layout: str, root: str | None, data_dir: str, *,
                  resolution: int = 64) -> FacePhotoFolders:
   """The builder of the collection at `root` in `layout`, prepared under `data_dir`."""
-  list_photos(layout, root or "")  # Fails early, with instructions, when the files are missing.
+  collection_photos(layout, root or "")  # Fails early, with instructions, when the files are missing.
   root = os.path.abspath(root)
   digest = hashlib.sha1(root.encode()).hexdigest()[:10]
   config = PhotoFoldersConfig(name=f"{layout}_r{resolution}_{digest}", layout=layout, root=root,

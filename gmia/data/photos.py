@@ -54,13 +54,13 @@ def is_photo_name(name: str) -> bool:
   return not name.startswith(".") and name.lower().endswith(EXTENSIONS)
 
 
-def list_photos(folder: str) -> list[str]:
+def files_in(folder: str) -> list[str]:
   """Paths of the photo files directly in `folder`, sorted; sub-folders and hidden files ignored."""
   with os.scandir(folder) as entries:
     return sorted(entry.path for entry in entries if is_photo_name(entry.name) and entry.is_file())
 
 
-def list_identity_photos(root: str) -> list[tuple[str, str]]:
+def identity_photos(root: str) -> list[tuple[str, str]]:
   """(path, identity) for every photo in root/<identity>/, sorted by identity then file name.
 
   Hidden folders and files directly in `root` are ignored; an identity without photos is absent.
@@ -68,7 +68,20 @@ def list_identity_photos(root: str) -> list[tuple[str, str]]:
   with os.scandir(root) as entries:
     people = sorted((entry.name, entry.path) for entry in entries
                     if not entry.name.startswith(".") and entry.is_dir())
-  return [(path, name) for name, folder in people for path in list_photos(folder)]
+  return [(path, name) for name, folder in people for path in files_in(folder)]
+
+
+def folder_photos(photos_dir: str) -> tuple[list[str], list[str]]:
+  """(paths, identity) of a flat folder (identity "") or of identity folders."""
+  if not photos_dir or not os.path.isdir(photos_dir):
+    raise ValueError(f"{photos_dir!r} is not a folder of photos")
+  flat = files_in(photos_dir)
+  if flat:
+    return flat, [""] * len(flat)
+  listed = identity_photos(photos_dir)
+  if not listed:
+    raise ValueError(f"no photos in {photos_dir}, nor in identity folders {photos_dir}/<person>/")
+  return [path for path, _ in listed], [person for _, person in listed]
 
 
 def decode(path: str, *, background: tuple[int, int, int] = BACKGROUND,

@@ -32,7 +32,8 @@ from gmia.data.arrays import FaceArrays
 from gmia.data.pipeline import Batches
 from gmia.data.split import IdentitySplit
 from gmia.face_encoder import evaluation
-from gmia.face_encoder.embed import preprocess
+from gmia.models.preprocessing import preprocess
+from gmia.models import iresnet
 from gmia.models.iresnet import IResNet, init_key, output_dtype
 from gmia.models.margins import Margin, padded_num_classes, sharded_margin_loss
 
@@ -52,13 +53,6 @@ def default_config() -> ml_collections.ConfigDict:
   config.batch_size = 128
   config.num_steps = 10_000
   return config
-
-
-def create_model(model_config: ml_collections.ConfigDict) -> IResNet:
-  """The IResNet a `model` config block describes."""
-  return IResNet(blocks=tuple(model_config.blocks), width=model_config.width,
-                 num_features=model_config.num_features, dropout=model_config.dropout,
-                 dtype=jnp.dtype(model_config.dtype))
 
 
 def encoder_sets(arrays: FaceArrays, split: IdentitySplit, eval_identities: int,
@@ -167,7 +161,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
                        f"{devices} devices; resume on a device count that divides them")
   checkpointer.close()
 
-  model = create_model(config.model)
+  model = iresnet.from_config(config.model)
   optimizer = make_optimizer(config)
   margin = Margin(**config.margin)
   step = functools.partial(train_step, model=model, optimizer=optimizer, margin=margin, mesh=mesh,
@@ -198,14 +192,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   """Trains (or resumes) in `workdir`; the result's metrics are the final held-out ones (also
   in eval.json)."""
   return training.run(lambda: make_task(config, workdir), config, workdir)
-
-
-def load_encoder(workdir: str, step: int | None = None) -> tuple[IResNet, dict[str, Any]]:
-  """(model, variables) of a face encoder trained by train_and_evaluate, for
-  gmia.face_encoder.embed."""
-  checkpointer = Checkpointer(workdir, read_only=True)
-  try:
-    state, meta = checkpointer.restore_replicated(step, kind=KIND)
-  finally:
-    checkpointer.close()
-  return create_model(ml_collections.ConfigDict(meta["config"]).model), _encoder_variables(state)

@@ -36,7 +36,7 @@ ALIGNMENTS = ("none", "fixed", "detect")
 def config_fields() -> dict[str, Any]:
   """The config fields of every job that embeds faces: the matcher and the alignment."""
   return {
-      **matchers.config_fields(),
+      "matcher": matchers.default_config(),  # The face network (gmia.faces.matchers).
       "align": "none",                 # none | fixed | detect (see gmia.faces.embedder).
       "align_box": (0.0, 0.0, 1.0, 1.0),  # fixed: (top, left, bottom, right) fractions.
       "detector_onnx": "",             # detect: YuNet (face_detection_yunet_2023mar.onnx).
@@ -145,7 +145,7 @@ def load_embedder(config: ml_collections.ConfigDict) -> FaceEmbedder:
     detector = detect.load_yunet(config.detector_onnx)
     sample_detector = (detector if config.sample_detector_size == 640 else
                        detect.load_yunet(config.detector_onnx, config.sample_detector_size))
-  return FaceEmbedder(matchers.load_matcher(config), config.align, tuple(config.align_box),
+  return FaceEmbedder(matchers.load_matcher(config.matcher), config.align, tuple(config.align_box),
                       detector, sample_detector,
                       detect.DetectionRules(score_threshold=config.detect_score,
                                                       min_face=config.min_face),

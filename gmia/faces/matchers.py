@@ -1,16 +1,17 @@
 """Face matchers: networks that map an aligned face crop to an identity embedding.
 
-A matcher is a gmia face encoder (a training workdir of train/train_face_encoder.py) or any
-face-embedding ONNX model (translated by gmia.onnx, so it jits, shards and differentiates like
-the rest). Every matcher takes the same input, crops f32[B, S, S, 3] RGB in 0..255 at its input
-size S, and applies its own preprocessing, from a table of presets or explicit config fields:
+A matcher is named by a `matcher` config block, the same wherever a face network is named (the
+attack's matcher, an inverted network, the judge of an inversion):
 
-  preset          input  channels  pixels            layout  embedding
-  arcface         112    RGB       (x - 127.5)/127.5  NCHW    512 (insightface w600k_r50, ...)
-  sface           112    RGB       x (0..255)         NCHW    128 (OpenCV Zoo SFace)
-  mobilefacenet   112    RGB       (x - 127)/128      NCHW    512 (fr_feature.onnx and alike)
+  kind        "gmia": a workdir gmia trained (a face encoder, or for an inversion a classifier);
+              "onnx": any face-embedding ONNX model (translated by gmia.onnx, so it jits, shards
+              and differentiates like the rest); "": told by the path (a folder is a workdir)
+  path        the workdir or the .onnx file
+  preset      an ONNX model's preprocessing (gmia.models.preprocessing.PRESETS), or the explicit
+  input_size, bgr, mean, std  fields (0 / -1: the preset's, or read from the graph)
 
-Embeddings are L2-normalised.
+Every matcher takes the same input, crops f32[B, S, S, 3] RGB in 0..255 at its input size S, and
+applies its own preprocessing. Embeddings are L2-normalised.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -28,25 +30,9 @@ import numpy as np
 import onnx
 
 from gmia import fingerprint, parallel
-from gmia.checkpoint import Checkpointer
+from gmia.models.preprocessing import PRESETS, Preprocessing, normalize
 from gmia.onnx import import_onnx
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-  """How a network wants its crops: side, channel order, (x - mean) / std, memory layout."""
-  input_size: int
-  bgr: bool = False
-  mean: float = 127.5
-  std: float = 127.5
-  nchw: bool = True
-
-
-PRESETS = {
-    "arcface": Preprocessing(112),
-    "sface": Preprocessing(112, mean=0.0, std=1.0),
-    "mobilefacenet": Preprocessing(112, mean=127.0, std=128.0),
-}
+from gmia.runs import load_run
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -65,50 +51,55 @@ class Matcher:
     if crops.ndim != 4 or crops.shape[1:] != (self.input_size, self.input_size, 3):
       raise ValueError(f"{self.name} embeds crops [B, {self.input_size}, {self.input_size}, 3], "
                        f"got shape {crops.shape}")
-    features = self.features(params, jnp.asarray(crops, jnp.float32)).astype(jnp.float32)
-    return features * jax.lax.rsqrt(jnp.maximum(jnp.sum(features**2, -1, keepdims=True), 1e-24))
+    return normalize(self.features(params, jnp.asarray(crops, jnp.float32)).astype(jnp.float32))
 
 
-def config_fields() -> dict[str, Any]:
-  """The config fields that choose a matcher (shared by every job that embeds faces)."""
-  return {
-      "encoder_workdir": "",   # A face encoder trained by train.train_face_encoder, or:
-      "encoder_onnx": "",      # any face-embedding ONNX model ...
-      "encoder_preset": "",    # ... with the preprocessing of a preset (arcface, sface,
-                               # mobilefacenet) or the explicit fields below.
-      "encoder_input_size": 0,   # 0: the preset's or the graph's.
-      "encoder_bgr": False,
-      "encoder_mean": -1.0,      # < 0: the preset's.
-      "encoder_std": -1.0,
-  }
+KINDS = ("gmia", "onnx")
 
 
-def load_matcher(config: ml_collections.ConfigDict) -> Matcher:
-  """The matcher named by `config` (see `config_fields`)."""
-  if bool(config.encoder_workdir) == bool(config.encoder_onnx):
-    raise ValueError("give exactly one of encoder_workdir (a gmia face encoder) and encoder_onnx "
-                     "(any face-embedding ONNX model)")
-  if config.encoder_workdir:
-    return gmia_matcher(config.encoder_workdir)
-  return onnx_matcher(config.encoder_onnx, _preprocessing(config))
+def default_config(**fields: Any) -> ml_collections.ConfigDict:
+  """A `matcher` config block (see the module docstring), with `fields` set."""
+  block = ml_collections.ConfigDict({
+      "kind": "",         # gmia | onnx | "": a folder is a gmia workdir, a file an ONNX model.
+      "path": "",
+      "preset": "",       # onnx: arcface | sface | mobilefacenet, or the fields below.
+      "input_size": 0,    # 0: the preset's or the graph's.
+      "bgr": False,
+      "mean": -1.0,       # < 0: the preset's.
+      "std": -1.0,
+  })
+  block.update(fields)
+  return block
+
+
+def kind_of(block: ml_collections.ConfigDict, name: str = "matcher") -> str:
+  """The block's kind ("gmia" or "onnx"), told by the path when not given; ValueError naming
+  `name` when the block names no network or an unknown kind."""
+  if not block.path:
+    raise ValueError(f"config.{name}.path is required: a face encoder workdir gmia trained, or an "
+                     "ONNX face matcher (.onnx)")
+  if block.kind and block.kind not in KINDS:
+    raise ValueError(f"unknown config.{name}.kind {block.kind!r}; choose from {KINDS}")
+  return block.kind or ("gmia" if os.path.isdir(block.path) else "onnx")
+
+
+def load_matcher(block: ml_collections.ConfigDict, name: str = "matcher") -> Matcher:
+  """The matcher a `matcher` block names (`name`: the block's config field, for errors)."""
+  if kind_of(block, name) == "gmia":
+    return gmia_matcher(block.path)
+  return onnx_matcher(block.path, _preprocessing(block, name))
 
 
 def gmia_matcher(workdir: str) -> Matcher:
   """A face encoder trained by gmia: RGB, (x - 127.5) / 127.5, NHWC, its trained input size."""
-  from gmia.face_encoder import trainer  # The trainer imports the data pipeline: only here.
-  model, variables = trainer.load_encoder(workdir)
-  checkpointer = Checkpointer(workdir, read_only=True)
-  try:
-    step = checkpointer.latest_step()
-    size = int(checkpointer.restore_meta(step)["config"]["model"]["input_size"])
-  finally:
-    checkpointer.close()
+  run = load_run(workdir, "face_encoder")
+  model, variables = run.model, run.variables
 
   def features(variables, crops):
     return model.apply(variables, (crops - 127.5) / 127.5, train=False)
 
-  return Matcher(f"gmia face encoder {workdir}", size, variables, features,
-                 {"kind": "gmia", "step": int(step), "digest": fingerprint.tree_digest(variables)})
+  return Matcher(f"gmia face encoder {workdir}", run.input_size, variables, features,
+                 {"kind": "gmia", "step": run.step, "digest": fingerprint.tree_digest(variables)})
 
 
 def onnx_matcher(path: str, preprocessing: Preprocessing | None) -> Matcher:
@@ -159,21 +150,19 @@ def _batch_one(path: str) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def _preprocessing(config: ml_collections.ConfigDict) -> Preprocessing | None:
+def _preprocessing(block: ml_collections.ConfigDict, name: str) -> Preprocessing | None:
   """The preset with the explicit fields applied; None when neither is given."""
-  if config.encoder_preset and config.encoder_preset not in PRESETS:
-    raise ValueError(f"unknown encoder_preset {config.encoder_preset!r}; presets: "
+  if block.preset and block.preset not in PRESETS:
+    raise ValueError(f"unknown config.{name}.preset {block.preset!r}; presets: "
                      f"{sorted(PRESETS)}")
-  explicit = (config.encoder_input_size > 0 or config.encoder_bgr or config.encoder_mean >= 0
-              or config.encoder_std > 0)
-  if not config.encoder_preset and not explicit:
+  explicit = block.input_size > 0 or block.bgr or block.mean >= 0 or block.std > 0
+  if not block.preset and not explicit:
     return None
-  base = PRESETS.get(config.encoder_preset, Preprocessing(0))
+  base = PRESETS.get(block.preset, Preprocessing(0))
   return dataclasses.replace(
-      base, input_size=config.encoder_input_size or base.input_size,
-      bgr=config.encoder_bgr or base.bgr,
-      mean=config.encoder_mean if config.encoder_mean >= 0 else base.mean,
-      std=config.encoder_std if config.encoder_std > 0 else base.std)
+      base, input_size=block.input_size or base.input_size, bgr=block.bgr or base.bgr,
+      mean=block.mean if block.mean >= 0 else base.mean,
+      std=block.std if block.std > 0 else base.std)
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""Images from a trained generator: fixed latents, a jitted sampler, loading from a workdir."""
+"""Images from a StyleGAN2 generator: a jitted sampler and the first samples of a seed."""
 
 from __future__ import annotations
 
@@ -7,17 +7,16 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from gmia.checkpoint import Checkpointer
-from gmia.gan import train_step
+from gmia import sources
 from gmia.models import stylegan
 
 
 def latents(seed: int, num: int, z_dim: int) -> jax.Array:
-  """f32[num, z_dim]: the latents a seed stands for (the training grids use config.seed)."""
-  return jax.random.normal(jax.random.key(seed), (num, z_dim))
+  """f32[num, z_dim]: the latents of samples 0 .. num-1 of a seed, as every source and command
+  draws them (gmia.sources.latents; the training grids use config.seed)."""
+  return sources.latents(seed, jnp.arange(num), (z_dim,))
 
 
 def make_sampler(generator: stylegan.Generator) -> Callable[..., jax.Array]:
@@ -51,21 +50,3 @@ def generate(generator: stylegan.Generator, g_vars: dict, *, seed: int, num: int
                               truncation_psi, truncation_cutoff, noise_mode))
             for i in range(0, len(z), batch_size)]
   return np.concatenate(chunks)[:num]
-
-
-def load_generator(
-    workdir: str, step: int | None = None,
-    use_ema: bool = True) -> tuple[stylegan.Generator, dict, ml_collections.ConfigDict]:
-  """Restores (generator, g_vars, config) from a training workdir's checkpoint (latest by default).
-
-  g_vars = {"params": EMA (or raw) generator weights, "buffers": w_avg and noise_const}.
-  """
-  ckpt = Checkpointer(workdir, read_only=True)
-  try:
-    state, meta = ckpt.restore_replicated(step, kind="gan")
-  finally:
-    ckpt.close()
-  config = ml_collections.ConfigDict(meta["config"])
-  generator = train_step.build_models(config).generator
-  params = state["g_ema"] if use_ema else state["g_params"]
-  return generator, {"params": params, "buffers": state["g_buffers"]}, config

@@ -48,7 +48,7 @@ from jax.sharding import Mesh
 from gmia import fingerprint, metrics, parallel, training, viz
 from gmia.data import run_data
 from gmia.data.split import IdentitySplit
-from gmia.face_encoder.embed import preprocess
+from gmia.models.preprocessing import preprocess
 from gmia.inversion import decoder_losses, decoder_synthesis, decoding, networks
 from gmia.models.decoders import (Decoder, activation_statistics, block_name, decoder_specs,
                                   make_decoders)
@@ -63,8 +63,8 @@ def default_config() -> ml_collections.ConfigDict:
   """Every option of the decoder trainer; train/configs/decoder_*.py start here."""
   config = training.default_config()
   config.update({
-      # The network to invert: a workdir of train/train_face_encoder.py ("face_encoder") or of
-      # train/train_classifier.py ("classifier"), or an ONNX file ("onnx"; gmia.inversion.networks).
+      # The network to invert (gmia.inversion.networks): a workdir of train/train_face_encoder.py
+      # or train/train_classifier.py, or an ONNX file; network.layers: where an ONNX graph is cut.
       "network": networks.default_config(),
       "layers": ("stem", "stage1", "stage2"),  # Split layers: one decoder each.
       "method": "zero_shot",                   # "aux" or "zero_shot".
@@ -412,7 +412,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
   network = networks.load_network(config.network)
   layers = network.check_layers(config.layers)
   arrays, split = run_data.load_for_run(config.data, workdir)
-  _check_split_matches(workdir, config.network.workdir)
+  _check_split_matches(workdir, config.network.path)
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh)
   specs = decoder_specs(network, layers)
@@ -454,7 +454,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
       phases=make_phases(config, network, decoders, mesh),
       meta={"method": config.method, "layers": list(layers), "image_size": network.image_size,
             "decoders": specs,
-            "network": {"kind": config.network.kind, "workdir": config.network.workdir,
+            "network": {"kind": config.network.kind, "path": config.network.path,
                         "model": type(network.model).__name__, "layers": list(network.layers)}},
       inputs={"network": fingerprint.tree_digest(network.variables)}, evaluate=held_out,
       resumable=frozenset({"network.workdir", "eval_group", "num_eval"}),

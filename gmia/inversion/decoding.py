@@ -12,26 +12,29 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from gmia.checkpoint import Checkpointer
-from gmia.models.decoders import Decoder, make_decoders
+from gmia.models.decoders import Decoder
+from gmia.runs import Run, load_run
 
 KIND = "decoder"
 
 
-def decoder_variables(network_layers: Sequence[str], decoders: Mapping[str, Decoder],
-                      state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-  """{layer: {"params", "stats"}}: what `decode` needs for each layer's decoder in a training
-  state; `network_layers` is the network's layer order."""
-  return {layer: {"params": state["decoders"][layer],
-                  "stats": decoder.statistics(network_layers, state["layer_stats"])}
-          for layer, decoder in decoders.items()}
+def decoder_of(run: Run, layer: str | None = None) -> tuple[Decoder, dict[str, Any]]:
+  """(decoder, variables {"params", "stats"}) of `layer`'s decoder in a decoder run (the only
+  one when `layer` is None)."""
+  layers = run.meta["layers"]
+  if layer is None:
+    if len(layers) != 1:
+      raise ValueError(f"{run.workdir} holds decoders of layers {layers}: name one")
+    layer = layers[0]
+  if layer not in layers:
+    raise ValueError(f"{run.workdir} holds no decoder of layer {layer!r}; it has {layers}")
+  return run.model[layer], run.variables[layer]
 
 
 def load_decoder(workdir: str, layer: str | None = None,
@@ -39,22 +42,8 @@ def load_decoder(workdir: str, layer: str | None = None,
   """(decoder, variables {"params", "stats"}, meta) of `layer`'s decoder trained in `workdir`
   (the only one when `layer` is None). meta holds the run's config, "layers", "image_size" (the
   network input side S the decoder outputs), "method" and "network" (kind, workdir, layers)."""
-  checkpointer = Checkpointer(workdir, read_only=True)
-  try:
-    meta = checkpointer.restore_meta(step)
-    if layer is None:
-      if len(meta["layers"]) != 1:
-        raise ValueError(f"{workdir} holds decoders of layers {meta['layers']}: name one")
-      layer = meta["layers"][0]
-    if layer not in meta["layers"]:
-      raise ValueError(f"{workdir} holds no decoder of layer {layer!r}; it has {meta['layers']}")
-    state, meta = checkpointer.restore_replicated(step, kind=KIND)
-  finally:
-    checkpointer.close()
-  config = ml_collections.ConfigDict(meta["config"])
-  decoder = make_decoders({layer: meta["decoders"][layer]}, config.decoder)[layer]
-  variables = decoder_variables(meta["network"]["layers"], {layer: decoder}, state)
-  return decoder, variables[layer], meta
+  run = load_run(workdir, KIND, step=step)
+  return (*decoder_of(run, layer), run.meta)
 
 
 @functools.partial(jax.jit, static_argnums=0)

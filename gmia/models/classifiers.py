@@ -133,3 +133,10 @@ class ResNetClassifier(nn.Module):
     if images.shape[1] % self.downsampling or images.shape[2] % self.downsampling:
       raise ValueError(f"image size {images.shape[1:3]} must be divisible by "
                        f"{self.downsampling} (the product of the stage strides)")
+
+
+def from_config(model_config: Any, num_classes: int) -> ResNetClassifier:
+  """The classifier a `model` config block describes, with `num_classes` logits."""
+  return ResNetClassifier(num_classes=num_classes, widths=tuple(model_config.widths),
+                          blocks=tuple(model_config.blocks), strides=tuple(model_config.strides),
+                          dtype=jnp.dtype(model_config.dtype))

@@ -218,3 +218,12 @@ def make_decoders(specs: Mapping[str, Sequence], decoder_config: Mapping[str, in
   return {layer: Decoder(tuple((name, tuple(a), tuple(b)) for name, a, b in chain),
                          width=decoder_config["width"], depth=decoder_config["depth"])
           for layer, chain in specs.items()}
+
+
+def decoder_variables(network_layers: Sequence[str], decoders: Mapping[str, Decoder],
+                      state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+  """{layer: {"params", "stats"}}: what `decode` needs for each layer's decoder in a training
+  state; `network_layers` is the network's layer order."""
+  return {layer: {"params": state["decoders"][layer],
+                  "stats": decoder.statistics(network_layers, state["layer_stats"])}
+          for layer, decoder in decoders.items()}

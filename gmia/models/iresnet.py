@@ -1,7 +1,7 @@
 """IResNet, the ArcFace backbone of insightface's arcface_torch, in flax.linen.
 
 The layout follows arcface_torch/backbones/iresnet.py module for module, so pretrained insightface
-weights map one to one (gmia/models/import_insightface.py):
+weights map one to one (tests/iresnet_onnx_import.py checks it):
 
   stem:   conv3x3 s1 (no bias) -> BN -> PReLU
   stages: 4 stages of IBasicBlocks, widths w, 2w, 4w, 8w (w = 64 in insightface), the first block
@@ -195,3 +195,10 @@ def iresnet(arch: str, **kwargs: Any) -> IResNet:
   if arch not in ARCHS:
     raise ValueError(f"unknown IResNet arch {arch!r}; choose from {sorted(ARCHS)}")
   return IResNet(blocks=ARCHS[arch], **kwargs)
+
+
+def from_config(model_config: Any) -> IResNet:
+  """The IResNet a `model` config block describes (blocks, width, num_features, dropout, dtype)."""
+  return IResNet(blocks=tuple(model_config.blocks), width=model_config.width,
+                 num_features=model_config.num_features, dropout=model_config.dropout,
+                 dtype=jnp.dtype(model_config.dtype))

@@ -10,6 +10,8 @@ w_avg, exactly where the projector starts.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -74,3 +76,11 @@ def check_matches_generator(encoder: LatentEncoder, generator: stylegan.Generato
   if encoder.w_dim != generator.w_dim:
     raise ValueError(f"latent encoder predicts w_dim={encoder.w_dim} but the generator's "
                      f"w_dim is {generator.w_dim}")
+
+
+def from_config(config: Any, resolution: int, w_dim: int) -> LatentEncoder:
+  """The encoder a run config's `model` block describes for a generator of `resolution` px
+  images and latent width `w_dim`."""
+  return LatentEncoder(resolution=resolution, w_dim=w_dim, w_plus=config.model.w_plus,
+                       channel_base=config.model.channel_base,
+                       channel_max=config.model.channel_max, hidden=config.model.hidden)

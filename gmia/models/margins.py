@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
+from gmia.models.preprocessing import normalize
+
 
 @dataclasses.dataclass(frozen=True)
 class Margin:
@@ -61,11 +63,6 @@ def margin_logits(cosine: jax.Array, is_target: jax.Array, margin: Margin) -> ja
   cosine = jnp.clip(cosine, -1.0, 1.0)
   shift = jnp.where(is_target, target_logit(cosine, margin) - cosine, 0.0)
   return margin.scale * (cosine + jax.lax.stop_gradient(shift))
-
-
-def normalize(x: jax.Array) -> jax.Array:
-  """Rows of x scaled to unit L2 norm."""
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-24))
 
 
 def _cross_entropy(embeddings: jax.Array, centres: jax.Array, labels: jax.Array, first_class,

@@ -6,7 +6,7 @@ does with its own IResNet (feature inversion with its priors and the generator p
 their training) does the same with any imported network:
 
 - images: f32[B, S, S, 3] RGB in [-1, 1], the image space every gmia attack works in. The
-  network's own preprocessing (a gmia.faces.matchers preset or Preprocessing: RGB or BGR,
+  network's own preprocessing (a gmia.models.preprocessing preset or Preprocessing: RGB or BGR,
   (pixel - mean) / std of pixels 127.5 (x + 1) in 0..255; NCHW or NHWC as the graph's input
   is) is the model's first step, so an inversion is an image as the victim's camera would
   deliver it and the pixel priors act on real pixel values.
@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import onnx
 
-from gmia.faces.matchers import PRESETS, Preprocessing
 from gmia.models import split
+from gmia.models.preprocessing import PRESETS, Preprocessing
 from gmia.onnx import OnnxNetwork, import_onnx
 
 

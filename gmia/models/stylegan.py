@@ -13,6 +13,8 @@ Layouts differ from PyTorch: conv weights [kh, kw, in, out], dense weights [in, 
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -379,3 +381,12 @@ class Discriminator(nn.Module):
                             name="mapping")(None, c=c)
     return DiscriminatorEpilogue(features, self.mbstd_group_size, self.mbstd_num_channels,
                                  self.conv_clamp, cmap_dim, name="b4")(x, cmap)
+
+
+def generator_from_config(config: Any) -> Generator:
+  """The generator a gmia GAN run's config describes (`config.data.resolution`, `config.model`)."""
+  m = config.model
+  check_resolution(config.data.resolution)
+  return Generator(z_dim=m.z_dim, w_dim=m.w_dim, mapping_layers=m.mapping_layers,
+                   fused_modconv=m.fused_modconv, img_resolution=config.data.resolution,
+                   channel_base=m.channel_base, channel_max=m.channel_max)

@@ -12,7 +12,7 @@ run and a figure's single sample see the same images; a source says what else it
 """
 
 from gmia.sources.base import (GRADIENTS, KINDS, LATENTS, STYLEGAN, Source, config_fields,
-                               open_source, require)
+                               latents, open_source, require)
 
-__all__ = ["GRADIENTS", "KINDS", "LATENTS", "STYLEGAN", "Source", "config_fields", "open_source",
-           "require"]
+__all__ = ["GRADIENTS", "KINDS", "LATENTS", "STYLEGAN", "Source", "config_fields", "latents",
+           "open_source", "require"]

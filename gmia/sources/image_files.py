@@ -23,7 +23,7 @@ from gmia.sources.base import Source
 def open_images(path: str) -> Source:
   """The images at `path` (a folder, .npz or .tar) as a source."""
   if os.path.isdir(path):
-    names = photos.list_photos(path)
+    names = photos.files_in(path)
     read = lambda i: photos.decode(names[i])
     digest = _digest_files(names)
   elif path.endswith(".npz"):

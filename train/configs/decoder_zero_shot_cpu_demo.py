@@ -3,7 +3,7 @@ r"""Zero-shot decoders (Dong et al., arXiv 2107.06304) for the CPU demo encoder:
   python -m train.train_face_encoder --config=train/configs/face_encoder_cpu_demo.py \
       --config.data.resolution=32 --workdir=/tmp/face_encoder
   python -m train.train_decoder --config=train/configs/decoder_zero_shot_cpu_demo.py \
-      --config.network.workdir=/tmp/face_encoder --workdir=/tmp/decoder_zero_shot
+      --config.network.path=/tmp/face_encoder --workdir=/tmp/decoder_zero_shot
 
 256 DeepInversion images synthesised from the encoder's batch-norm statistics, plus fresh noise
 images (half of every batch); the inverse blocks train alone, then each split layer's chain

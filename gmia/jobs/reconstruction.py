@@ -24,8 +24,8 @@ import ml_collections
 import numpy as np
 
 from gmia import files, fingerprint, kernels, metrics, parallel, sources, viz
-from gmia.attacks import people, report
-from gmia.attacks.inputs import check_inputs
+from gmia.attacks import people
+from gmia.jobs.inputs import check_inputs
 from gmia.data import folders, photos as photo_files
 from gmia.inversion import latent, latent_encoder_training
 from gmia.workdir import exclusive
@@ -81,7 +81,7 @@ def save_reconstruction_grid(path: str, targets: np.ndarray, reconstructions: np
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every option of the reconstruction attack; attack/configs/project_latent.py returns it."""
+  """Every option of the reconstruction attack; attack/configs/reconstruction.py returns it."""
   return ml_collections.ConfigDict({
       **sources.config_fields(),          # The target generator (required).
       "reference_generator": "",          # Trained on other data: calibrated scores when set.
@@ -202,9 +202,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {"attacks": {name: metrics.membership_report(s, labels, seed=config.seed)
                          for name, s in scores.items()},
              "config": config.to_dict(), "seconds": time.perf_counter() - started}
-  report.write_scores_csv(os.path.join(workdir, "scores.csv"),
+  files.write_csv(os.path.join(workdir, "scores.csv"),
                           {"member": labels.astype(int), **scores})
-  report.plot_roc(os.path.join(workdir, "roc.png"), {n: (s, labels) for n, s in scores.items()},
+  viz.plot_roc(os.path.join(workdir, "roc.png"), {n: (s, labels) for n, s in scores.items()},
                   "Reconstruction attacks (GAN-Leaks)")
   rows = np.argsort(-scores["white_box"])[:config.grid_rows]
   save_reconstruction_grid(os.path.join(workdir, "reconstructions.png"), targets[rows],

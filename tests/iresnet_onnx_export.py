@@ -1,7 +1,6 @@
-"""Export a gmia IResNet to an insightface-layout ONNX graph.
-
-For onnxruntime / TensorRT deployment, and as the reference for the importer's tests
-(gmia/models/import_insightface.py reads this layout back). The graph is what arcface_torch's
+"""Export a gmia IResNet to an insightface-layout ONNX graph: the tests' way to run gmia's network
+in onnxruntime (the reference the importer, the ONNX translator and the split networks are
+checked against; tests/iresnet_onnx_import.py reads this layout back). The graph is what arcface_torch's
 export of its IResNet gives: an NCHW float input "input.1" of fixed size, initializers named after
 the PyTorch modules (conv1, bn1, prelu, layer1.0.bn1, layer1.0.conv1, ..., layer1.0.downsample.0,
 bn2, fc, features), opset 13. With `fold_bn`, every BN that follows a conv is folded into the
@@ -18,10 +17,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmia.models.import_insightface import EPS
 from gmia.models.iresnet import IResNet, input_size
+from tests.iresnet_onnx_import import EPS
 
 INPUT_NAME = "input.1"
+# A small IResNet for the tests, and its input side.
+BLOCKS, WIDTH, SIZE, FEATURES = (2, 2, 2, 2), 8, 32, 16
+MODEL = IResNet(blocks=BLOCKS, width=WIDTH, num_features=FEATURES)
+
+
+def random_variables(model, seed=0):
+  """Variables of `model` for SIZE px inputs, drawn in numpy: kernels scaled by fan-in, BN
+  scales and variances around 1, slopes in [0.1, 0.4], biases and means around 0."""
+  rng = np.random.default_rng(seed)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape)
+    if name in ("scale", "var"):
+      return rng.uniform(0.5, 1.5, leaf.shape)
+    if name == "negative_slope":
+      return rng.uniform(0.1, 0.4, leaf.shape)
+    return rng.normal(0, 0.1, leaf.shape)
+
+  return jax.tree_util.tree_map_with_path(lambda p, x: draw(p, x).astype(np.float32), abstract)
 _OPSET, _IR_VERSION = 13, 8  # Read by onnxruntime and TensorRT alike.
 
 

@@ -1,16 +1,19 @@
 """Every score variant measured on the main job, with the generators that must come out at chance.
 
-The main job (attack/run_all.py) attacks its target generator and a control trained on other
+The main job (gmia.jobs.main_job) attacks its target generator and a control trained on other
 people. This job adds, in its own workdir, the generators a calibration must be checked on:
   untrained    the target's generator trained for `untrained_steps` (noise: it saw no one);
   reference_b  the same generator trained on `reference_people` other people (drawn from the
                split's encoder identities, never a target), so that the control too can be
                reference-calibrated by a generator other than itself;
-attacks both with the main job's attack settings and people, then reports every variant of
-gmia.attacks.calibration (AUC, bootstrap interval, TPR at low FPR) for the target, the control,
-the untrained generator and reference_b. Reference calibration uses the control for every
+attacks both with the main job's attack settings and people, trains `shadows.num_shadows` shadow
+generators (gmia.jobs.shadows: the target's recipe on people the attacker holds, half of them
+seeing each tested person's reference photos) and attacks them the same way, then reports every
+variant of gmia.attacks.calibration (AUC, bootstrap interval, TPR at low FPR) for the target, the
+control, the untrained generator and reference_b; the likelihood-ratio variants judge every
+generator's scores against the same shadows. Reference calibration uses the control for every
 generator but the control itself, which uses reference_b. Writes calibration.json and
-calibration.md; every training and attack is cached behind a DONE marker.
+calibration.md; every training and attack is cached as a stage (gmia.jobs.stages).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import ml_collections
 import numpy as np
 
 from gmia import files
-from gmia.attacks import calibration, membership_job, sweep
+from gmia.attacks import calibration
+from gmia.jobs import membership, shadows as shadows_lib, stages
 from gmia.data import run_data
 from gmia.data.split import IdentitySplit, make_split
 from gmia.gan import trainer as gan_trainer
@@ -48,8 +52,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   main = config.main_workdir
   split_path = os.path.join(main, run_data.SPLIT_FILE)
   for needed in ("attack", "attack_control", "face_encoder"):
-    if not os.path.exists(os.path.join(main, needed, sweep.DONE)):
-      raise ValueError(f"{main}/{needed} is not finished: run attack/run_all.py there first")
+    if not stages.is_done(os.path.join(main, needed)):
+      raise ValueError(f"{main}/{needed} is not finished: run attack/main_job.py there first")
   os.makedirs(workdir, exist_ok=True)
   data = copy.deepcopy(config.main.data)
   data.split.path = split_path
@@ -66,7 +70,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     gan.data = sub_data
     gan.update(train_group="members", **fields)
     directory = os.path.join(workdir, f"gan_{name}")
-    return directory, sweep.stage(directory, lambda: gan_trainer.train_and_evaluate(gan,
+    return directory, stages.run_stage(directory, lambda: gan_trainer.train_and_evaluate(gan,
                                                                                     directory))
 
   seconds, attacks = {}, {"target": os.path.join(main, "attack"),
@@ -75,15 +79,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  ("reference_b", other_data, {})):
     generator, seconds[f"gan_{name}"] = trained(name, sub_data, **fields)
     attack = copy.deepcopy(config.main.attack)
-    attack.update(generator="gmia:" + generator,
-                  encoder_workdir=os.path.join(main, "face_encoder"), split_path=split_path,
+    attack.update(generator="gmia:" + generator, split_path=split_path,
                   title=f"{name} generator")
+    attack.matcher.update(kind="gmia", path=os.path.join(main, "face_encoder"))
     attacks[name] = os.path.join(workdir, f"attack_{name}")
-    seconds[f"attack_{name}"] = sweep.stage(attacks[name],
-                                            lambda: membership_job.run(attack, attacks[name]))
+    seconds[f"attack_{name}"] = stages.run_stage(attacks[name],
+                                            lambda: membership.run(attack, attacks[name]))
   for name in ("attack", "attack_control"):
-    seconds[name] = files.read_json(os.path.join(main, name, membership_job.REPORT_FILE))[
+    seconds[name] = files.read_json(os.path.join(main, name, membership.REPORT_FILE))[
         "seconds"]
+
+  if config.shadows.num_shadows:
+    shadow_attack = copy.deepcopy(config.main.attack)
+    shadow_attack.matcher.update(kind="gmia", path=os.path.join(main, "face_encoder"))
+    seconds.update(shadows_lib.train_and_attack(
+        os.path.join(workdir, "shadows"), split=split, split_path=split_path, data=data,
+        gan=config.main.gan, attack=shadow_attack, shadows=config.shadows))
 
   started = time.perf_counter()
   scores = {g: calibration.read_scores(attacks[g]) for g in GENERATORS}
@@ -96,11 +107,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   reports = {}
   for generator in GENERATORS:
     reference = scores["reference_b" if generator == "control" else "control"]
+    shadow_scores = (shadows_lib.read_shadows(os.path.join(workdir, "shadows"), scores[generator])
+                     if config.shadows.num_shadows else None)
     variants = calibration.variant_scores(scores[generator], reference=reference,
-                                          population=population)
+                                          population=population, shadows=shadow_scores)
     reports[generator] = calibration.variant_reports(variants, scores[generator].is_member,
                                                      **options)
-  summary = {"metrics": reports, "seconds": seconds, "config": config.to_dict()}
+  summary = {"metrics": reports, "seconds": seconds, "config": config.to_dict(),
+             "num_shadows": int(config.shadows.num_shadows)}
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
   files.write_atomic(os.path.join(workdir, "calibration.md"), markdown_table(summary))
   return summary
@@ -117,5 +131,7 @@ def markdown_table(summary: dict) -> str:
   lines.append(f"\n{first['num_positives']} members vs {first['num_negatives']} non-members. "
                "-ref: minus the score against the control generator (for the control: against "
                "reference_b); -pop: standardised by the similarity to the other people's "
-               "reference photos.\n")
+               "reference photos; -lira: the likelihood ratio of the score under the shadow "
+               "generators that saw the person and those that did not; -lira_offline: against "
+               f"the latter alone ({summary['num_shadows']} shadows).\n")
   return "\n".join(lines)

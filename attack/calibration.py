@@ -1,16 +1,16 @@
 """Every score variant on the main job: target, control, an untrained and a second reference
 generator, each variant's AUC with its bootstrap interval.
 
-  python -m attack.calibrate --workdir=runs/demo/calibration --config.main_workdir=runs/demo
+  python -m attack.calibration --workdir=runs/demo/calibration --config.main_workdir=runs/demo
 
-Needs a finished main job (attack/run_all.py) in main_workdir; trains and attacks the untrained
+Needs a finished main job (attack/main_job.py) in main_workdir; trains and attacks the untrained
 and reference_b generators in --workdir (cached), then writes calibration.json and calibration.md.
 """
 
 import os
 
 from gmia import cli
-from gmia.attacks import calibration_job
+from gmia.jobs import calibration as calibration_job
 
 
 def _show(summary, workdir):

@@ -1,6 +1,6 @@
 """Reconstruction attacks on a generator: projects members' and non-members' photos into it.
 
-  python -m attack.project_latent --workdir=runs/gan_leaks \
+  python -m attack.reconstruction --workdir=runs/gan_leaks \
       --config.generator=gmia:runs/demo/gan
 
 Projections start at w_avg, or at a latent encoder's guess (train/train_latent_encoder.py), which
@@ -15,7 +15,7 @@ Writes report.json (AUC, TPR at FPR per attack), scores.csv, roc.png and reconst
 import os
 
 from gmia import cli
-from gmia.attacks import reconstruction
+from gmia.jobs import reconstruction
 
 
 def _show(summary, _):
@@ -25,4 +25,4 @@ def _show(summary, _):
 
 if __name__ == "__main__":
   cli.launch(reconstruction.run, show=_show, default_config=os.path.join(
-      os.path.dirname(__file__), "configs", "project_latent.py"))
+      os.path.dirname(__file__), "configs", "reconstruction.py"))

@@ -7,7 +7,7 @@ import sys
 
 def _run_all(workdir, data_dir):
   return subprocess.run(
-      [sys.executable, "-m", "attack.run_all", f"--workdir={workdir}",
+      [sys.executable, "-m", "attack.main_job", f"--workdir={workdir}",
        "--config=attack/configs/main_job_tiny.py", f"--config.data.data_dir={data_dir}"],
       capture_output=True, text=True, timeout=600, check=True).stdout
 

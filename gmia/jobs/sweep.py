@@ -2,7 +2,7 @@
 
 Each point of the grid (members x training photos per member x training steps, optionally with
 a few over-represented members) trains its own target generator on its members' photos; the
-identity membership attack (gmia.attacks.membership_job) scores every one with the same encoder,
+identity membership attack (gmia.attacks.membership) scores every one with the same encoder,
 sample budget and seed. A control generator, trained on people who are no target of any point,
 is attacked with the references of every member count: its AUC is the band chance spans there.
 
@@ -13,10 +13,10 @@ grid's most members), the non-members the next people in that order, and every p
 are people of the base split; the encoder trains on the base split's other identities and the
 control on its shadow identities, so neither ever saw a target of any point.
 
-Workdir (every stage runs behind a DONE marker recording its wall time: a killed sweep resumes
+Workdir (every stage runs behind gmia.jobs.stages' marker recording its wall time: a killed sweep resumes
 at the stage it was in, and a finished one only redraws its tables):
   split.json                the base split;
-  face_encoder/, gan_control/  trained here unless config.encoder_workdir / control_workdir;
+  face_encoder/, gan_control/  trained here unless config.face_encoder_workdir / control_workdir;
   points/<name>/            split.json, gan/, attack/, exposure.csv, exposure.png;
   control/members_<M>/      the control generator attacked with the M-member points' people;
   sweep.json, sweep.md, sweep.png.
@@ -28,22 +28,22 @@ import copy
 import dataclasses
 import itertools
 import os
-import time
-from collections.abc import Callable
 
 import matplotlib.pyplot as plt
 import ml_collections
 import numpy as np
 
-from gmia import files
-from gmia.attacks import calibration, exposure, membership_job, report
+from gmia import files, viz
+from gmia.attacks import calibration, exposure
+from gmia.jobs import membership, shadows as shadows_lib
+from gmia.jobs.stages import run_stage
+from gmia.runs import load_run
 from gmia.data import run_data
 from gmia.data import split as split_lib
 from gmia.data.split import IdentitySplit
 from gmia.face_encoder import trainer as encoder_trainer
-from gmia.gan import sampling, trainer as gan_trainer
+from gmia.gan import trainer as gan_trainer
 
-DONE = "DONE"
 SWEEP_FILE = "sweep.json"
 
 
@@ -85,20 +85,6 @@ def grid_points(config: ml_collections.ConfigDict) -> list[Point]:
           for m, p, s in itertools.product(*values.values())]
 
 
-def stage(directory: str, run: Callable[[], object]) -> float:
-  """Runs `run()` unless `directory` holds a DONE marker; returns the stage's wall seconds (the
-  marker records them, so a cached stage reports the time it took)."""
-  marker = os.path.join(directory, DONE)
-  if os.path.exists(marker):
-    return float(files.read_json(marker)["seconds"])
-  print(f"[{directory}] running ...", flush=True)
-  started = time.perf_counter()
-  run()
-  seconds = time.perf_counter() - started
-  files.write_json(marker, {"seconds": seconds})
-  return seconds
-
-
 def point_split(config: ml_collections.ConfigDict, arrays, point: Point) -> IdentitySplit:
   """The identity split of `point`, from the data config's split fields."""
   data = copy.deepcopy(config.data)
@@ -135,21 +121,28 @@ def _trainer_config(sub_config, data, **fields) -> ml_collections.ConfigDict:
   return sub_config
 
 
+def _attack_config(config, encoder_workdir: str) -> ml_collections.ConfigDict:
+  """The sweep's attack settings with its face encoder as the matcher."""
+  attack = copy.deepcopy(config.attack)
+  attack.matcher.update(kind="gmia", path=encoder_workdir)
+  return attack
+
+
 def _attack(config, generator_workdir: str, encoder_workdir: str, split_path: str, title: str,
             workdir: str) -> float:
-  attack = copy.deepcopy(config.attack)
-  attack.update(generator="gmia:" + generator_workdir, encoder_workdir=encoder_workdir,
-                split_path=split_path, title=title)
-  return stage(workdir, lambda: membership_job.run(attack, workdir))
+  attack = _attack_config(config, encoder_workdir)
+  attack.update(generator="gmia:" + generator_workdir, split_path=split_path, title=title)
+  return run_stage(workdir, lambda: membership.run(attack, workdir))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the sweep in `workdir`; returns the contents of sweep.json."""
   points = grid_points(config)
-  unknown = sorted(set(config.variants) - set(calibration.variant_names()))
+  known = calibration.variant_names(shadows=bool(config.shadows.num_shadows))
+  unknown = sorted(set(config.variants) - set(known))
   if not config.variants or unknown:
     raise ValueError(f"config.variants must name known variants, got {unknown or '()'}; "
-                     f"known: {calibration.variant_names()}")
+                     f"known: {known}")
   os.makedirs(workdir, exist_ok=True)
   base_data = copy.deepcopy(config.data)
   base_data.split.members = max(p.members for p in points)
@@ -158,22 +151,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   targets = np.concatenate([base.identities(g) for g in ("members", "non_members")])
   seconds = {}
 
-  encoder_workdir = config.encoder_workdir or os.path.join(workdir, "face_encoder")
-  if config.encoder_workdir:
+  encoder_workdir = config.face_encoder_workdir or os.path.join(workdir, "face_encoder")
+  if config.face_encoder_workdir:
     encoder_split = IdentitySplit.load(os.path.join(encoder_workdir, run_data.SPLIT_FILE))
     _check_unseen(encoder_split.identities("encoder"), np.concatenate(
         [targets, base.identities("shadow")]), f"the encoder in {encoder_workdir}")
   else:
-    seconds["face_encoder"] = stage(encoder_workdir, lambda: encoder_trainer.train_and_evaluate(
+    seconds["face_encoder"] = run_stage(encoder_workdir, lambda: encoder_trainer.train_and_evaluate(
         _trainer_config(config.face_encoder, base_data), encoder_workdir))
   control_workdir = config.control_workdir or os.path.join(workdir, "gan_control")
   if config.control_workdir:
-    _, _, control_config = sampling.load_generator(control_workdir)
+    control_config = load_run(control_workdir, "gan").config
     control_split = IdentitySplit.load(os.path.join(control_workdir, run_data.SPLIT_FILE))
     _check_unseen(control_split.identities(control_config.train_group), targets,
                   f"the control generator in {control_workdir}")
   else:
-    seconds["gan_control"] = stage(control_workdir, lambda: gan_trainer.train_and_evaluate(
+    seconds["gan_control"] = run_stage(control_workdir, lambda: gan_trainer.train_and_evaluate(
         _trainer_config(config.gan, base_data, train_group="shadow"), control_workdir))
 
   population = calibration.Population(encoder_workdir, arrays)
@@ -185,11 +178,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data = copy.deepcopy(config.data)
     data.split.path = split_path
     gan_dir, attack_dir = os.path.join(directory, "gan"), os.path.join(directory, "attack")
-    point_seconds = {"gan": stage(gan_dir, lambda: gan_trainer.train_and_evaluate(
+    point_seconds = {"gan": run_stage(gan_dir, lambda: gan_trainer.train_and_evaluate(
         _trainer_config(config.gan, data, train_group="members", num_steps=point.steps),
         gan_dir))}
     point_seconds["attack"] = _attack(config, gan_dir, encoder_workdir, split_path,
                                       f"target generator {point.name}", attack_dir)
+    if config.shadows.num_shadows:
+      point_seconds.update(shadows_lib.train_and_attack(
+          os.path.join(directory, "shadows"), split=split, split_path=split_path, data=data,
+          gan=_trainer_config(config.gan, data, num_steps=point.steps),
+          attack=_attack_config(config, encoder_workdir), shadows=config.shadows))
     control_dir = os.path.join(workdir, "control", f"members_{point.members}")
     seconds[f"control_attack_{point.members}"] = _attack(
         config, control_workdir, encoder_workdir, split_path,
@@ -216,13 +214,16 @@ def _analyse(config, point: Point, split: IdentitySplit, directory: str, attack_
   control = calibration.read_scores(control_dir).aligned_to(target)
   typical = population(split, target.identity)
   options = {"num_resamples": config.attack.bootstrap_resamples, "seed": config.attack.seed}
-  target_scores = calibration.variant_scores(target, reference=control, population=typical)
-  control_scores = calibration.variant_scores(control, population=typical)
+  shadows = (shadows_lib.read_shadows(os.path.join(directory, "shadows"), target)
+             if config.shadows.num_shadows else None)
+  target_scores = calibration.variant_scores(target, reference=control, population=typical,
+                                             shadows=shadows)
+  control_scores = calibration.variant_scores(control, population=typical, shadows=shadows)
   photos = np.array([len(split.train[int(i)]) if member else 0
                      for i, member in zip(target.identity.tolist(), target.is_member)])
   table = exposure.exposure_table(target.identity, target.is_member, photos,
                                   target_scores[config.variants[0]])
-  report.write_scores_csv(os.path.join(directory, "exposure.csv"), {
+  files.write_csv(os.path.join(directory, "exposure.csv"), {
       k: (np.round(v, 6) if v.dtype.kind == "f" else v).tolist() for k, v in table.items()})
   exposure.save_exposure_figure(os.path.join(directory, "exposure.png"), table,
                                 f"{point.name}: {config.variants[0]} score by photos in training")
@@ -299,4 +300,4 @@ def save_sweep_figure(path: str, summary: dict) -> None:
     axes.set_title(f"{variant}; bands: control generator's 95% interval", fontsize=9)
   panels[0][0].legend(fontsize=8, loc="lower left")
   figure.tight_layout()
-  report.save_figure(path, figure)
+  viz.save_figure(path, figure)

@@ -1,15 +1,17 @@
 """The main job: every stage on the embedded default data, each cached in the workdir.
 
-  python -m attack.run_all --workdir=runs/demo
+  python -m attack.main_job --workdir=runs/demo
 
-Stages (a second run reuses every finished stage; a killed run resumes the one it was in):
-  data      render the synthetic faces, split identities, save split.json and data_overview.png;
+Stages (gmia.jobs.stages: a second run reuses every finished stage; a killed run resumes the one
+it was in):
+  data          render the synthetic faces, split identities, save split.json and
+                data_overview.png;
   face_encoder  train the face encoder on the encoder identities only (workdir/face_encoder);
-  gan       train the target generator on the members' training photos (workdir/gan);
-  control   train the same generator on the shadow identities instead (workdir/gan_control);
-  attack    the identity membership attack on both generators (workdir/attack,
-            workdir/attack_control). Against the control, which never saw any member, the attack
-            must come out near chance.
+  gan           train the target generator on the members' training photos (workdir/gan);
+  gan_control   train the same generator on the shadow identities instead (workdir/gan_control);
+  attack        the identity membership attack on both generators (workdir/attack,
+                workdir/attack_control). Against the control, which never saw any member, the
+                attack must come out near chance.
 """
 
 from __future__ import annotations
@@ -20,13 +22,12 @@ import os
 import ml_collections
 import numpy as np
 
-from gmia import cli, files, viz
-from gmia.attacks import membership_job
+from gmia import files, viz
 from gmia.data import run_data
 from gmia.face_encoder import trainer as encoder_trainer
 from gmia.gan import trainer as gan_trainer
-
-DONE = "DONE"
+from gmia.jobs import membership
+from gmia.jobs.stages import run_stage
 
 
 def data_overview(arrays, split, identities: int, path: str) -> None:
@@ -38,17 +39,6 @@ def data_overview(arrays, split, identities: int, path: str) -> None:
     labels += [f"id {identity}"] + [""] * (len(train) - 1) + ["ref"] * len(reference)
   upscale = max(1, 96 // arrays.resolution)
   viz.save_grid(path, np.concatenate(rows), ncols=len(rows[0]), labels=labels, upscale=upscale)
-
-
-def stage(workdir: str, name: str, run) -> None:
-  """Runs `run()` unless the stage's DONE marker exists; writes the marker when it finishes."""
-  marker = os.path.join(workdir, name, DONE)
-  if os.path.exists(marker):
-    print(f"[{name}] cached in {os.path.dirname(marker)}")
-    return
-  print(f"[{name}] running ...", flush=True)
-  run()
-  files.write_atomic(marker, "")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -71,33 +61,29 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sub_config.update(fields)
     return sub_config
 
-  stage(workdir, "face_encoder", lambda: encoder_trainer.train_and_evaluate(
-      trained(config.face_encoder), os.path.join(workdir, "face_encoder")))
-  stage(workdir, "gan", lambda: gan_trainer.train_and_evaluate(
-      trained(config.gan, train_group="members"), os.path.join(workdir, "gan")))
-  stage(workdir, "gan_control", lambda: gan_trainer.train_and_evaluate(
-      trained(config.gan, train_group="shadow"), os.path.join(workdir, "gan_control")))
+  for name, sub_config, trainer in (
+      ("face_encoder", trained(config.face_encoder), encoder_trainer),
+      ("gan", trained(config.gan, train_group="members"), gan_trainer),
+      ("gan_control", trained(config.gan, train_group="shadow"), gan_trainer)):
+    directory = os.path.join(workdir, name)
+    run_stage(directory, lambda: trainer.train_and_evaluate(sub_config, directory), name)
 
   summaries = {}
   for name, generator in (("attack", "gan"), ("attack_control", "gan_control")):
     attack = copy.deepcopy(config.attack)
     attack.generator = "gmia:" + os.path.join(workdir, generator)
-    attack.encoder_workdir = os.path.join(workdir, "face_encoder")
+    attack.matcher.update(kind="gmia", path=os.path.join(workdir, "face_encoder"))
     attack.title = ("target generator (trained on the members)" if name == "attack" else
                     "control generator (trained on other people)")
-    stage(workdir, name, lambda: membership_job.run(attack, os.path.join(workdir, name)))
-    summaries[name] = files.read_json(os.path.join(workdir, name, membership_job.REPORT_FILE))
+    directory = os.path.join(workdir, name)
+    run_stage(directory, lambda: membership.run(attack, directory), name)
+    summaries[name] = files.read_json(os.path.join(workdir, name, membership.REPORT_FILE))
 
   for name, summary in summaries.items():
     print(f"\n{summary['config']['title']}:")
-    print("\n".join(membership_job.summary_lines(summary)))
+    print("\n".join(membership.summary_lines(summary)))
   metrics = {name: s["metrics"] for name, s in summaries.items()}
   files.write_json(os.path.join(workdir, "summary.json"), metrics)
   print(f"\nreports: {workdir}/attack/ and {workdir}/attack_control/ "
         "(report.json, roc.png, matches.png, scores.csv)")
   return metrics
-
-
-if __name__ == "__main__":
-  cli.launch(run, workdir_default="runs/demo", workdir_help="Where every stage keeps its results.",
-             default_config=os.path.join(os.path.dirname(__file__), "configs", "main_job.py"))

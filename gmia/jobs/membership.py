@@ -9,7 +9,7 @@
      known members the ROC, AUC and TPR at low FPR), scores.csv, samples.csv, skipped.csv,
      roc.png (with members), matches.png (each top person beside their nearest samples).
 
-The workdir records what it was computed from (gmia.attacks.inputs): a rerun with another
+The workdir records what it was computed from (gmia.jobs.inputs): a rerun with another
 generator, matcher, photos, seed or scoring setting is refused, or starts over with overwrite.
 """
 
@@ -27,30 +27,32 @@ import ml_collections
 import numpy as np
 
 import gmia
-from gmia import files, metrics, parallel
+from gmia import files, metrics, parallel, viz
 from gmia.attacks import identity_membership as im
 from gmia.attacks import people as people_lib
-from gmia.attacks import report
-from gmia.attacks.inputs import check_inputs
-from gmia.attacks.samples import SampleEmbedder, make_sample_embedder
+from gmia.attacks import set_test
+
+from gmia.jobs.inputs import check_inputs
+from gmia.attacks.samples import DEFAULT_CHUNK, SampleEmbedder, make_sample_embedder
 from gmia.faces import embedder as embedder_lib
 from gmia.progress import Progress
 from gmia.sources import Source, config_fields as source_fields, open_source
 from gmia.workdir import exclusive
 
 REPORT_FILE = "report.json"
+STATE_VERSION = 2  # What the streamed state holds (2: per-photo best and kernel sums as well).
 OUTPUTS = ("state", REPORT_FILE, "scores.csv", "samples.csv", "skipped.csv", "roc.png",
            "matches.png")
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every option of the attack; attack/configs/identity_membership.py returns this."""
+  """Every option of the attack; attack/configs/membership.py returns this."""
   return ml_collections.ConfigDict({
       **source_fields(),
       **embedder_lib.config_fields(),
       **people_lib.config_fields(),
       "num_samples": 10_000,
-      "chunk_size": 500,         # Samples generated, embedded and reduced per step.
+      "chunk_size": DEFAULT_CHUNK,  # Samples generated, embedded and reduced per step.
       "score": "best",           # Primary variant: best | topk_mean | count.
       "topk": 10,                # k of topk_mean.
       "false_accept_rate": 1e-2,  # Sets the verification threshold of the count variant.
@@ -107,7 +109,7 @@ def setup(config: ml_collections.ConfigDict,
 
 
 def attack_inputs(config: ml_collections.ConfigDict, setup: Setup) -> dict[str, Any]:
-  """The record of what results depend on (see gmia.attacks.inputs); num_samples is not in it:
+  """The record of what results depend on (see gmia.jobs.inputs); num_samples is not in it:
   a larger one extends a run."""
   return {"generator": setup.source.fingerprint, "matcher": setup.embedder.fingerprint,
           "people": setup.people.fingerprint, "seed": config.seed, "topk": config.topk,
@@ -122,7 +124,7 @@ def stream_evidence(config: ml_collections.ConfigDict, setup: Setup, refs: im.Re
   try:
     return im.stream(setup.samples.embed, config.num_samples, setup.chunk_size, refs,
                      threshold=threshold, k=config.topk, state_dir=state_dir,
-                     fingerprint={"refs": refs.photo_id.tolist()},
+                     fingerprint={"refs": refs.photo_id.tolist(), "state": STATE_VERSION},
                      on_chunk=lambda done, _: progress.update(done, {}), mesh=setup.mesh)
   finally:
     progress.close()
@@ -150,39 +152,63 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   return summary
 
 
-def ranking(scores: np.ndarray, refs: im.References) -> list[dict[str, Any]]:
+def ranking(scores: np.ndarray, refs: im.References,
+            set_p_values: np.ndarray | None) -> list[dict[str, Any]]:
   """Members and targets by decreasing score, each with its empirical p-value against the
-  population (the chance that someone known not to be in the training data scores as high)."""
+  population (the chance that someone known not to be in the training data scores as high) and
+  the person-level test's p-value of their photos (gmia.attacks.set_test; None when a person has
+  fewer than two photos)."""
   population = scores[refs.in_population]
   tested = np.flatnonzero(~refs.in_population)
   order = tested[np.argsort(-scores[tested], kind="stable")]
   return [{"rank": rank + 1, "name": str(refs.names[i]), "group": str(refs.group[i]),
-           "score": float(scores[i]), "p_value": im.empirical_p_value(scores[i], population)}
+           "score": float(scores[i]), "p_value": im.empirical_p_value(scores[i], population),
+           "set_p_value": None if set_p_values is None else float(set_p_values[i])}
           for rank, i in enumerate(order)]
+
+
+def held_out_samples(job: Setup, count: int) -> np.ndarray:
+  """Unit embeddings f32[M, D] of the usable faces among samples 0 .. count-1 (drawn again, in
+  the attack's chunks): the held-out set that chooses the samples' density bandwidth."""
+  chunks = [job.samples.embed(np.arange(begin, min(begin + job.chunk_size, count)))[1]
+            for begin in range(0, count, job.chunk_size)]
+  return np.concatenate(chunks)
+
+
+def set_test_p_values(evidence: im.Evidence, refs: im.References) -> np.ndarray | None:
+  """f64[I]: each person's photos (their best similarities) against the population's photos,
+  one-sided Welch test; None when someone has fewer than two photos."""
+  if np.bincount(refs.identity, minlength=refs.num_identities).min() < 2:
+    return None
+  return set_test.person_t_tests(evidence.photo_best, refs.identity, refs.in_population).p_value
 
 
 def write_report(config: ml_collections.ConfigDict, workdir: str, job: Setup,
                  evidence: im.Evidence, view: im.SampleView, threshold: float) -> dict:
   """scores.csv, samples.csv, skipped.csv, roc.png, matches.png; returns the summary."""
   refs = job.people.refs
-  variant_scores = {v: im.scores(evidence, v) for v in im.VARIANTS}
+  density = im.density(evidence, refs,
+                       held_out_samples(job, min(im.DENSITY_HELD_OUT, config.num_samples)))
+  variant_scores = {v: im.scores(evidence, v, density) for v in im.VARIANTS}
   primary = variant_scores[config.score]
   loo = im.leave_one_out_p_values(primary, refs.in_population)
-  report.write_scores_csv(os.path.join(workdir, "scores.csv"), {
+  set_p_values = set_test_p_values(evidence, refs)
+  files.write_csv(os.path.join(workdir, "scores.csv"), {
       "identity": refs.names.tolist(), "group": refs.group.tolist(),
       **{f"score_{v}": np.round(s, 6).tolist() for v, s in variant_scores.items()},
       f"p_value_{config.score}": np.round(loo, 6).tolist(),
+      **({} if set_p_values is None else {"p_value_set": np.round(set_p_values, 6).tolist()}),
       "best_sample": evidence.best_sample.tolist(),
       "best_photo": [job.people.labels[p] for p in evidence.best_photo.tolist()],
   })
   k = view.identity.shape[1]
-  report.write_scores_csv(os.path.join(workdir, "samples.csv"), {
+  files.write_csv(os.path.join(workdir, "samples.csv"), {
       "sample": view.sample.tolist(),
       **{f"identity_{j + 1}": refs.names[view.identity[:, j]].tolist() for j in range(k)},
       **{f"similarity_{j + 1}": np.round(view.similarity[:, j], 5).tolist() for j in range(k)},
   })
   skipped = job.people.skipped
-  report.write_scores_csv(os.path.join(workdir, "skipped.csv"), {
+  files.write_csv(os.path.join(workdir, "skipped.csv"), {
       "photo": [p for p, _ in skipped], "reason": [r for _, r in skipped]})
   with_roc = bool(refs.is_member.any())
   variant_reports = {}
@@ -193,21 +219,27 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, job: Setup,
                                                     seed=config.seed)
                        for v, s in variant_scores.items()}
     title = config.title or f"identity membership: {job.source.spec}"
-    report.plot_roc(os.path.join(workdir, "roc.png"),
-                    {v: (s[members], refs.is_member[members])
-                     for v, s in variant_scores.items()}, title)
-  ranked = ranking(primary, refs)
+    viz.plot_roc(os.path.join(workdir, "roc.png"),
+                 {v: (s[members], refs.is_member[members]) for v, s in variant_scores.items()},
+                 title)
+  ranked = ranking(primary, refs, set_p_values)
   _matches_figure(os.path.join(workdir, "matches.png"), config, job, evidence, view, ranked)
   return {
       "config": config.to_dict(),
       "versions": {"gmia": gmia.__version__, "jax": jax.__version__, "flax": flax.__version__},
       "generator": job.source.spec,
       "num_samples": int(config.num_samples),
+      "chunk_size": job.chunk_size,  # attack.sample draws the named samples again with it.
       "usable_samples": int(evidence.num_samples),
       "samples_without_face": int(config.num_samples - evidence.num_samples),
       "photos": {"used": int(len(refs.identity)), "skipped": len(skipped)},
       "people": {g: int(np.sum(refs.group == g)) for g in im.GROUPS},
       "verification_threshold": threshold,
+      "density_bandwidth": {"samples": density.kappa_samples,
+                            "population": density.kappa_population},
+      "set_test_population_below_5pct": (
+          None if set_p_values is None
+          else float(np.mean(set_p_values[refs.in_population] < 0.05))),
       "primary": config.score,
       "ranking": ranked,
       "metrics": variant_reports,
@@ -249,7 +281,7 @@ def _matches_figure(path: str, config: ml_collections.ConfigDict, job: Setup,
   captions = [f"#{e['rank']} {e['name'][:12]} ({e['group'][0]}) p={e['p_value']:.2g}"
               for e in rows]
   sample_captions = [[f"sample {s} {v:.2f}" for s, v in row] for row in neighbours]
-  report.save_matches(path, photos, images, captions, sample_captions)
+  viz.save_matches(path, photos, images, captions, sample_captions)
 
 
 def summary_lines(summary: dict) -> list[str]:

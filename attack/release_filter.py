@@ -1,7 +1,7 @@
 """Release filter: drop generated samples too close to a training identity.
 
-  python -m attack.filter --workdir=runs/filter \
-      --config.generator=gmia:runs/demo/gan --config.encoder_workdir=runs/demo/face_encoder
+  python -m attack.release_filter --workdir=runs/filter \
+      --config.generator=gmia:runs/demo/gan --config.matcher.path=runs/demo/face_encoder
 
 Writes kept.npz (the samples that pass), dropped.png and filter.json.
 """
@@ -9,7 +9,7 @@ Writes kept.npz (the samples that pass), dropped.png and filter.json.
 import os
 
 from gmia import cli
-from gmia.attacks import release_filter
+from gmia.jobs import release_filter
 
 
 def _show(result, workdir):
@@ -20,4 +20,4 @@ def _show(result, workdir):
 
 if __name__ == "__main__":
   cli.launch(release_filter.run, show=_show, default_config=os.path.join(
-      os.path.dirname(__file__), "configs", "filter.py"))
+      os.path.dirname(__file__), "configs", "release_filter.py"))

@@ -14,7 +14,7 @@ import os
 import ml_collections
 
 from gmia import files
-from gmia.attacks import membership_job
+from gmia.jobs import membership
 from gmia.attacks import people as people_lib
 from gmia.data import photos as photo_files
 from gmia.workdir import exclusive
@@ -23,7 +23,7 @@ REPORT_FILE = "audit.json"
 
 
 def default_config() -> ml_collections.ConfigDict:
-  config = membership_job.default_config()
+  config = membership.default_config()
   config.photos_dir = ""        # A folder with the person's photos, or:
   config.dataset_identity = -1  # a gmia split identity whose reference photos stand in.
   return config
@@ -61,7 +61,7 @@ def audit_people(config: ml_collections.ConfigDict, source, embedder, mesh) -> p
     population_people = people_lib.folder_people({config.population_dir: "population"},
                                                  embedder, mesh)
   name = os.path.basename(os.path.normpath(config.photos_dir))
-  paths = photo_files.list_photos(config.photos_dir)
+  paths = photo_files.files_in(config.photos_dir)
   if not paths:
     raise ValueError(f"no photos ({'/'.join(photo_files.EXTENSIONS)}) in {config.photos_dir}")
   person_people = people_lib.photo_people([(path, name, "target") for path in paths],
@@ -72,7 +72,7 @@ def audit_people(config: ml_collections.ConfigDict, source, embedder, mesh) -> p
 @exclusive
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Audits one person: the attack's files and audit.json (the verdict) in `workdir`."""
-  summary = membership_job.run(config, workdir, audit_people)
+  summary = membership.run(config, workdir, audit_people)
   (person,) = summary["ranking"]
   result = {"person": person["name"], "score": person["score"], "variant": config.score,
             "p_value": person["p_value"], "population_size": summary["people"]["population"],

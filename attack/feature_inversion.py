@@ -1,7 +1,7 @@
 """Feature inversion of a split encoder: recovers victims' faces from their features per layer.
 
-  python -m attack.invert_features --workdir=runs/inversion \
-      --config.encoder_workdir=runs/demo/face_encoder --config.inversion.num_steps=500
+  python -m attack.feature_inversion --workdir=runs/inversion \
+      --config.network.path=runs/demo/face_encoder --config.inversion.num_steps=500
 
 Writes report.json, table.md (PSNR, SSIM, identity similarity per layer) and inversions.png.
 """
@@ -9,7 +9,7 @@ Writes report.json, table.md (PSNR, SSIM, identity similarity per layer) and inv
 import os
 
 from gmia import cli
-from gmia.inversion import feature_job
+from gmia.jobs import feature_inversion
 
 
 def _show(_, workdir):
@@ -18,5 +18,5 @@ def _show(_, workdir):
 
 
 if __name__ == "__main__":
-  cli.launch(feature_job.run, show=_show, default_config=os.path.join(
-      os.path.dirname(__file__), "configs", "invert_features.py"))
+  cli.launch(feature_inversion.run, show=_show, default_config=os.path.join(
+      os.path.dirname(__file__), "configs", "feature_inversion.py"))

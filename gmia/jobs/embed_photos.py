@@ -22,7 +22,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gmia import files, parallel, viz  # noqa: E402
-from gmia.attacks import report  # noqa: E402
+
 from gmia.data import photos as photo_files  # noqa: E402
 from gmia.faces import embedder as embedder_lib  # noqa: E402
 from gmia.workdir import exclusive  # noqa: E402
@@ -33,19 +33,6 @@ REPORT_FILE = "report.json"
 def default_config() -> ml_collections.ConfigDict:
   """Every option; attack/configs/embed_photos.py returns it."""
   return ml_collections.ConfigDict({"photos_dir": "", **embedder_lib.config_fields()})
-
-
-def list_photos(photos_dir: str) -> tuple[list[str], list[str]]:
-  """(paths, identity) of a flat folder (identity "") or of identity folders."""
-  if not photos_dir or not os.path.isdir(photos_dir):
-    raise ValueError(f"config.photos_dir={photos_dir!r} is not a folder of photos")
-  flat = photo_files.list_photos(photos_dir)
-  if flat:
-    return flat, [""] * len(flat)
-  listed = photo_files.list_identity_photos(photos_dir)
-  if not listed:
-    raise ValueError(f"no photos in {photos_dir}, nor in identity folders {photos_dir}/<person>/")
-  return [path for path, _ in listed], [person for _, person in listed]
 
 
 def similarity_ranges(embeddings: np.ndarray, identity: np.ndarray) -> dict[str, float]:
@@ -65,7 +52,7 @@ def similarity_ranges(embeddings: np.ndarray, identity: np.ndarray) -> dict[str,
 @exclusive
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Embeds config.photos_dir; writes the files above into `workdir`."""
-  paths, identity = list_photos(config.photos_dir)
+  paths, identity = photo_files.folder_photos(config.photos_dir)
   embedder = embedder_lib.load_embedder(config)
   person_of = dict(zip(paths, identity))
   decoded = photo_files.Reader(strict=embedder.strict).read(paths)
@@ -78,7 +65,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "paths": np.asarray(kept), "identity": people, "aligned": embedded.crops,
       "embeddings": embedded.embeddings.astype(np.float32)})
   skipped = [(s.path, s.reason) for s in decoded.skipped] + embedded.skipped
-  report.write_scores_csv(os.path.join(workdir, "skipped.csv"),
+  files.write_csv(os.path.join(workdir, "skipped.csv"),
                           {"photo": [p for p, _ in skipped], "reason": [r for _, r in skipped]})
   if kept:
     captions = [f"{(p + ' ') if p else ''}{os.path.basename(path)}"[:18]
@@ -109,4 +96,4 @@ def _similarity_figure(path: str, embeddings: np.ndarray, identity: np.ndarray) 
   figure.colorbar(shown, ax=axes, label="cosine similarity")
   axes.set_title("same person: blocks on the diagonal")
   figure.tight_layout()
-  report.save_figure(path, figure)
+  viz.save_figure(path, figure)

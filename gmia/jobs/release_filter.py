@@ -14,10 +14,11 @@ import os
 import ml_collections
 import numpy as np
 
-from gmia import files, fingerprint, kernels
+from gmia import files, fingerprint, kernels, viz
 from gmia.attacks import identity_membership as im
-from gmia.attacks import membership_job, people as people_lib, report
-from gmia.attacks.inputs import check_inputs
+from gmia.attacks import people as people_lib
+from gmia.jobs import membership
+from gmia.jobs.inputs import check_inputs
 from gmia.data import run_data
 from gmia.data.split import IdentitySplit
 from gmia.faces.embedder import embed_photos
@@ -28,7 +29,7 @@ REPORT_FILE = "filter.json"
 
 
 def default_config() -> ml_collections.ConfigDict:
-  config = membership_job.default_config()
+  config = membership.default_config()
   config.threshold = -1.0        # Cosine similarity; < 0: set from false_accept_rate.
   config.num_samples = 2_000
   config.training_dir = ""       # Identity folders of the training people; default: the gmia
@@ -59,9 +60,9 @@ def training_people(config: ml_collections.ConfigDict, source, embedder, mesh
 @exclusive
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Generates, filters and writes `kept.npz` (u8 images + sample ids), figures and a report."""
-  job = membership_job.setup(config, training_people)
+  job = membership.setup(config, training_people)
   os.makedirs(workdir, exist_ok=True)
-  check_inputs(workdir, {**membership_job.attack_inputs(config, job),
+  check_inputs(workdir, {**membership.attack_inputs(config, job),
                          "threshold": config.threshold},
                overwrite=config.overwrite, outputs=("kept.npz", "dropped.png", REPORT_FILE))
   refs = job.people.refs
@@ -92,7 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   person = refs.names[refs.identity]
   if len(dropped_ids):
     worst = np.argsort(-dropped_sim, kind="stable")[:8]
-    report.save_matches(os.path.join(workdir, "dropped.png"),
+    viz.save_matches(os.path.join(workdir, "dropped.png"),
                         job.samples.images(dropped_ids[worst]),
                         job.people.crops[dropped_photo[worst]][:, None],
                         [f"sample {s}" for s in dropped_ids[worst]],

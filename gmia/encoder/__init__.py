@@ -1,1 +1,0 @@
-"""Identity encoder: preprocessing and embedding, alignment, ArcFace training and evaluation."""
