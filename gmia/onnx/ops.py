@@ -4,7 +4,13 @@ Each operator is an `Op`: `fn(xp, attrs, *inputs)` returns one array or a tuple 
 output), with `xp` the array module (`jax.numpy` when the graph runs; `numpy` when a node whose
 inputs are all constants is folded at import, so shape arithmetic keeps int64 and exact values).
 Inputs in an op's `static` slots (shapes, axes, pads, scales) are numpy arrays known at import;
-the others may be traced. Omitted optional inputs are None. Layouts are ONNX's (NCHW...).
+the others may be traced. Omitted optional inputs are None.
+
+Layouts: tensors are ONNX's (NCHW...), except where `attrs.channels_last` is set: then the data
+tensors of the node (`Op.layout` says which) hold their channel axis last (NHWC...), the layout
+XLA:CPU's convolutions, matrix products and fused loops run fastest in (the channels are the
+vectorised minor axis), and the op places its channels, spatial axes and axis attributes
+accordingly; weights and other parameters stay in ONNX's layout.
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ class OpError(ValueError):
 
 
 class Attributes:
-  """A node's attributes (strings decoded, tensors as numpy) with its opset and output count."""
+  """A node's attributes (strings decoded, tensors as numpy) with its opset, output count and
+  whether its data tensors are channels-last."""
 
-  def __init__(self, values: dict[str, Any], opset: int, num_outputs: int):
+  def __init__(self, values: dict[str, Any], opset: int, num_outputs: int,
+               channels_last: bool = False):
     self._values, self.opset, self.num_outputs = values, opset, num_outputs
+    self.channels_last = channels_last
 
   def get(self, name: str, default: Any = None) -> Any:
     return self._values.get(name, default)
@@ -39,13 +48,46 @@ class Attributes:
   def __contains__(self, name: str) -> bool:
     return name in self._values
 
+  def replace(self, channels_last: bool, **values: Any) -> Attributes:
+    return Attributes({**self._values, **values}, self.opset, self.num_outputs, channels_last)
+
 
 @dataclasses.dataclass(frozen=True)
 class Op:
-  """One operator: its function and how import treats its inputs."""
+  """One operator: its function and how import treats its inputs.
+
+  layout: how the op takes channels-last tensors. "onnx": it does not (its inputs are given in
+  ONNX's layout); "elementwise": every non-static input is data, broadcast as in ONNX; "data":
+  input 0 is data, the others parameters; "conv": as "data", and worth converting its input to
+  (a convolution); "transpose": Transpose, whose permutation absorbs the layout.
+  """
   fn: Callable[..., Any]
   static: frozenset[int] = frozenset()  # Input slots read as numpy values at import.
   numpy: bool = True  # fn also runs on numpy arrays (False: folding runs it in JAX).
+  layout: str = "onnx"
+
+
+def channels_last_perm(rank: int) -> tuple[int, ...]:
+  """The permutation from ONNX's layout to channels-last: (0, 2, 3, 1) for rank 4."""
+  return (0, *range(2, rank), 1) if rank >= 3 else tuple(range(rank))
+
+
+def _position(a: Attributes, axis: int, rank: int) -> int:
+  """Where ONNX's axis `axis` of a rank-`rank` data tensor lies in the array held."""
+  axis = _axis(axis, rank)
+  if not a.channels_last or rank < 3:
+    return axis
+  return rank - 1 if axis == 1 else axis - 1 if axis > 1 else 0
+
+
+def _spatial(a: Attributes, x: Any) -> tuple[int, ...]:
+  """The spatial axes (ONNX's 2, 3, ...) of data tensor x as held."""
+  return tuple(range(1, x.ndim - 1)) if a.channels_last else tuple(range(2, x.ndim))
+
+
+def _per_channel(a: Attributes, v: Any, ndim: int) -> Any:
+  """A [C] vector shaped to broadcast along the channel axis of a rank-`ndim` data tensor."""
+  return v.reshape((-1,) + (1,) * (ndim - 2)) if not a.channels_last else v.reshape(-1)
 
 
 def _ints(values: Any) -> tuple[int, ...]:
@@ -68,7 +110,7 @@ def _binary(name: str) -> Op:
     if a.get("broadcast", 0) and "axis" in a:
       raise OpError("broadcast with an axis (opset < 7) is not supported")
     return getattr(xp, name)(x, y)
-  return Op(fn)
+  return Op(fn, layout="elementwise")
 
 
 def _div(xp, a, x, y):
@@ -86,11 +128,11 @@ def _pow(xp, a, x, y):
 
 
 def _unary(fn: Callable[[Any, Any], Any], numpy: bool = True) -> Op:
-  return Op(lambda xp, a, x: fn(xp, x), numpy=numpy)
+  return Op(lambda xp, a, x: fn(xp, x), numpy=numpy, layout="elementwise")
 
 
 def _variadic(name: str) -> Op:
-  return Op(lambda xp, a, *xs: functools.reduce(getattr(xp, name), xs))
+  return Op(lambda xp, a, *xs: functools.reduce(getattr(xp, name), xs), layout="elementwise")
 
 
 def _prelu(xp, a, x, slope):
@@ -137,9 +179,8 @@ def _batch_norm(xp, a, x, scale, bias, mean, var):
     raise OpError("training_mode is not supported (inference graphs only)")
   if not a.get("spatial", 1):
     raise OpError("spatial=0 is not supported")
-  shape = (1, -1) + (1,) * (x.ndim - 2)
   factor = scale / xp.sqrt(var + a.get("epsilon", 1e-5))
-  return x * factor.reshape(shape) + (bias - mean * factor).reshape(shape)
+  return x * _per_channel(a, factor, x.ndim) + _per_channel(a, bias - mean * factor, x.ndim)
 
 
 # Convolution and pooling.
@@ -165,32 +206,57 @@ def _window_pads(a, spatial: tuple[int, ...], kernel: tuple[int, ...], strides: 
 
 
 def _window(a, x, kernel=None):
-  spatial = x.shape[2:]
+  spatial = tuple(x.shape[i] for i in _spatial(a, x))
   kernel = tuple(a.get("kernel_shape", kernel))
   strides = tuple(a.get("strides", (1,) * len(spatial)))
   dilations = tuple(a.get("dilations", (1,) * len(spatial)))
   return kernel, strides, dilations, _window_pads(a, spatial, kernel, strides, dilations)
 
 
-def _taps(x, kernel, strides, dilations, pads, fill=0.0, xp=jnp):
-  """The strided slices of x (NC..., padded with `fill`) that each kernel tap sees, in tap
-  order. Convolutions with one filter per channel and pools are sums / maxima of them: XLA:CPU
-  runs such a fused loop tens of times faster than its grouped convolution or reduce_window."""
-  x = xp.pad(x, [(0, 0), (0, 0)] + list(pads), constant_values=np.asarray(fill, x.dtype))
-  out_shape = [(size - (k - 1) * d - 1) // s + 1
-               for size, k, s, d in zip(x.shape[2:], kernel, strides, dilations)]
+def _taps(x, axes, kernel, strides, dilations, pads, fill=0.0, xp=jnp):
+  """The strided slices of x (padded with `fill` along its spatial `axes`) that each kernel tap
+  sees, in tap order. Convolutions with one filter per channel and pools are sums / maxima of
+  them: XLA:CPU runs such a fused loop tens of times faster than its grouped convolution or
+  reduce_window."""
+  widths = [(0, 0)] * x.ndim
+  for axis, pad in zip(axes, pads):
+    widths[axis] = tuple(pad)
+  x = xp.pad(x, widths, constant_values=np.asarray(fill, x.dtype))
+  out_shape = [(x.shape[axis] - (k - 1) * d - 1) // s + 1
+               for axis, k, s, d in zip(axes, kernel, strides, dilations)]
   for tap in itertools.product(*(range(k) for k in kernel)):
-    starts = [t * d for t, d in zip(tap, dilations)]
-    yield tap, x[(slice(None), slice(None)) + tuple(
-        slice(start, start + (n - 1) * s + 1, s)
-        for start, n, s in zip(starts, out_shape, strides))]
+    index = [slice(None)] * x.ndim
+    for axis, t, d, n, s in zip(axes, tap, dilations, out_shape, strides):
+      index[axis] = slice(t * d, t * d + (n - 1) * s + 1, s)
+    yield tap, x[tuple(index)]
 
 
-def _depthwise(x, w, strides, pads, dilations):
+def _depthwise(a, x, w, strides, pads, dilations):
   """A conv with one filter per channel, w: [C, 1, k...]."""
-  channel = (1, -1) + (1,) * (x.ndim - 2)
-  return sum(shifted * w[(slice(None), 0) + tap].reshape(channel)
-             for tap, shifted in _taps(x, w.shape[2:], strides, dilations, pads))
+  if a.channels_last:
+    # [k..., C], made in its own buffer: each tap's weights contiguous like the channels of x.
+    # Fused into the loop (as XLA would), every element gathers them with a stride: 2x slower.
+    w = lax.optimization_barrier(jnp.moveaxis(w[:, 0], 0, -1))
+    return sum(shifted * w[tap] for tap, shifted in
+               _taps(x, _spatial(a, x), w.shape[:-1], strides, dilations, pads))
+  return sum(shifted * _per_channel(a, w[(slice(None), 0) + tap], x.ndim)
+             for tap, shifted in _taps(x, _spatial(a, x), w.shape[2:], strides, dilations,
+                                       pads))
+
+
+def _channels_last_conv(x, w, strides, pads, groups, **dilations):
+  """lax.conv_general_dilated of channels-last x and ONNX's weights [O, I, k...].
+
+  The weights are transposed to [k..., I, O] here, where XLA:CPU's fast convolutions want
+  them: left to XLA's layout assignment, weights that are arguments of a loop (lax.map over
+  samples) stay [O, I, k...] and the convolution falls back to a loop 5-10x slower.
+  """
+  rank = x.ndim
+  w = jnp.transpose(w, (*range(2, rank), 1, 0))
+  data = (0, rank - 1, *range(1, rank - 1))
+  numbers = lax.ConvDimensionNumbers(data, (rank - 1, rank - 2, *range(rank - 2)), data)
+  return lax.conv_general_dilated(x, w, strides, pads, feature_group_count=groups,
+                                  dimension_numbers=numbers, **dilations)
 
 
 def _pointwise(x, w):
@@ -199,30 +265,38 @@ def _pointwise(x, w):
 
 
 def _conv(xp, a, x, w, b=None):
-  # XLA:CPU's convolution is slow for 1x1 kernels, one filter per channel and few input
-  # channels: those run as matrix products or sums of shifted slices (equal results).
   _, strides, dilations, pads = _window(a, x, w.shape[2:])
   groups = a.get("group", 1)
   w = w.astype(x.dtype)
   kernel = w.shape[2:]
-  if groups > 1 and groups == x.shape[1] == w.shape[0]:
-    y = _depthwise(x, w, strides, pads, dilations)
+  channels = x.shape[-1 if a.channels_last else 1]
+  if groups > 1 and groups == channels == w.shape[0]:
+    y = _depthwise(a, x, w, strides, pads, dilations)
+  elif a.channels_last and groups == 1 and all(k == 1 for k in kernel):
+    # A matrix product over the channels (XLA:CPU hands it to its fastest kernels).
+    (_, shifted), = _taps(x, _spatial(a, x), kernel, strides, dilations, pads)
+    y = lax.dot_general(shifted, w.reshape(w.shape[:2]), (((x.ndim - 1,), (1,)), ((), ())))
+  elif a.channels_last:
+    y = _channels_last_conv(x, w, strides, pads, groups, rhs_dilation=dilations)
+  # In ONNX's layout XLA:CPU's convolution is slow for 1x1 kernels and few input channels:
+  # those run as matrix products (equal results).
   elif groups == 1 and all(k == 1 for k in kernel):
-    (_, shifted), = _taps(x, kernel, strides, dilations, pads)
+    (_, shifted), = _taps(x, _spatial(a, x), kernel, strides, dilations, pads)
     y = _pointwise(shifted, w.reshape(w.shape[:2]))
   elif groups == 1 and x.shape[1] * int(np.prod(kernel)) <= 32:
-    patches = jnp.stack([s for _, s in _taps(x, kernel, strides, dilations, pads)], 2)
+    patches = jnp.stack([s for _, s in _taps(x, _spatial(a, x), kernel, strides, dilations,
+                                             pads)], 2)
     patches = patches.reshape((patches.shape[0], -1) + patches.shape[3:])
     y = _pointwise(patches, w.reshape(w.shape[0], -1))
   else:
     y = lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilations,
                                  feature_group_count=groups)
-  return y if b is None else y + b.reshape((1, -1) + (1,) * (x.ndim - 2))
+  return y if b is None else y + _per_channel(a, b, x.ndim)
 
 
 def _conv_transpose(xp, a, x, w, b=None):
   groups = a.get("group", 1)
-  spatial = x.shape[2:]
+  spatial = tuple(x.shape[i] for i in _spatial(a, x))
   n = len(spatial)
   kernel = tuple(a.get("kernel_shape", w.shape[2:]))
   strides = tuple(a.get("strides", (1,) * n))
@@ -249,10 +323,14 @@ def _conv_transpose(xp, a, x, w, b=None):
   kernel_w = jnp.swapaxes(kernel_w, 1, 2).reshape((groups * c_out_g, c_in // groups) + w.shape[2:])
   kernel_w = jnp.flip(kernel_w, axis=tuple(range(2, 2 + n)))
   conv_pads = [(k - 1 - lo, k - 1 - hi + e) for k, (lo, hi), e in zip(effective, pads, extra)]
-  y = lax.conv_general_dilated(x, kernel_w.astype(x.dtype), (1,) * n, conv_pads,
-                               lhs_dilation=strides, rhs_dilation=dilations,
-                               feature_group_count=groups)
-  return y if b is None else y + b.reshape((1, -1) + (1,) * n)
+  kernel_w = kernel_w.astype(x.dtype)
+  if a.channels_last:
+    y = _channels_last_conv(x, kernel_w, (1,) * n, conv_pads, groups, lhs_dilation=strides,
+                            rhs_dilation=dilations)
+  else:
+    y = lax.conv_general_dilated(x, kernel_w, (1,) * n, conv_pads, lhs_dilation=strides,
+                                 rhs_dilation=dilations, feature_group_count=groups)
+  return y if b is None else y + _per_channel(a, b, x.ndim)
 
 
 def _pool_pads(a, x, kernel, strides, dilations, pads):
@@ -260,7 +338,8 @@ def _pool_pads(a, x, kernel, strides, dilations, pads):
   if not a.get("ceil_mode", 0):
     return pads
   out = []
-  for size, k, s, d, (lo, hi) in zip(x.shape[2:], kernel, strides, dilations, pads):
+  spatial = [x.shape[i] for i in _spatial(a, x)]
+  for size, k, s, d, (lo, hi) in zip(spatial, kernel, strides, dilations, pads):
     effective = (k - 1) * d + 1
     count = -(-(size + lo + hi - effective) // s) + 1
     if (count - 1) * s >= size + lo:
@@ -274,24 +353,26 @@ def _max_pool(xp, a, x):
     raise OpError("the Indices output is not supported")
   kernel, strides, dilations, pads = _window(a, x)
   pads = _pool_pads(a, x, kernel, strides, dilations, pads)
-  taps = (shifted for _, shifted in
-          _taps(x, kernel, strides, dilations, pads, _extreme(x.dtype, low=True)))
+  taps = (shifted for _, shifted in _taps(x, _spatial(a, x), kernel, strides, dilations, pads,
+                                          _extreme(x.dtype, low=True)))
   return functools.reduce(jnp.maximum, taps)
 
 
 def _average_pool(xp, a, x):
   kernel, strides, dilations, pads = _window(a, x)
   ceil_pads = _pool_pads(a, x, kernel, strides, dilations, pads)
-  total = sum(shifted for _, shifted in _taps(x, kernel, strides, dilations, ceil_pads))
+  axes = _spatial(a, x)
+  total = sum(shifted for _, shifted in _taps(x, axes, kernel, strides, dilations, ceil_pads))
   # The divisor counts the input cells, and the explicit pads with count_include_pad, but never
   # the extra cells of ceil_mode.
-  ones = np.ones((1, 1) + x.shape[2:], np.float32)
-  counted = np.pad(ones, [(0, 0), (0, 0)] + pads,
+  ones = np.ones([x.shape[i] if i in axes else 1 for i in range(x.ndim)], np.float32)
+  counted = np.pad(ones, [pads[axes.index(i)] if i in axes else (0, 0) for i in range(x.ndim)],
                    constant_values=1.0 if a.get("count_include_pad", 0) else 0.0)
-  extra = [(0, 0), (0, 0)] + [(0, c[1] - p[1]) for c, p in zip(ceil_pads, pads)]
-  counted = np.pad(counted, extra)
+  extra = [(0, c[1] - p[1]) for c, p in zip(ceil_pads, pads)]
+  counted = np.pad(counted, [extra[axes.index(i)] if i in axes else (0, 0)
+                             for i in range(x.ndim)])
   count = sum(shifted for _, shifted in
-              _taps(counted, kernel, strides, dilations, [(0, 0)] * len(kernel), xp=np))
+              _taps(counted, axes, kernel, strides, dilations, [(0, 0)] * len(kernel), xp=np))
   return total / count.astype(x.dtype)
 
 
@@ -305,7 +386,8 @@ def _extreme(dtype: np.dtype, low: bool) -> Any:
 
 
 def _global_pool(name: str) -> Op:
-  return Op(lambda xp, a, x: getattr(xp, name)(x, axis=tuple(range(2, x.ndim)), keepdims=True))
+  return Op(lambda xp, a, x: getattr(xp, name)(x, axis=_spatial(a, x), keepdims=True),
+            layout="data")
 
 
 def _reduce(name: str, axes_input_from: int) -> Op:
@@ -393,7 +475,7 @@ def _unsqueeze(xp, a, x, axes=None):
 
 
 def _concat(xp, a, *xs):
-  return xp.concatenate(xs, axis=a.get("axis"))
+  return xp.concatenate(xs, axis=_position(a, a.get("axis"), xs[0].ndim))
 
 
 def _gather(xp, a, x, indices):
@@ -411,11 +493,11 @@ def _pad(xp, a, x, pads=None, value=None, axes=None):
   if a.opset < 11:
     pads, value = a.get("pads", a.get("paddings")), a.get("value", 0.0)
   pads = _ints(pads)
-  axes = range(x.ndim) if axes is None else [_axis(i, x.ndim) for i in _ints(axes)]
+  axes = range(x.ndim) if axes is None else _ints(axes)
   n = len(pads) // 2
   widths = [(0, 0)] * x.ndim
   for axis, lo, hi in zip(axes, pads[:n], pads[n:]):
-    widths[axis] = (lo, hi)
+    widths[_position(a, axis, x.ndim)] = (lo, hi)
   mode = a.get("mode", "constant")
   grow = [(max(lo, 0), max(hi, 0)) for lo, hi in widths]
   if mode == "constant":
@@ -543,7 +625,9 @@ def _resize_axis(a, size: int, out: int, scale: float) -> tuple[np.ndarray, np.n
 def _resize(xp, a, x, roi=None, scales=None, sizes=None):
   if a.get("antialias", 0):
     raise OpError("antialias=1 is not supported")
-  axes = [_axis(i, x.ndim) for i in a.get("axes", range(x.ndim))]
+  axes = [_position(a, i, x.ndim) for i in a.get("axes", range(x.ndim))]
+  if scales is not None and np.size(scales) and not a.get("axes") and np.size(scales) != x.ndim:
+    raise OpError(f"scales has {np.size(scales)} values for a rank-{x.ndim} input")
   if sizes is not None and np.size(sizes):
     outs = dict(zip(axes, _ints(sizes)))
     factors = {i: outs[i] / x.shape[i] for i in axes}
@@ -581,34 +665,38 @@ def _resize(xp, a, x, roi=None, scales=None, sizes=None):
 def _upsample(xp, a, x, scales=None):
   scales = a.get("scales") if scales is None else scales
   attrs = Attributes({"mode": a.get("mode", "nearest"), "nearest_mode": "floor",
-                      "coordinate_transformation_mode": "asymmetric"}, a.opset, 1)
+                      "coordinate_transformation_mode": "asymmetric"}, a.opset, 1,
+                     a.channels_last)
   return _resize(xp, attrs, x, None, scales)
 
 
 OPS: dict[str, Op] = {
     "Add": _binary("add"), "Sub": _binary("subtract"), "Mul": _binary("multiply"),
-    "Div": Op(_div), "Pow": Op(_pow), "Equal": _binary("equal"),
+    "Div": Op(_div, layout="elementwise"), "Pow": Op(_pow, layout="elementwise"), "Equal": _binary("equal"),
     "Less": _binary("less"), "Greater": _binary("greater"),
     "Max": _variadic("maximum"), "Min": _variadic("minimum"), "Sum": _variadic("add"),
-    "Where": Op(lambda xp, a, c, x, y: xp.where(c, x, y)),
+    "Where": Op(lambda xp, a, c, x, y: xp.where(c, x, y), layout="elementwise"),
     "Relu": _unary(lambda xp, x: xp.maximum(x, xp.zeros((), x.dtype))),
-    "PRelu": Op(_prelu), "LeakyRelu": Op(_leaky_relu),
+    "PRelu": Op(_prelu, layout="elementwise"), "LeakyRelu": Op(_leaky_relu, layout="elementwise"),
     "Sigmoid": _unary(lambda xp, x: jax.nn.sigmoid(x), numpy=False),
     "Tanh": _unary(lambda xp, x: xp.tanh(x)), "Exp": _unary(lambda xp, x: xp.exp(x)),
     "Log": _unary(lambda xp, x: xp.log(x)), "Sqrt": _unary(lambda xp, x: xp.sqrt(x)),
     "Neg": _unary(lambda xp, x: -x), "Abs": _unary(lambda xp, x: xp.abs(x)),
     "Floor": _unary(lambda xp, x: xp.floor(x)), "Ceil": _unary(lambda xp, x: xp.ceil(x)),
     "Reciprocal": _unary(lambda xp, x: 1 / x),
-    "Clip": Op(_clip), "Softmax": _softmax(log=False), "LogSoftmax": _softmax(log=True),
-    "MatMul": _binary("matmul"), "Gemm": Op(_gemm), "BatchNormalization": Op(_batch_norm),
-    "Conv": Op(_conv, numpy=False), "ConvTranspose": Op(_conv_transpose, numpy=False),
-    "MaxPool": Op(_max_pool, numpy=False), "AveragePool": Op(_average_pool, numpy=False),
+    "Clip": Op(_clip, layout="elementwise"), "Softmax": _softmax(log=False), "LogSoftmax": _softmax(log=True),
+    "MatMul": Op(lambda xp, a, x, y: xp.matmul(x, y)), "Gemm": Op(_gemm),
+    "BatchNormalization": Op(_batch_norm, layout="data"),
+    "Conv": Op(_conv, numpy=False, layout="conv"),
+    "ConvTranspose": Op(_conv_transpose, numpy=False, layout="conv"),
+    "MaxPool": Op(_max_pool, numpy=False, layout="data"),
+    "AveragePool": Op(_average_pool, numpy=False, layout="data"),
     "GlobalAveragePool": _global_pool("mean"), "GlobalMaxPool": _global_pool("max"),
     "ReduceMean": _reduce("mean", 18), "ReduceSum": _reduce("sum", 13),
     "ReduceMax": _reduce("max", 18), "ReduceMin": _reduce("min", 18),
     "ReduceProd": _reduce("prod", 18), "ReduceL2": _reduce("l2", 18),
     "Flatten": Op(_flatten), "Reshape": Op(_reshape, static=frozenset({1})),
-    "Transpose": Op(_transpose), "Concat": Op(_concat),
+    "Transpose": Op(_transpose, layout="transpose"), "Concat": Op(_concat, layout="elementwise"),
     "Slice": Op(_slice, static=frozenset({1, 2, 3, 4})),
     "Split": Op(_split, static=frozenset({1})),
     "Squeeze": Op(_squeeze, static=frozenset({1})),
@@ -618,13 +706,13 @@ OPS: dict[str, Op] = {
     "Tile": Op(lambda xp, a, x, reps: xp.tile(x, _ints(reps)), static=frozenset({1})),
     "Gather": Op(_gather), "Shape": Op(_shape),
     "Size": Op(lambda xp, a, x: np.asarray(int(np.prod(x.shape)), np.int64)),
-    "Cast": Op(_cast),
+    "Cast": Op(_cast, layout="elementwise"),
     "ConstantOfShape": Op(_constant_of_shape, static=frozenset({0})),
     "Range": Op(_range, static=frozenset({0, 1, 2})),
-    "Pad": Op(_pad, static=frozenset({1, 2, 3})),
-    "Resize": Op(_resize, static=frozenset({1, 2, 3})),
-    "Upsample": Op(_upsample, static=frozenset({1})),
-    "Constant": Op(_constant), "Identity": Op(lambda xp, a, x: x),
-    "Dropout": Op(_dropout, static=frozenset({1, 2})),
+    "Pad": Op(_pad, static=frozenset({1, 2, 3}), layout="data"),
+    "Resize": Op(_resize, static=frozenset({1, 2, 3}), layout="data"),
+    "Upsample": Op(_upsample, static=frozenset({1}), layout="data"),
+    "Constant": Op(_constant), "Identity": Op(lambda xp, a, x: x, layout="elementwise"),
+    "Dropout": Op(_dropout, static=frozenset({1, 2}), layout="elementwise"),
     "DequantizeLinear": Op(_dequantize),
 }
