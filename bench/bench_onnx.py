@@ -1,18 +1,22 @@
 """Real ONNX networks through gmia.onnx against onnxruntime, in the same run on this machine.
 
     python bench/bench_onnx.py                      # SFace batch 256, YuNet batch 16
-    python bench/bench_onnx.py --sface_batch 64 --rounds 3
+    python bench/bench_onnx.py --only yunet --rounds 7
 
 SFace (OpenCV Zoo, int8 blocks): embeddings/s of gmia's jitted function on the batch, imported
 at that batch (one vmap-free graph) and imported at batch 1 then mapped over chunks of
 `--chunk` samples (apply_each's batch_size), against onnxruntime (CPU provider) on the same
 graph with a free batch dim. YuNet (640 px): detections/s of gmia's jitted detect_faces
-(network, decoding, NMS, choice) on batches of `--yunet_batch` letterboxed photos, vmapped whole
-and mapped one photo at a time, and of the network alone, against onnxruntime running the
-network one photo at a time (YuNet's Reshapes fix batch 1). Each engine runs
-`--rounds` rounds; its fastest counts, which evens out load from other processes. Compilation
-and session creation are timed apart. The networks come from registry packages
-(tests/assets.py fetches and caches them).
+(network, decoding, NMS, choice) on batches of `--yunet_batch` letterboxed photos, mapped one
+photo at a time and vmapped whole, and of the network alone, against onnxruntime running the
+network one photo at a time (YuNet's Reshapes fix batch 1).
+
+Each round times onnxruntime and then every gmia variant, so that load from other processes
+falls on both; the figures are medians over `--rounds` rounds: items/s (wall clock), the ratio
+to onnxruntime in the same round, and CPU milliseconds per item (this process's CPU time, all
+threads: less sensitive to a shared machine than the wall clock). Compilation and session
+creation are timed apart. The networks come from registry packages (tests/assets.py fetches and
+caches them).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -32,25 +37,40 @@ from gmia.onnx import import_onnx  # noqa: E402
 from tests import assets  # noqa: E402
 
 
-def best_time(run, rounds: int) -> float:
-  """Seconds of the fastest of `rounds` calls of `run`."""
-  best = float("inf")
-  for _ in range(rounds):
-    start = time.perf_counter()
-    run()
-    best = min(best, time.perf_counter() - start)
-  return best
-
-
-def timed(label: str, run) -> None:
+def timed(label: str, run: Callable[[], object]) -> None:
   start = time.perf_counter()
   run()
   print(f"  {label}: {time.perf_counter() - start:.1f} s")
 
 
-def gmia_rate(label: str, run, batch: int, rounds: int) -> float:
-  timed(f"gmia compile ({label})", lambda: jax.block_until_ready(run()))
-  return batch / best_time(lambda: jax.block_until_ready(run()), rounds)
+def measure(run: Callable[[], object]) -> tuple[float, float]:
+  """(wall seconds, CPU seconds of this process) of one call."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  run()
+  return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def compare(peer: Callable[[], object], engines: dict[str, Callable[[], object]], count: int,
+            rounds: int, unit: str) -> None:
+  """Prints each engine's median rate, ratio to the peer (per round) and CPU ms per item."""
+  timed("onnxruntime first call", peer)
+  runs = {label: (lambda run=run: jax.block_until_ready(run())) for label, run in engines.items()}
+  for label, run in runs.items():
+    timed(f"gmia compile ({label})", run)
+  results = {label: [] for label in ["onnxruntime", *runs]}
+  for _ in range(rounds):
+    results["onnxruntime"].append(measure(peer))
+    for label, run in runs.items():
+      results[label].append(measure(run))
+  walls = {label: np.array([wall for wall, _ in r]) for label, r in results.items()}
+  cpus = {label: np.median([cpu for _, cpu in r]) * 1e3 / count for label, r in results.items()}
+  peer_rate = np.median(count / walls["onnxruntime"])
+  print(f"  onnxruntime {peer_rate:.1f} {unit}/s, {cpus['onnxruntime']:.1f} CPU ms each")
+  for label in runs:
+    rate = np.median(count / walls[label])
+    ratio = np.median(walls["onnxruntime"] / walls[label])
+    print(f"  gmia ({label}) {rate:.1f} {unit}/s, ratio {ratio:.2f} (median of {rounds} rounds; "
+          f"{cpus[label]:.1f} CPU ms each)")
 
 
 def bench_sface(batch: int, chunk: int, rounds: int) -> None:
@@ -58,19 +78,14 @@ def bench_sface(batch: int, chunk: int, rounds: int) -> None:
   images = np.random.default_rng(0).uniform(0, 255, (batch, 3, 112, 112)).astype(np.float32)
   print(f"SFace, batch {batch}")
   whole = import_onnx(path, input_shapes={"data": (batch, 3, 112, 112)})
-  embed = jax.jit(whole.apply)
-  rates = {"imported at the batch": gmia_rate(
-      "imported at the batch", lambda: embed(whole.params, images), batch, rounds)}
   single = import_onnx(path)
+  embed = jax.jit(whole.apply)
   mapped = jax.jit(lambda p, x: single.apply_each(p, x, batch_size=chunk))
-  rates[f"chunks of {chunk}"] = gmia_rate(f"chunks of {chunk}",
-                                          lambda: mapped(single.params, images), batch, rounds)
   session = assets.onnxruntime_session(path, free_batch=True)
-  timed("onnxruntime session + first batch", lambda: session.run(None, {"data": images}))
-  peer = batch / best_time(lambda: session.run(None, {"data": images}), rounds)
-  for label, rate in rates.items():
-    print(f"  gmia ({label}) {rate:.0f} embeddings/s, onnxruntime {peer:.0f}/s: "
-          f"ratio {rate / peer:.2f}")
+  compare(lambda: session.run(None, {"data": images}),
+          {"imported at the batch": lambda: embed(whole.params, images),
+           f"chunks of {chunk}": lambda: mapped(single.params, images)},
+          batch, rounds, "embeddings")
 
 
 def bench_yunet(batch: int, rounds: int) -> None:
@@ -82,19 +97,13 @@ def bench_yunet(batch: int, rounds: int) -> None:
   print(f"YuNet 640 px, batch {batch}")
   find = jax.jit(detect.detect_faces, static_argnames=("net", "batch_size"))
   network = jax.jit(lambda p, x: net.apply_each(p, x, batch_size=1))
-  rates = {f"detect_faces, {label}": gmia_rate(
-      f"detect_faces, {label}", lambda: find(net, net.params, images, factors,
-                                              batch_size=size), batch, rounds)
-           for label, size in (("whole batch vmapped", None), ("one photo at a time", 1))}
-  rates["network alone, one photo at a time"] = gmia_rate(
-      "network alone", lambda: network(net.params, nchw), batch, rounds)
   session = assets.onnxruntime_session(path)
-  one_by_one = lambda: [session.run(None, {"input": nchw[i:i + 1]}) for i in range(batch)]
-  timed("onnxruntime session + first batch", one_by_one)
-  peer = batch / best_time(one_by_one, rounds)
-  for label, rate in rates.items():
-    print(f"  gmia ({label}) {rate:.1f} detections/s, onnxruntime network {peer:.1f}/s: "
-          f"ratio {rate / peer:.2f}")
+  compare(lambda: [session.run(None, {"input": nchw[i:i + 1]}) for i in range(batch)],
+          {"detect_faces, one photo at a time": lambda: find(net, net.params, images, factors,
+                                                             batch_size=1),
+           "detect_faces, whole batch vmapped": lambda: find(net, net.params, images, factors),
+           "network alone, one photo at a time": lambda: network(net.params, nchw)},
+          batch, rounds, "detections")
 
 
 def main() -> None:
@@ -102,11 +111,14 @@ def main() -> None:
   parser.add_argument("--sface_batch", type=int, default=256)
   parser.add_argument("--chunk", type=int, default=8)
   parser.add_argument("--yunet_batch", type=int, default=16)
-  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--only", choices=("sface", "yunet"), default=None)
   args = parser.parse_args()
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs")
-  bench_sface(args.sface_batch, args.chunk, args.rounds)
-  bench_yunet(args.yunet_batch, args.rounds)
+  if args.only != "yunet":
+    bench_sface(args.sface_batch, args.chunk, args.rounds)
+  if args.only != "sface":
+    bench_yunet(args.yunet_batch, args.rounds)
 
 
 if __name__ == "__main__":

@@ -158,25 +158,40 @@ def choose_face(scores: jax.Array, boxes: jax.Array, landmarks: jax.Array, keep:
   return Faces(points, box, scores[largest], count, status)
 
 
+def _detect_one(net: OnnxNetwork, params: dict, image: jax.Array, factor: jax.Array,
+                rules: DetectionRules) -> Faces:
+  """The face of one letterboxed photo f32[S, S, 3] (RGB): network, decoding and choice."""
+  # Given as NHWC and transposed to YuNet's NCHW here, the photo reaches the network's first
+  # convolution, which runs channels-last, with no transpose at all: XLA cancels the pair.
+  bgr = jnp.transpose(image[..., ::-1], (2, 0, 1))[None]
+  outputs = {name: y[0] for name, y in zip(net.output_names, net.apply(params, bgr))}
+  scores, boxes, landmarks = decode(outputs, image.shape[0], rules.top_k)
+  keep = nms(scores, boxes, rules.score_threshold, rules.nms_threshold)
+  return choose_face(scores, boxes, landmarks, keep, factor, rules)
+
+
+def _each(one, args, batch_size: int | None):
+  """`one` over the leading axis of `args`: vmapped (batch_size None) or mapped over chunks."""
+  if batch_size is None:
+    return jax.vmap(one)(*args)
+  # One at a time without lax.map's chunking, whose [B, 1, ...] reshape XLA:CPU copies.
+  return jax.lax.map(lambda sample: one(*sample), args,
+                     batch_size=None if batch_size == 1 else batch_size)
+
+
 def detect_faces(net: OnnxNetwork, params: dict, images: jax.Array, factors: jax.Array,
                  rules: DetectionRules = DetectionRules(), batch_size: int | None = None
                  ) -> Faces:
   """Faces of letterboxed photos: images f32[B, S, S, 3] RGB in 0..255 (S: YuNet's input size),
   factors f32[B] from photo to letterbox pixels. Jit and shard like any pure function;
-  batch_size as in OnnxNetwork.apply_each (on CPU 1 runs fastest)."""
+  batch_size as in OnnxNetwork.apply_each (on CPU 1 runs fastest): each photo goes through the
+  network, its decoding and NMS before the next."""
   size = net.input_shapes[0][-1]
   if images.shape[1:] != (size, size, 3):
     raise ValueError(f"images must be [B, {size}, {size}, 3] (letterboxed RGB), got "
                      f"{images.shape}")
-  bgr = jnp.transpose(images[..., ::-1], (0, 3, 1, 2))
-  outputs = dict(zip(net.output_names, net.apply_each(params, bgr, batch_size=batch_size)))
-
-  def one(sample, factor):
-    scores, boxes, landmarks = decode(sample, size, rules.top_k)
-    keep = nms(scores, boxes, rules.score_threshold, rules.nms_threshold)
-    return choose_face(scores, boxes, landmarks, keep, factor, rules)
-
-  return jax.vmap(one)(outputs, factors)
+  return _each(lambda image, factor: _detect_one(net, params, image, factor, rules),
+               (images, factors), batch_size)
 
 
 def detect_and_align(net: OnnxNetwork, params: dict, photos: jax.Array,
@@ -197,13 +212,17 @@ def detect_and_align(net: OnnxNetwork, params: dict, photos: jax.Array,
   if extents is None:
     extents = jnp.broadcast_to(jnp.array(photos.shape[1:3]), (photos.shape[0], 2))
   input_size = net.input_shapes[0][-1]
-  images, factors = jax.vmap(lambda p, e: letterbox(p, input_size, e))(photos, extents)
-  faces = detect_faces(net, params, images, factors, rules, batch_size)
-  # A plain crop of the top-left square stands in where there is no face.
-  fallback = template[None] * (jnp.min(extents, -1) / size)[:, None, None]
-  points = jnp.where((faces.count > 0)[:, None, None], faces.landmarks, fallback)
-  aligned = jax.vmap(lambda p, q: align_face(p, q, size, template))(photos, points)
-  return aligned, faces
+
+  def one(photo, extent):
+    # The whole path of a photo in one step: its letterbox is made and read while in cache.
+    image, factor = letterbox(photo, input_size, extent)
+    faces = _detect_one(net, params, image, factor, rules)
+    # A plain crop of the top-left square stands in where there is no face.
+    points = jnp.where(faces.count > 0, faces.landmarks,
+                       template * (jnp.min(extent) / size))
+    return align_face(photo, points, size, template), faces
+
+  return _each(one, (photos, extents), batch_size)
 
 
 _detect_and_align = jax.jit(detect_and_align,

@@ -397,7 +397,9 @@ class OnnxNetwork:
 
     if batch_size is None:
       return jax.vmap(one)(inputs, feeds)
-    return jax.lax.map(lambda args: one(*args), (inputs, feeds), batch_size=batch_size)
+    # Chunks of one without lax.map's chunking, whose [B, 1, ...] reshape XLA:CPU copies.
+    return jax.lax.map(lambda args: one(*args), (inputs, feeds),
+                       batch_size=None if batch_size == 1 else batch_size)
 
 
 def import_onnx(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None,
