@@ -125,7 +125,7 @@ class _Emitter:
 def export_onnx(model: IResNet, variables: dict[str, Any], *, fold_bn: bool) -> Any:
   """Export a gmia IResNet to an insightface-layout ONNX graph (an onnx.ModelProto).
 
-  variables: {"params", "batch_stats"} of `model` (e.g. from gmia.face_encoder.trainer.load_encoder);
+  variables: {"params", "batch_stats"} of `model` (e.g. gmia.runs.load_run(workdir, "face_encoder").variables);
   the input size is the one its dense layer was built for. fold_bn: fold each post-conv BN into
   its conv, as insightface's released files do. The graph maps NCHW images in [-1, 1] to the
   unnormalised embedding [N, num_features], as `model.apply(variables, images)` does for NHWC.

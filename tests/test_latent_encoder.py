@@ -42,7 +42,7 @@ def save_generator(workdir: str, resolution: int, w_dim: int, zeros: bool = Fals
   else:
     state = jax.jit(init).lower().compile({"xla_backend_optimization_level": 0})()
   checkpointer = Checkpointer(workdir)
-  checkpointer.save(1, state, {"config": json.loads(config.to_json())})
+  checkpointer.save(1, state, {"kind": "gan", "config": json.loads(config.to_json())})
   checkpointer.wait()
   checkpointer.close()
 

@@ -26,8 +26,9 @@ DEFAULT_CHUNK = 500  # Samples per chunk, unless a job says otherwise.
 @dataclasses.dataclass(frozen=True)
 class SampleEmbedder:
   """embed(indices i64[n]) -> (ids i64[m], unit embeddings f32[m, D]) of the samples among
-  `indices` with a usable face (all of them unless alignment is `detect`); with_images(indices)
-  -> the same and their images u8[m, R, R, 3]; images(indices) -> u8[n, R, R, 3]."""
+  `indices` with a usable face (all of them unless alignment is `detect`), any n, in chunks;
+  with_images(indices) -> the same and their images u8[m, R, R, 3] (n up to a chunk);
+  images(indices) -> u8[n, R, R, 3]."""
   embed: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
   with_images: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
   images: Callable[[np.ndarray], np.ndarray]
@@ -50,7 +51,9 @@ def make_sample_embedder(source: Source, embedder: FaceEmbedder, mesh: Mesh,
     return indices[usable], embeddings[:len(indices)][usable], images, usable
 
   def embed(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return embedded(indices)[:2]
+    parts = [embedded(indices[start:start + chunk_size])[:2]
+             for start in range(0, len(indices), chunk_size)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
   def with_images(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ids, embeddings, images, usable = embedded(indices)

@@ -80,6 +80,8 @@ def kind_of(block: ml_collections.ConfigDict, name: str = "matcher") -> str:
                      "ONNX face matcher (.onnx)")
   if block.kind and block.kind not in KINDS:
     raise ValueError(f"unknown config.{name}.kind {block.kind!r}; choose from {KINDS}")
+  if not os.path.exists(block.path):
+    raise FileNotFoundError(f"config.{name}.path={block.path!r} does not exist")
   return block.kind or ("gmia" if os.path.isdir(block.path) else "onnx")
 
 

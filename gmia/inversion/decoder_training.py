@@ -48,10 +48,10 @@ from jax.sharding import Mesh
 from gmia import fingerprint, metrics, parallel, training, viz
 from gmia.data import run_data
 from gmia.data.split import IdentitySplit
-from gmia.models.preprocessing import preprocess
 from gmia.inversion import decoder_losses, decoder_synthesis, decoding, networks
 from gmia.models.decoders import (Decoder, activation_statistics, block_name, decoder_specs,
-                                  make_decoders)
+                                  decoder_variables, make_decoders)
+from gmia.models.preprocessing import preprocess
 from gmia.models.split import Network, activations, block_inputs, layers_through
 
 METHODS = ("aux", "zero_shot")
@@ -444,7 +444,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
   victims = eval_images(arrays, split, config, network.image_size)
 
   def held_out(state):
-    variables = decoding.decoder_variables(network.layers, decoders, state)
+    variables = decoder_variables(network.layers, decoders, state)
     _save_grid(os.path.join(workdir, GRID_FILE), decoders, variables, network,
                victims[:GRID_ROWS])
     return evaluate(decoders, variables, network, victims)

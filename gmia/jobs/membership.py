@@ -170,9 +170,7 @@ def ranking(scores: np.ndarray, refs: im.References,
 def held_out_samples(job: Setup, count: int) -> np.ndarray:
   """Unit embeddings f32[M, D] of the usable faces among samples 0 .. count-1 (drawn again, in
   the attack's chunks): the held-out set that chooses the samples' density bandwidth."""
-  chunks = [job.samples.embed(np.arange(begin, min(begin + job.chunk_size, count)))[1]
-            for begin in range(0, count, job.chunk_size)]
-  return np.concatenate(chunks)
+  return job.samples.embed(np.arange(count))[1]
 
 
 def set_test_p_values(evidence: im.Evidence, refs: im.References) -> np.ndarray | None:

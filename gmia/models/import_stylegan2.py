@@ -289,7 +289,8 @@ def _info(path: str, name: str, model: Any, settings: dict, record: TorchModule,
 def load_generator(path: str, use_ema: bool = True, class_idx: int | None = None
                    ) -> tuple[stylegan.Generator, dict, ml_collections.ConfigDict]:
   """(generator, g_vars {"params", "buffers"}, info) from an NVIDIA stylegan2-ada-pytorch pickle:
-  `G_ema` (or `G` with use_ema=False), the same shape as gmia.gan.sampling.load_generator.
+  `G_ema` (or `G` with use_ema=False), the model and variables gmia.runs.load_run(workdir, "gan")
+  gives of a gmia-trained one.
 
   class_idx: for a conditional pickle, the unconditional generator of that class (fix_class);
   without it a conditional generator needs c in `map` and `__call__`. info: the pickle's source

@@ -105,7 +105,7 @@ class IResNet(nn.Module):
     """Runs the network, or the part of it between two layers.
 
     Args:
-      images: f32[B, H, W, 3] in [-1, 1] (see gmia.face_encoder.embed.preprocess), H and W divisible
+      images: f32[B, H, W, 3] in [-1, 1] (see gmia.models.preprocessing.preprocess), H and W divisible
         by 16; or, with `start`, the activations at layer `start`.
       train: batch statistics (updates `batch_stats` when mutable) and dropout (rng "dropout").
       capture: names from LAYERS. Empty: returns the embedding f32[B, num_features]. Otherwise

@@ -217,7 +217,7 @@ def import_split_network(model: str | os.PathLike | Any, *,
                          layers: Sequence[str] | None = None) -> split.Network:
   """An ONNX image network (path or onnx.ModelProto) as a split.Network.
 
-  preprocessing: a preset of gmia.faces.matchers.PRESETS or a Preprocessing (the layout and,
+  preprocessing: a preset of gmia.models.preprocessing.PRESETS or a Preprocessing (the layout and,
   where the graph fixes it, the image size are the graph's; input_size sets a free one);
   layers: tensor or node names to cut at (default the importer's split_points).
   """
