@@ -29,16 +29,26 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
+def min_p_value(population_size: int) -> float:
+  """The smallest p-value a population of this size can give: 1 / (N + 1)."""
+  return 1.0 / (population_size + 1)
+
+
 def verdict(p_value: float, population_size: int, score: float) -> str:
-  """The result in plain words."""
+  """The result in plain words, with what the population's size lets it say."""
   beaten = round((1 - p_value) * (population_size + 1))
   stance = ("very likely used to train the generator" if p_value <= 0.01 else
             "likely used to train the generator" if p_value <= 0.05 else
             "possibly used; the evidence is weak" if p_value <= 0.2 else
             "no evidence that it was used")
-  return (f"Your face: {stance}. The generator's closest sample matches your photos with "
+  text = (f"Your face: {stance}. The generator's closest sample matches your photos with "
           f"similarity {score:.3f}, higher than it matches {beaten} of {population_size} people "
           f"known not to be in its training set (p = {p_value:.3g}).")
+  floor = min_p_value(population_size)
+  if floor > 0.01:
+    text += (f" With {population_size} people in that population no result could have gone "
+             f"below p = {floor:.3g}: a larger population can say more.")
+  return text
 
 
 def audit_people(config: ml_collections.ConfigDict, source, embedder, mesh) -> people_lib.People:
@@ -74,12 +84,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Audits one person: the attack's files and audit.json (the verdict) in `workdir`."""
   summary = membership.run(config, workdir, audit_people)
   (person,) = summary["ranking"]
+  population = summary["people"]["population"]
   result = {"person": person["name"], "score": person["score"], "variant": config.score,
-            "p_value": person["p_value"], "population_size": summary["people"]["population"],
+            "p_value": person["p_value"], "population_size": population,
+            "min_p_value": min_p_value(population),
+            # The person's photos against the population's photos (gmia.attacks.set_test):
+            # more power, but it counts correlated photos as independent evidence.
+            "set_p_value": person["set_p_value"],
             "photos": summary["photos"], "num_samples": summary["num_samples"],
             "usable_samples": summary["usable_samples"],
-            "verdict": verdict(person["p_value"], summary["people"]["population"],
-                               person["score"]),
+            "verdict": verdict(person["p_value"], population, person["score"]),
             "config": config.to_dict()}
   files.write_json(os.path.join(workdir, REPORT_FILE), result)
   return result
