@@ -161,8 +161,8 @@ def choose_face(scores: jax.Array, boxes: jax.Array, landmarks: jax.Array, keep:
 def _detect_one(net: OnnxNetwork, params: dict, image: jax.Array, factor: jax.Array,
                 rules: DetectionRules) -> Faces:
   """The face of one letterboxed photo f32[S, S, 3] (RGB): network, decoding and choice."""
-  # Given as NHWC and transposed to YuNet's NCHW here, the photo reaches the network's first
-  # convolution, which runs channels-last, with no transpose at all: XLA cancels the pair.
+  # YuNet's NCHW input is made channels-last again by gmia.onnx for its first convolution: XLA
+  # makes the channel flip and both transposes one pass over the photo.
   bgr = jnp.transpose(image[..., ::-1], (2, 0, 1))[None]
   outputs = {name: y[0] for name, y in zip(net.output_names, net.apply(params, bgr))}
   scores, boxes, landmarks = decode(outputs, image.shape[0], rules.top_k)
