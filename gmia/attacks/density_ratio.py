@@ -42,7 +42,7 @@ import numpy as np
 from absl import logging
 from jax import lax
 
-from gmia.kernels import similarity
+from gmia.kernels import checks, similarity
 
 # Points per scan step: 2,048 x 7,000 queries of float32 cosines is 57 MB, for any number of
 # kappas (XLA keeps 12 MB of temporaries for 1,000 queries and 1 or 25 kappas).
@@ -165,7 +165,7 @@ def log_densities(queries, points, kappas, *, query_group=None, point_group=None
   """
   queries, points = jnp.asarray(queries), jnp.asarray(points)
   try:
-    similarity.check_embeddings(queries, points, "cosine")
+    checks.check_embeddings(queries, points, "cosine")
   except ValueError as error:  # The kernels call the second set "refs".
     raise ValueError(str(error).replace("refs", "points")) from None
   kappas = _check_kappas(kappas)

@@ -1,11 +1,10 @@
 """Identity distance kernels: streamed top-k and per-identity matches, on one device or a mesh."""
 
 from gmia.kernels import sharded
+from gmia.kernels.checks import METRICS, Metric
 from gmia.kernels.sharded import REFS_AXIS, make_search_mesh
 from gmia.kernels.similarity import (
     DEFAULT_CHUNK_SIZE,
-    METRICS,
-    Metric,
     best_match_per_identity,
     count_above,
     stream_queries,

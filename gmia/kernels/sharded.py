@@ -22,7 +22,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from gmia.kernels import similarity as sim
+from gmia.kernels import checks, similarity as sim
 from gmia.parallel import DATA_AXIS
 
 REFS_AXIS = "refs"
@@ -91,7 +91,7 @@ def top_k(queries: jax.Array, refs: jax.Array, k: int, *, mesh: Mesh, ref_axis: 
   with global reference indices.
   """
   _check_mesh(mesh, ref_axis)
-  queries, refs, _ = sim.check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
+  queries, refs, _ = checks.check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
                                       ref_chunk_size=ref_chunk_size, k=k, k_counts="references")
   return _run_sharded(queries, refs, (), (), kernel=sim.top_k_kernel, mesh=mesh,
                       ref_axis=ref_axis, per_query=True, options=sim.static_options(
@@ -105,13 +105,9 @@ def best_match_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: j
                             metric: sim.Metric = "cosine"
                             ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`similarity.best_match_per_identity` over a mesh; the same ties rule, replicated results."""
-  _check_mesh(mesh, ref_axis)
-  queries, refs, ref_identity = sim.check_inputs(queries, refs, metric=metric,
-                                                 chunk_size=chunk_size, ref_identity=ref_identity,
-                                                 num_identities=num_identities)
-  return _run_sharded(queries, refs, (ref_identity,), (), kernel=sim.best_match_kernel, mesh=mesh,
-                      ref_axis=ref_axis, per_query=False, options=sim.static_options(
-                          num_identities=num_identities, chunk_size=chunk_size, metric=metric))
+  return _per_identity(queries, refs, ref_identity, num_identities, mesh=mesh, ref_axis=ref_axis,
+                       chunk_size=chunk_size, metric=metric, kernel=sim.best_match_kernel,
+                       per_query=False)
 
 
 def top_k_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
@@ -119,10 +115,9 @@ def top_k_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: jax.Ar
                        chunk_size: int = sim.DEFAULT_CHUNK_SIZE,
                        metric: sim.Metric = "cosine") -> tuple[jax.Array, jax.Array]:
   """`similarity.top_k_per_identity` over a mesh; replicated results with global query indices."""
-  return _identity_top_k(queries, refs, ref_identity, num_identities, k, mesh=mesh,
-                         ref_axis=ref_axis, chunk_size=chunk_size, metric=metric,
-                         kernel=sim.top_k_per_identity_kernel, k_counts="queries",
-                         per_query=False)
+  return _per_identity(queries, refs, ref_identity, num_identities, mesh=mesh, ref_axis=ref_axis,
+                       chunk_size=chunk_size, metric=metric, kernel=sim.top_k_per_identity_kernel,
+                       per_query=False, k=k, k_counts="queries")
 
 
 def count_above(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
@@ -130,14 +125,9 @@ def count_above(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
                 chunk_size: int = sim.DEFAULT_CHUNK_SIZE,
                 metric: sim.Metric = "cosine") -> jax.Array:
   """`similarity.count_above` over a mesh; replicated int32[I]."""
-  _check_mesh(mesh, ref_axis)
-  queries, refs, ref_identity = sim.check_inputs(queries, refs, metric=metric,
-                                                 chunk_size=chunk_size, ref_identity=ref_identity,
-                                                 num_identities=num_identities)
-  return _run_sharded(queries, refs, (ref_identity,), (sim.check_threshold(threshold),),
-                      kernel=sim.count_above_kernel, mesh=mesh, ref_axis=ref_axis,
-                      per_query=False, options=sim.static_options(
-                          num_identities=num_identities, chunk_size=chunk_size, metric=metric))
+  return _per_identity(queries, refs, ref_identity, num_identities, mesh=mesh, ref_axis=ref_axis,
+                       chunk_size=chunk_size, metric=metric, kernel=sim.count_above_kernel,
+                       per_query=False, shared=(checks.check_threshold(threshold),))
 
 
 def top_k_identities(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
@@ -145,22 +135,24 @@ def top_k_identities(queries: jax.Array, refs: jax.Array, ref_identity: jax.Arra
                      chunk_size: int = sim.DEFAULT_CHUNK_SIZE,
                      metric: sim.Metric = "cosine") -> tuple[jax.Array, jax.Array]:
   """`similarity.top_k_identities` over a mesh."""
-  return _identity_top_k(queries, refs, ref_identity, num_identities, k, mesh=mesh,
-                         ref_axis=ref_axis, chunk_size=chunk_size, metric=metric,
-                         kernel=sim.top_k_identities_kernel, k_counts="identities",
-                         per_query=True)
+  return _per_identity(queries, refs, ref_identity, num_identities, mesh=mesh, ref_axis=ref_axis,
+                       chunk_size=chunk_size, metric=metric, kernel=sim.top_k_identities_kernel,
+                       per_query=True, k=k, k_counts="identities")
 
 
-def _identity_top_k(queries, refs, ref_identity, num_identities, k, *, mesh, ref_axis,
-                    chunk_size, metric, kernel, k_counts, per_query):
-  """The two top-k kernels over labelled references: k best samples per identity (per_query
-  False) or k best identities per sample (per_query True)."""
+def _per_identity(queries, refs, ref_identity, num_identities, *, mesh, ref_axis, chunk_size,
+                  metric, kernel, per_query, k=None, k_counts=None, shared=()):
+  """A kernel over labelled references on the mesh: per identity (per_query False) or per
+  sample (per_query True); `shared` are replicated extra inputs (a threshold)."""
   _check_mesh(mesh, ref_axis)
-  queries, refs, ref_identity = sim.check_inputs(queries, refs, metric=metric,
-                                                 chunk_size=chunk_size, ref_identity=ref_identity,
-                                                 num_identities=num_identities, k=k,
-                                                 k_counts=k_counts)
-  return _run_sharded(queries, refs, (ref_identity,), (), kernel=kernel, mesh=mesh,
-                      ref_axis=ref_axis, per_query=per_query, options=sim.static_options(
-                          num_identities=num_identities, k=k, chunk_size=chunk_size,
-                          metric=metric))
+  queries, refs, ref_identity = checks.check_inputs(queries, refs, metric=metric,
+                                                    chunk_size=chunk_size,
+                                                    ref_identity=ref_identity,
+                                                    num_identities=num_identities, k=k,
+                                                    k_counts=k_counts)
+  options = {"num_identities": num_identities, "chunk_size": chunk_size, "metric": metric}
+  if k is not None:
+    options["k"] = k
+  return _run_sharded(queries, refs, (ref_identity,), shared, kernel=kernel, mesh=mesh,
+                      ref_axis=ref_axis, per_query=per_query,
+                      options=sim.static_options(**options))

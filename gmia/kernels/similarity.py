@@ -21,20 +21,18 @@ those axes itself (`gmia.kernels.sharded` runs the same functions under `jax.sha
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-Metric = Literal["cosine", "sqeuclidean"]
-METRICS = ("cosine", "sqeuclidean")
+from gmia.kernels.checks import Metric, check_inputs, check_threshold, sqnorms
+
 # Queries per scan step. 512 x 20,000 f32 scores is 40 MB: big enough to keep the matmul efficient,
 # small enough for any accelerator (bench/bench_topk.py measures the choice).
 DEFAULT_CHUNK_SIZE = 512
-# Unit-norm tolerance for the cosine metric: bfloat16 rounding moves ||x||^2 by up to about 1e-2.
-_UNIT_NORM_TOLERANCE = 2e-2
 _NO_INDEX = -1
 # Exact top-k of long rows selects groups of this many entries first (see _top_k_candidates),
 # for rows of at least _GROUPED_TOP_K_MIN_WIDTH * k entries.
@@ -111,10 +109,6 @@ def _precision(dtype) -> lax.Precision:
   return lax.Precision.HIGHEST if dtype == jnp.float32 else lax.Precision.DEFAULT
 
 
-def _sqnorms(x: jax.Array) -> jax.Array:
-  return jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1)
-
-
 def _closeness(queries: jax.Array, refs: jax.Array, ref_sqnorms: jax.Array | None,
                metric: Metric) -> jax.Array:
   """f32[C,R], larger is nearer: cosine similarity, or minus the squared L2 distance."""
@@ -122,7 +116,7 @@ def _closeness(queries: jax.Array, refs: jax.Array, ref_sqnorms: jax.Array | Non
                          precision=_precision(queries.dtype), preferred_element_type=jnp.float32)
   if metric == "cosine":
     return dots
-  return 2.0 * dots - _sqnorms(queries)[:, None] - ref_sqnorms[None, :]
+  return 2.0 * dots - sqnorms(queries)[:, None] - ref_sqnorms[None, :]
 
 
 def from_closeness(closeness: jax.Array, metric: Metric) -> jax.Array:
@@ -135,7 +129,7 @@ def _to_closeness(value: jax.Array, metric: Metric) -> jax.Array:
 
 
 def _ref_sqnorms(refs: jax.Array, metric: Metric) -> jax.Array | None:
-  return _sqnorms(refs) if metric == "sqeuclidean" else None
+  return sqnorms(refs) if metric == "sqeuclidean" else None
 
 
 def _valid_queries(rows: jax.Array, layout: Layout) -> jax.Array:
@@ -394,97 +388,6 @@ def top_k_identities_kernel(queries, refs, ref_identity, *, num_identities: int,
 # Boundary checks shared by the single-device and the sharded entry points.
 
 
-def _is_concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
-
-
-def check_embeddings(queries, refs, metric: str) -> None:
-  """Raises ValueError for empty sets, wrong ranks or dtypes, mismatched D, NaN, non-unit cosine."""
-  if metric not in METRICS:
-    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-  for name, x in (("queries", queries), ("refs", refs)):
-    if np.ndim(x) != 2:
-      raise ValueError(f"{name} must be a 2-D array [N, D] of embeddings, got shape {np.shape(x)}")
-    if x.shape[0] == 0:
-      raise ValueError(f"{name} is empty: need at least one embedding")
-    if jnp.dtype(x.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
-      raise ValueError(f"{name} must be float32 or bfloat16, got {x.dtype}")
-  if queries.shape[1] != refs.shape[1]:
-    raise ValueError(f"queries have dimension {queries.shape[1]} but refs have {refs.shape[1]}")
-  if queries.dtype != refs.dtype:
-    raise ValueError(f"queries ({queries.dtype}) and refs ({refs.dtype}) must share a dtype")
-  for name, x in (("queries", queries), ("refs", refs)):
-    if not _is_concrete(x):
-      continue
-    sqnorms = _sqnorms(jnp.asarray(x))
-    if bool(jnp.any(jnp.isnan(sqnorms))):
-      raise ValueError(f"{name} contain NaN (first bad row {int(jnp.argmax(jnp.isnan(sqnorms)))})")
-    if metric == "cosine":
-      error = jnp.abs(sqnorms - 1.0)
-      if bool(jnp.any(error > _UNIT_NORM_TOLERANCE)):
-        row = int(jnp.argmax(error))
-        raise ValueError(f"metric 'cosine' needs unit-norm embeddings: {name} row {row} has norm "
-                         f"{float(jnp.sqrt(sqnorms[row])):.4g}; normalise them first")
-
-
-def check_identities(ref_identity, num_refs: int, num_identities: int) -> None:
-  """Raises ValueError unless ref_identity is int[R] with values in [0, num_identities)."""
-  if not isinstance(num_identities, (int, np.integer)) or num_identities < 1:
-    raise ValueError(f"num_identities must be a positive int, got {num_identities!r}")
-  if np.shape(ref_identity) != (num_refs,):
-    raise ValueError(f"ref_identity must have shape ({num_refs},) like refs' rows, "
-                     f"got {np.shape(ref_identity)}")
-  if not jnp.issubdtype(ref_identity.dtype, jnp.integer):
-    raise ValueError(f"ref_identity must be integers, got {ref_identity.dtype}")
-  if _is_concrete(ref_identity):
-    low, high = int(jnp.min(ref_identity)), int(jnp.max(ref_identity))
-    if low < 0 or high >= num_identities:
-      raise ValueError(f"ref_identity values must lie in [0, {num_identities}), "
-                       f"got [{low}, {high}]")
-
-
-def _check_k(k, available: int, what: str) -> None:
-  if not isinstance(k, (int, np.integer)) or not 1 <= k <= available:
-    raise ValueError(f"k must be an int in [1, {available}] (the number of {what}), got {k!r}")
-
-
-def _check_chunk_size(name: str, size) -> None:
-  if size is not None and (not isinstance(size, (int, np.integer)) or size < 1):
-    raise ValueError(f"{name} must be a positive int, got {size!r}")
-
-
-def check_inputs(queries, refs, *, metric: str, chunk_size: int, ref_chunk_size: int | None = None,
-                 ref_identity=None, num_identities: int | None = None, k: int | None = None,
-                 k_counts: Literal["references", "queries", "identities"] | None = None):
-  """Validates a kernel call; returns (queries, refs, ref_identity int32 or None) as jax arrays.
-
-  `k_counts` names what `k` selects among, which bounds it.
-  """
-  queries, refs = _as_array(queries), _as_array(refs)
-  check_embeddings(queries, refs, metric)
-  _check_chunk_size("chunk_size", chunk_size)
-  _check_chunk_size("ref_chunk_size", ref_chunk_size)
-  if ref_identity is not None:
-    ref_identity = _as_array(ref_identity)
-    check_identities(ref_identity, refs.shape[0], num_identities)
-    ref_identity = ref_identity.astype(jnp.int32)
-  if k_counts is not None:
-    available = {"references": refs.shape[0], "queries": queries.shape[0],
-                 "identities": num_identities}[k_counts]
-    _check_k(k, available, k_counts)
-  return queries, refs, ref_identity
-
-
-def check_threshold(threshold) -> jax.Array:
-  if np.ndim(threshold) != 0 or not np.isfinite(float(threshold)):
-    raise ValueError(f"threshold must be a finite scalar, got {threshold!r}")
-  return jnp.float32(threshold)
-
-
-def _as_array(x) -> jax.Array:
-  return x if isinstance(x, jax.Array) else jnp.asarray(x)
-
-
 # ------------------------------------------------------------------------------------------------
 # Public single-device entry points.
 
@@ -526,6 +429,23 @@ def top_k(queries: jax.Array, refs: jax.Array, k: int, *, chunk_size: int = DEFA
       k=k, chunk_size=chunk_size, ref_chunk_size=ref_chunk_size, metric=metric))
 
 
+def _per_identity(kernel, queries, refs, ref_identity, num_identities: int, *, chunk_size: int,
+                  metric: Metric, k: int | None = None, k_counts: str | None = None,
+                  threshold: float | None = None):
+  """Checks a per-identity call's inputs and runs `kernel` on the whole arrays."""
+  queries, refs, ref_identity = check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
+                                             ref_identity=ref_identity,
+                                             num_identities=num_identities, k=k,
+                                             k_counts=k_counts)
+  arrays = (queries, refs, ref_identity)
+  if threshold is not None:
+    arrays += (check_threshold(threshold),)
+  options = {"num_identities": num_identities, "chunk_size": chunk_size, "metric": metric}
+  if k is not None:
+    options["k"] = k
+  return _run_whole(arrays, kernel=kernel, options=static_options(**options))
+
+
 def best_match_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
                             num_identities: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                             metric: Metric = "cosine") -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -536,11 +456,8 @@ def best_match_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: j
   without photos gets -inf similarity (+inf distance) and index -1. Ties go to the smallest query,
   then the smallest reference index.
   """
-  queries, refs, ref_identity = check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
-                                             ref_identity=ref_identity,
-                                             num_identities=num_identities)
-  return _run_whole((queries, refs, ref_identity), kernel=best_match_kernel, options=static_options(
-      num_identities=num_identities, chunk_size=chunk_size, metric=metric))
+  return _per_identity(best_match_kernel, queries, refs, ref_identity, num_identities,
+                       chunk_size=chunk_size, metric=metric)
 
 
 def top_k_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
@@ -552,13 +469,8 @@ def top_k_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: jax.Ar
   Returns (values f32[I,k], query int32[I,k]) in rank order (the "mean of top-k" score averages
   values over k); identities without photos get -inf (+inf distance) and index -1.
   """
-  queries, refs, ref_identity = check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
-                                             ref_identity=ref_identity,
-                                             num_identities=num_identities, k=k,
-                                             k_counts="queries")
-  return _run_whole((queries, refs, ref_identity), kernel=top_k_per_identity_kernel,
-                    options=static_options(num_identities=num_identities, k=k,
-                                           chunk_size=chunk_size, metric=metric))
+  return _per_identity(top_k_per_identity_kernel, queries, refs, ref_identity, num_identities,
+                       chunk_size=chunk_size, metric=metric, k=k, k_counts="queries")
 
 
 def count_above(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
@@ -570,12 +482,8 @@ def count_above(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
   of samples a verifier at that threshold would accept as the person. `threshold` is traced, so
   sweeping it does not recompile.
   """
-  queries, refs, ref_identity = check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
-                                             ref_identity=ref_identity,
-                                             num_identities=num_identities)
-  return _run_whole((queries, refs, ref_identity, check_threshold(threshold)),
-                    kernel=count_above_kernel, options=static_options(
-                        num_identities=num_identities, chunk_size=chunk_size, metric=metric))
+  return _per_identity(count_above_kernel, queries, refs, ref_identity, num_identities,
+                       chunk_size=chunk_size, metric=metric, threshold=threshold)
 
 
 def top_k_identities(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
@@ -586,10 +494,5 @@ def top_k_identities(queries: jax.Array, refs: jax.Array, ref_identity: jax.Arra
   The "this person probably exists" view. Returns (values f32[Q,k], identity int32[Q,k]); ties go
   to the smaller identity, and identities without photos rank last with -inf (+inf distance).
   """
-  queries, refs, ref_identity = check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
-                                             ref_identity=ref_identity,
-                                             num_identities=num_identities, k=k,
-                                             k_counts="identities")
-  return _run_whole((queries, refs, ref_identity), kernel=top_k_identities_kernel,
-                    options=static_options(num_identities=num_identities, k=k,
-                                           chunk_size=chunk_size, metric=metric))
+  return _per_identity(top_k_identities_kernel, queries, refs, ref_identity, num_identities,
+                       chunk_size=chunk_size, metric=metric, k=k, k_counts="identities")
