@@ -92,7 +92,7 @@ def top_k(queries: jax.Array, refs: jax.Array, k: int, *, mesh: Mesh, ref_axis: 
   """
   _check_mesh(mesh, ref_axis)
   queries, refs, _ = checks.check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
-                                      ref_chunk_size=ref_chunk_size, k=k, k_counts="references")
+                                         ref_chunk_size=ref_chunk_size, k=k, k_counts="references")
   return _run_sharded(queries, refs, (), (), kernel=sim.top_k_kernel, mesh=mesh,
                       ref_axis=ref_axis, per_query=True, options=sim.static_options(
                           k=k, chunk_size=chunk_size, ref_chunk_size=ref_chunk_size,
