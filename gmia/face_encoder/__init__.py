@@ -1,1 +1,2 @@
-"""The face encoder (identity embeddings): preprocessing and embedding, training, evaluation."""
+"""The face encoder gmia trains (an IResNet with an ArcFace / CosFace head): embedding, training
+on the split's encoder identities, and held-out verification."""

@@ -1,1 +1,2 @@
-"""StyleGAN2 training: losses, regularisers, generator EMA, the jitted step, the loop, sampling."""
+"""StyleGAN2 training as a task of gmia.training: losses, regularisers, generator EMA, the jitted
+step, and a jitted sampler for its grids."""

@@ -1,1 +1,2 @@
-"""Gradient-based inversion: image priors, GAN latent projection, split-network feature inversion."""
+"""Inversion: image priors, GAN latent projection, split-network feature inversion, judges of who a
+reconstruction shows, and the trained decoders and latent encoders with their trainers."""

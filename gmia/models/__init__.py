@@ -1,1 +1,3 @@
-"""Flax modules: generators, discriminators, face-recognition backbones and their heads."""
+"""Models: Flax modules (StyleGAN2, IResNet, classifiers, decoders, latent encoder), the
+split-network protocol, importers of other people's networks (NVIDIA pickles, ONNX split
+networks) and the face-preprocessing presets."""
