@@ -1,9 +1,14 @@
-"""IResNet structure, read-outs, batch-norm statistics, and the embedding function.
+"""IResNet against insightface's own arcface_torch, structure, read-outs, batch-norm statistics,
+and the embedding function.
 
-The forward pass itself is checked against onnxruntime in test_import_insightface.py.
+tests/fixtures/arcface_torch/iresnet_small.npz holds random weights of a small IResNet built from
+arcface_torch's classes (backbones/iresnet.py of deepinsight/insightface 7fadd42, torch 2.13 on
+CPU; record.py beside it says how), mapped to gmia's variable paths, an input and arcface_torch's
+outputs at every layer gmia captures, in inference and in training mode.
 """
 
 import functools
+import os
 
 import chex
 import jax
@@ -17,6 +22,7 @@ from gmia.models.iresnet import ARCHS, IResNet, init_key, input_size, iresnet
 
 TINY = IResNet(blocks=(1, 1, 1, 1), width=8, num_features=16)
 SIZE = 32
+ARCFACE = os.path.join(os.path.dirname(__file__), "fixtures", "arcface_torch", "iresnet_small.npz")
 
 
 @functools.cache
@@ -53,6 +59,52 @@ def test_parameter_count_matches_layout(arch):
   count = sum(x.size for x in jax.tree.leaves(shapes["params"]))
   assert count == layout_parameter_count(ARCHS[arch])
   assert "scale" not in shapes["params"]["features"]
+
+
+def arcface_fixture():
+  """(variables, recorded outputs) of the fixture, as nested dicts keyed by its paths."""
+  tree = {}
+  with np.load(ARCFACE) as data:
+    for key in data.files:
+      *parents, leaf = key.split("/")
+      node = tree
+      for part in parents:
+        node = node.setdefault(part, {})
+      node[leaf] = data[key]
+  return {"params": tree.pop("params"), "batch_stats": tree.pop("batch_stats")}, tree
+
+
+def test_forward_equals_arcface_torch():
+  model = IResNet(blocks=(2, 1, 1, 1), width=8, num_features=16)
+  variables, recorded = arcface_fixture()
+  images = jnp.asarray(recorded["input"])
+  # Every variable of the model is in the fixture, and nothing else.
+  abstract = jax.eval_shape(model.init, init_key(0), images)
+  assert jax.tree.map(np.shape, variables) == jax.tree.map(lambda x: x.shape, abstract)
+  layers = jax.jit(functools.partial(model.apply, capture=model.layers))(variables, images)
+  for layer in model.layers:
+    want = recorded["eval"][layer]
+    # float32 sums in another order: a few ulps of the layer's scale, 3 orders of magnitude
+    # below what a misplaced stride, BN or flatten order changes.
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(layers[layer], want, atol=1e-5 * scale, rtol=0, err_msg=layer)
+  trained, updated = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
+      variables, images)
+  want = recorded["train"]["embedding"]
+  np.testing.assert_allclose(trained, want, atol=1e-5 * np.abs(want).max(), rtol=0)
+  # Running statistics after one training pass, PyTorch's momentum 0.1. PyTorch moves the
+  # variance towards the unbiased batch variance, flax's BatchNorm towards the biased one: the
+  # update differs by (n - 1) / n, n the values per channel (B * H * W; 1 - 1/6272 at
+  # arcface_torch's batch 128 of 7x7 maps, 1 - 1/128 for the features BN).
+  def biased(torch_var, count, before):
+    return 0.9 * before + (torch_var - 0.9 * before) * (count - 1) / count
+
+  want = jax.tree.map(lambda stats, count, before: {
+      "mean": stats["mean"], "var": biased(stats["var"], count, before["var"])},
+      recorded["train_batch_stats"], recorded["train_count"], variables["batch_stats"],
+      is_leaf=lambda node: isinstance(node, dict) and "mean" in node)
+  jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6),
+               updated["batch_stats"], want)
 
 
 def test_capture_returns_named_layers_and_stops_early():
