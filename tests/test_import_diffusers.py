@@ -113,8 +113,8 @@ def test_corrupt_or_mismatched_safetensors_give_one_line_errors(tmp_path):
   save({k: v for k, v in weights.items() if k != "conv_out.bias"})
   one_line_error(folder, r"^.*safetensors: 1 tensors of the U-Net are missing, e.g. conv_out.bias")
   save({**weights, "conv_out.weight": weights["conv_out.weight"][:, :2]})
-  one_line_error(folder, r"safetensors: tensor conv_out.weight has shape \[3, 2, 3, 3\]; the U-Net that "
-                 r"config.json describes needs \[3, 8, 3, 3\]$")
+  one_line_error(folder, r"safetensors: tensor conv_out.weight has shape \[3, 2, 3, 3\]; the U-Net "
+                 r"that config.json describes needs \[3, 8, 3, 3\]$")
   save({**weights, "extra.weight": np.zeros(3, np.float32)})
   one_line_error(folder, "safetensors: tensor extra.weight .* has no place in the U-Net")
   # Weights of another configuration: the config says wider blocks than the file holds.

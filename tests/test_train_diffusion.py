@@ -15,7 +15,7 @@ from gmia.data.split import IdentitySplit
 from gmia.diffusion import sampling, trainer
 from tests.multidevice import run_with_devices
 from tests.multiprocess import run_code
-from tests.resume_check import check_resume, final_checkpoint
+from tests.resume_check import check_resume
 from train.configs import diffusion_tiny
 
 STEPS = 8
@@ -54,7 +54,8 @@ import jax
 from tests.resume_check import final_checkpoint
 RESULT = {{}}
 for name in ("job", "alone"):
-  RESULT.update({{f"{{name}}/{{k}}": v for k, v in final_checkpoint({root!r} + "/" + name).items()}})
+  state = final_checkpoint({root!r} + "/" + name)
+  RESULT.update({{f"{{name}}/{{k}}": v for k, v in state.items()}})
 """
 
 
