@@ -7,6 +7,7 @@ ones); the files come from registry packages (tests/assets.py).
 """
 
 import functools
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -97,3 +98,28 @@ def test_gradient_through_sface_is_finite(network_file):
   direction = np.random.default_rng(3).normal(size=net.output_shapes[0]).astype(np.float32)
   grad = jax.jit(jax.grad(lambda x: jnp.sum(net.apply(net.params, x) * direction)))(x)
   assert np.isfinite(grad).all() and np.abs(grad).max() > 0
+
+
+@pytest.mark.parametrize("ci", ["", "1"])
+def test_an_asset_no_registry_serves_fails_in_ci_after_a_retry(ci, monkeypatch, tmp_path):
+  calls = []
+
+  def offline(command, **_):
+    calls.append(command)
+    return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not fetch URL https://x: "
+                                       "Read timed out.")
+
+  monkeypatch.setenv("CI", ci)
+  monkeypatch.setenv("GMIA_TEST_ASSETS", str(tmp_path))
+  monkeypatch.setattr(assets, "RETRY_AFTER", 0)
+  monkeypatch.setattr(assets.subprocess, "run", offline)
+  monkeypatch.setattr(assets.shutil, "which", lambda _: None)  # No npm either.
+  # Caught either way, so that a skip where a failure is due fails this test, not skips it.
+  outcomes = (pytest.fail.Exception, pytest.skip.Exception)
+  want = pytest.fail.Exception if ci else pytest.skip.Exception
+  with pytest.raises(outcomes, match="no package registry reachable") as caught:
+    assets.sface_path()
+  assert caught.type is want and len(calls) == (2 if ci else 1)
+  with pytest.raises(outcomes, match="npm is not installed") as caught:
+    assets.mobilefacenet_path()
+  assert caught.type is want
