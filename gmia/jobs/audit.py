@@ -10,11 +10,12 @@ never saw matches its samples at least as closely.
 from __future__ import annotations
 
 import os
+import time
 
 import ml_collections
 
 from gmia import files
-from gmia.jobs import membership
+from gmia.jobs import membership, page_builders
 from gmia.attacks import people as people_lib
 from gmia.data import photos as photo_files
 from gmia.workdir import exclusive
@@ -81,7 +82,9 @@ def audit_people(config: ml_collections.ConfigDict, source, embedder, mesh) -> p
 
 @exclusive
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Audits one person: the attack's files and audit.json (the verdict) in `workdir`."""
+  """Audits one person: the attack's files, audit.json (the verdict) and its page in
+  `workdir`."""
+  started = time.perf_counter()
   summary = membership.run(config, workdir, audit_people)
   (person,) = summary["ranking"]
   population = summary["people"]["population"]
@@ -94,6 +97,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "photos": summary["photos"], "num_samples": summary["num_samples"],
             "usable_samples": summary["usable_samples"],
             "verdict": verdict(person["p_value"], population, person["score"]),
+            # The page's evidence: the nearest samples (drawable again with the seed and
+            # chunk size) and the population's scores around the person's.
+            "nearest": person["nearest"], "chunk_size": summary["chunk_size"],
+            "population_scores": summary["population_scores"],
             "config": config.to_dict()}
+  result["provenance"] = page_builders.provenance(workdir, config,
+                                                  time.perf_counter() - started)
   files.write_json(os.path.join(workdir, REPORT_FILE), result)
+  page_builders.write_page(workdir, page_builders.audit_page(result, workdir),
+                           config.report_photos)
   return result

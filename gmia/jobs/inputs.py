@@ -28,7 +28,9 @@ def check_inputs(workdir: str, inputs: Mapping[str, Any], *, overwrite: bool,
   extends them). With other inputs recorded: ValueError, or with `overwrite` the job's
   `outputs` (files and folders of the workdir) are deleted first."""
   path = os.path.join(workdir, INPUTS_FILE)
-  current = json.loads(json.dumps(inputs, sort_keys=True, default=str))
+  # As the file will hold it (strict JSON: NaN as null, keys as strings), so a rerun with the
+  # same inputs compares equal to the record.
+  current = json.loads(json.dumps(files.strict_json(inputs), allow_nan=False))
   saved = files.read_json(path) if os.path.exists(path) else None
   # Every process has read the record before process 0 writes it, so all take the same branch.
   parallel.barrier(f"inputs of {workdir} read")

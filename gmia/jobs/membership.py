@@ -32,6 +32,7 @@ from gmia.attacks import identity_membership as im
 from gmia.attacks import people as people_lib
 from gmia.attacks import set_test
 
+from gmia.jobs import page_builders
 from gmia.jobs.inputs import check_inputs
 from gmia.attacks.samples import DEFAULT_CHUNK, SampleEmbedder, make_sample_embedder
 from gmia.faces import embedder as embedder_lib
@@ -42,7 +43,7 @@ from gmia.workdir import exclusive
 REPORT_FILE = "report.json"
 STATE_VERSION = 2  # What the streamed state holds (2: per-photo best and kernel sums as well).
 OUTPUTS = ("state", REPORT_FILE, "scores.csv", "samples.csv", "skipped.csv", "roc.png",
-           "matches.png")
+           "matches.png", page_builders.MATCHES_FILE, page_builders.PAGE_FILE)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -59,6 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
       "bootstrap_resamples": 1000,
       "matches_rows": 8,
       "title": "",
+      "report_photos": True,     # report.html shows people's photos; False: their fingerprints.
       "overwrite": False,        # Start over when the workdir holds results of other inputs.
   })
 
@@ -148,7 +150,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   evidence, view = stream_evidence(config, job, refs, threshold, os.path.join(workdir, "state"))
   summary = write_report(config, workdir, job, evidence, view, threshold)
   summary["seconds"] = time.perf_counter() - started
+  summary.update(page_builders.membership_extras(summary))
+  summary["provenance"] = page_builders.provenance(workdir, config, summary["seconds"])
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
+  page_builders.write_page(workdir, page_builders.membership_page(summary, workdir),
+                           config.report_photos)
   return summary
 
 
@@ -221,7 +227,10 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, job: Setup,
                  {v: (s[members], refs.is_member[members]) for v, s in variant_scores.items()},
                  title)
   ranked = ranking(primary, refs, set_p_values)
-  _matches_figure(os.path.join(workdir, "matches.png"), config, job, evidence, view, ranked)
+  nearest = _matches_figure(os.path.join(workdir, "matches.png"), config, job, evidence, view,
+                            ranked)
+  for entry, found in zip(ranked, nearest):
+    entry["nearest"] = [{"sample": s, "similarity": v} for s, v in found]
   return {
       "config": config.to_dict(),
       "versions": {"gmia": gmia.__version__, "jax": jax.__version__, "flax": flax.__version__},
@@ -240,6 +249,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, job: Setup,
           else float(np.mean(set_p_values[refs.in_population] < 0.05))),
       "primary": config.score,
       "ranking": ranked,
+      "population_scores": primary[refs.in_population].tolist(),
       "metrics": variant_reports,
   }
 
@@ -260,26 +270,30 @@ def nearest_samples(view: im.SampleView, evidence: im.Evidence, person: int,
 
 
 def _matches_figure(path: str, config: ml_collections.ConfigDict, job: Setup,
-                    evidence: im.Evidence, view: im.SampleView, ranked: list[dict]) -> None:
-  """The top people by score, each beside their nearest generated samples."""
+                    evidence: im.Evidence, view: im.SampleView,
+                    ranked: list[dict]) -> list[list[tuple[int, float]]]:
+  """The top people by score, each beside their nearest generated samples; the same faces one
+  by one in matches.npz (each sample's image; the people's photos as the matcher saw them, with
+  where they came from). Returns each row's (sample, similarity) pairs."""
   refs, per_row = job.people.refs, 3
   rows = ranked[:config.matches_rows]
   row_of = {name: i for i, name in enumerate(refs.names.tolist())}
-  people, neighbours = [], []
-  for entry in rows:
-    person = row_of[entry["name"]]
-    found = nearest_samples(view, evidence, person, per_row)
-    found += [found[-1]] * (per_row - len(found))
-    people.append(person)
-    neighbours.append(found)
-  samples = np.array([s for row in neighbours for s, _ in row])
-  images = job.samples.images(samples).reshape(len(rows), per_row, job.source.resolution,
-                                               job.source.resolution, 3)
+  people = [row_of[entry["name"]] for entry in rows]
+  neighbours = [nearest_samples(view, evidence, person, per_row) for person in people]
+  padded = [found + [found[-1]] * (per_row - len(found)) for found in neighbours]
+  samples = np.array([s for row in padded for s, _ in row])
+  images = job.samples.images(samples)
   photos = job.people.crops[evidence.best_photo[people]]
   captions = [f"#{e['rank']} {e['name'][:12]} ({e['group'][0]}) p={e['p_value']:.2g}"
               for e in rows]
-  sample_captions = [[f"sample {s} {v:.2f}" for s, v in row] for row in neighbours]
-  viz.save_matches(path, photos, images, captions, sample_captions)
+  sample_captions = [[f"sample {s} {v:.2f}" for s, v in row] for row in padded]
+  viz.save_matches(path, photos, images.reshape(len(rows), per_row, *images.shape[1:]), captions,
+                   sample_captions)
+  own = np.isin(refs.identity, people)
+  files.save_npz(os.path.splitext(path)[0] + ".npz", {
+      "sample": samples, "sample_image": images, "photo_person": refs.names[refs.identity[own]],
+      "photo_label": np.asarray(job.people.labels)[own], "photo_crop": job.people.crops[own]})
+  return neighbours
 
 
 def summary_lines(summary: dict) -> list[str]:

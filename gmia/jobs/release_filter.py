@@ -10,6 +10,7 @@ the training photos) is held back.
 from __future__ import annotations
 
 import os
+import time
 
 import ml_collections
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from gmia import files, fingerprint, kernels, viz
 from gmia.attacks import identity_membership as im
 from gmia.attacks import people as people_lib
-from gmia.jobs import membership
+from gmia.jobs import membership, page_builders
 from gmia.jobs.inputs import check_inputs
 from gmia.data import run_data
 from gmia.data.split import IdentitySplit
@@ -60,11 +61,13 @@ def training_people(config: ml_collections.ConfigDict, source, embedder, mesh
 @exclusive
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Generates, filters and writes `kept.npz` (u8 images + sample ids), figures and a report."""
+  started = time.perf_counter()
   job = membership.setup(config, training_people)
   os.makedirs(workdir, exist_ok=True)
   check_inputs(workdir, {**membership.attack_inputs(config, job),
                          "threshold": config.threshold},
-               overwrite=config.overwrite, outputs=("kept.npz", "dropped.png", REPORT_FILE))
+               overwrite=config.overwrite, outputs=("kept.npz", "dropped.png", REPORT_FILE,
+                                                    page_builders.PAGE_FILE))
   refs = job.people.refs
   threshold = config.threshold
   if threshold < 0:
@@ -108,5 +111,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "dropped_per_identity": {str(i): int(c) for i, c in zip(*per_identity)},
       "config": config.to_dict(),
   }
+  result.update(page_builders.release_filter_extras(result))
+  result["provenance"] = page_builders.provenance(workdir, config, time.perf_counter() - started)
   files.write_json(os.path.join(workdir, REPORT_FILE), result)
+  page_builders.write_page(workdir, page_builders.release_filter_page(result, workdir),
+                           config.report_photos)
   return result
