@@ -237,7 +237,7 @@ def test_bfloat16_inputs_accumulate_in_float32(data):
 
 def test_no_queries_by_refs_matrix_is_built(data):
   queries, refs, _ = data
-  hlo = similarity._run_whole.lower(
+  hlo = similarity.run_whole.lower(
       (jnp.asarray(queries), jnp.asarray(refs)), kernel=similarity.top_k_kernel,
       options=similarity.static_options(k=5, chunk_size=CHUNK, ref_chunk_size=None,
                                         metric="cosine")).as_text()

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmia.kernels import sharded
+from gmia import kernels
 from tests import test_kernels as ref
 from tests.multidevice import run_with_devices
 
@@ -18,7 +18,7 @@ LAYOUTS = {"data8": ((8, 1), None), "data2_refs4": ((2, 4), "refs")}
 # Runs in this process (1 device) and in a subprocess (8 devices); leaves every result in RESULT.
 COMPUTE = f"""
 import numpy as np
-from gmia.kernels import sharded
+from gmia import kernels
 
 rng = np.random.default_rng(0)
 def unit_rows(n):
@@ -35,18 +35,18 @@ wide_refs = rng.integers(0, 3, (1101, 4)).astype(np.float32)  # padded to 4 x 27
 RESULT = dict(queries=queries, refs=refs, ref_identity=ref_identity, wide_queries=wide_queries,
               wide_refs=wide_refs)
 for name, (shape, ref_axis) in {LAYOUTS!r}.items():
-  mesh = sharded.make_search_mesh(*shape) if SIMULATED else sharded.make_search_mesh(1, 1)
+  mesh = kernels.make_search_mesh(*shape) if SIMULATED else kernels.make_search_mesh(1, 1)
   kw = dict(mesh=mesh, ref_axis=ref_axis, chunk_size={CHUNK})
   out = {{}}
-  out["top_k"] = sharded.top_k(queries, refs, {K}, ref_chunk_size=6, **kw)
-  out["top_k_sq"] = sharded.top_k(queries, refs, {K}, metric="sqeuclidean", **kw)
-  out["best"] = sharded.best_match_per_identity(queries, refs, ref_identity, {I}, **kw)
-  out["per_identity"] = sharded.top_k_per_identity(queries, refs, ref_identity, {I}, 6, **kw)
-  out["count"] = (sharded.count_above(queries, refs, ref_identity, {I}, {THRESHOLD}, **kw),)
-  out["identities"] = sharded.top_k_identities(queries, refs, ref_identity, {I}, 3, **kw)
-  out["tie_top_k"] = sharded.top_k(tie_queries, tie_refs, 4, **kw)
-  out["tie_best"] = sharded.best_match_per_identity(tie_queries, tie_refs, tie_identity, 3, **kw)
-  out["wide_top_k"] = sharded.top_k(wide_queries, wide_refs, 2, metric="sqeuclidean", **kw)
+  out["top_k"] = kernels.top_k(queries, refs, {K}, ref_chunk_size=6, **kw)
+  out["top_k_sq"] = kernels.top_k(queries, refs, {K}, metric="sqeuclidean", **kw)
+  out["best"] = kernels.best_match_per_identity(queries, refs, ref_identity, {I}, **kw)
+  out["per_identity"] = kernels.top_k_per_identity(queries, refs, ref_identity, {I}, 6, **kw)
+  out["count"] = (kernels.count_above(queries, refs, ref_identity, {I}, {THRESHOLD}, **kw),)
+  out["identities"] = kernels.top_k_identities(queries, refs, ref_identity, {I}, 3, **kw)
+  out["tie_top_k"] = kernels.top_k(tie_queries, tie_refs, 4, **kw)
+  out["tie_best"] = kernels.best_match_per_identity(tie_queries, tie_refs, tie_identity, 3, **kw)
+  out["wide_top_k"] = kernels.top_k(wide_queries, wide_refs, 2, metric="sqeuclidean", **kw)
   for kernel, arrays in out.items():
     for i, array in enumerate(arrays):
       RESULT[f"{{name}}/{{kernel}}/{{i}}"] = np.asarray(array)
@@ -98,13 +98,13 @@ def test_eight_devices_match_brute_force_and_one_device(eight_devices, one_devic
 
 
 def test_mesh_errors():
-  mesh = sharded.make_search_mesh(1, 1)
+  mesh = kernels.make_search_mesh(1, 1)
   queries = jnp.eye(3, 4, dtype=jnp.float32)
   with pytest.raises(ValueError, match="ref_axis 'model'"):
-    sharded.top_k(queries, queries, 2, mesh=mesh, ref_axis="model")
+    kernels.top_k(queries, queries, 2, mesh=mesh, ref_axis="model")
   with pytest.raises(ValueError, match="must differ"):
-    sharded.top_k(queries, queries, 2, mesh=mesh, ref_axis="data")
+    kernels.top_k(queries, queries, 2, mesh=mesh, ref_axis="data")
   with pytest.raises(ValueError, match="k must be"):
-    sharded.top_k(queries, queries, 4, mesh=mesh)
+    kernels.top_k(queries, queries, 4, mesh=mesh)
   with pytest.raises(ValueError, match="devices"):
-    sharded.make_search_mesh(64, 2)
+    kernels.make_search_mesh(64, 2)

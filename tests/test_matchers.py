@@ -43,7 +43,8 @@ def test_a_gmia_encoder_as_a_matcher_embeds_like_face_encoder_embed(models):
 @pytest.mark.parametrize("fields,message", [
     ({}, "config.matcher.path is required"),
     ({"path": "a", "kind": "torch"}, "unknown config.matcher.kind 'torch'"),
-    ({"path": "x.onnx", "preset": "deepface"}, "unknown config.matcher.preset 'deepface'"),
+    ({"path": __file__, "preset": "deepface"}, "unknown config.matcher.preset 'deepface'"),
+    ({"path": "nowhere.onnx"}, "config.matcher.path='nowhere.onnx' does not exist"),
 ])
 def test_bad_matcher_blocks_are_named(fields, message):
   with pytest.raises(ValueError, match=message):

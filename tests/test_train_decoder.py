@@ -134,7 +134,7 @@ def test_bad_configs_are_named(encoder_workdir, tmp_path):
   fails("unknown method", method="gan")
   fails("unknown layer", layers=("stem", "stage9"))
   fails("config.network.path is required", **{"network.path": ""})
-  fails("nowhere' does not exist", FileNotFoundError, **{"network.path": str(tmp_path / "nowhere")})
+  fails("nowhere' does not exist", **{"network.path": str(tmp_path / "nowhere")})
   (tmp_path / "empty").mkdir()
   fails("no checkpoints in", FileNotFoundError, **{"network.path": str(tmp_path / "empty")})
   fails("unknown config.network.kind 'detector'", **{"network.kind": "detector"})

@@ -178,7 +178,7 @@ def observe(evidence: Evidence, sample_ids: np.ndarray, samples: np.ndarray, ref
 
   Returns the new evidence and the chunk's sample view (each sample's `view_k` nearest
   identities, for the "this person exists" list). With a `mesh`, samples are split over its data
-  axis (gmia.kernels.sharded).
+  axis (gmia.kernels.search).
   """
   if samples.ndim != 2 or samples.shape[1] != refs.embeddings.shape[1]:
     raise ValueError(f"sample embeddings must be [C, {refs.embeddings.shape[1]}], got "
@@ -188,12 +188,11 @@ def observe(evidence: Evidence, sample_ids: np.ndarray, samples: np.ndarray, ref
   num_ids, k = refs.num_identities, evidence.topk.shape[1]
   chunk_k = min(k, len(samples))
   args = (samples, refs.embeddings, refs.identity, num_ids)
-  ops, options = (kernels, {}) if mesh is None else (kernels.sharded, {"mesh": mesh})
-  options["chunk_size"] = chunk_size
-  best, best_sample, best_photo = ops.best_match_per_identity(*args, **options)
-  topk, _ = ops.top_k_per_identity(*args, chunk_k, **options)
-  count = ops.count_above(*args, threshold, **options)
-  view_sim, view_id = ops.top_k_identities(*args, min(view_k, num_ids), **options)
+  options = {"mesh": mesh, "chunk_size": chunk_size}
+  best, best_sample, best_photo = kernels.best_match_per_identity(*args, **options)
+  topk, _ = kernels.top_k_per_identity(*args, chunk_k, **options)
+  count = kernels.count_above(*args, threshold, **options)
+  view_sim, view_id = kernels.top_k_identities(*args, min(view_k, num_ids), **options)
   best, best_sample, best_photo, topk, count, view_sim, view_id = parallel.to_host(
       (best, best_sample, best_photo, topk, count, view_sim, view_id))
   photo_best, log_kernel = density_ratio.log_kernel_sums(refs.embeddings, samples, KAPPAS)

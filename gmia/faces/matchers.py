@@ -27,11 +27,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import onnx
 
 from gmia import fingerprint, parallel
 from gmia.models.preprocessing import PRESETS, Preprocessing, normalize
-from gmia.onnx import import_onnx
+from gmia.onnx import import_onnx, load_model
 from gmia.runs import load_run
 
 
@@ -81,7 +80,7 @@ def kind_of(block: ml_collections.ConfigDict, name: str = "matcher") -> str:
   if block.kind and block.kind not in KINDS:
     raise ValueError(f"unknown config.{name}.kind {block.kind!r}; choose from {KINDS}")
   if not os.path.exists(block.path):
-    raise FileNotFoundError(f"config.{name}.path={block.path!r} does not exist")
+    raise ValueError(f"config.{name}.path={block.path!r} does not exist")
   return block.kind or ("gmia" if os.path.isdir(block.path) else "onnx")
 
 
@@ -143,7 +142,7 @@ def onnx_matcher(path: str, preprocessing: Preprocessing | None) -> Matcher:
 def _batch_one(path: str) -> dict[str, tuple[int, ...]]:
   """{input: its declared shape with batch 1} for the inputs whose batch dim is free: matchers
   run per sample."""
-  graph = onnx.load(path, load_external_data=False).graph
+  graph = load_model(path, external_data=False).graph
   shapes = {}
   for value in graph.input:
     dims = [d.dim_value if d.HasField("dim_value") else 0 for d in value.type.tensor_type.shape.dim]

@@ -1,4 +1,5 @@
-"""The similarity kernels over a `jax.sharding.Mesh`, on one host or many.
+"""Running the similarity kernels over a `jax.sharding.Mesh`, on one host or many
+(gmia.kernels.search calls this with `mesh=`).
 
 Queries are split over the mesh's `data` axis (gmia.parallel.DATA_AXIS). References are either
 replicated (`ref_axis=None`) or split over a second mesh axis (`ref_axis="refs"`) when the
@@ -22,7 +23,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from gmia.kernels import checks, similarity as sim
+from gmia.kernels import similarity as sim
 from gmia.parallel import DATA_AXIS
 
 REFS_AXIS = "refs"
@@ -36,7 +37,7 @@ def make_search_mesh(data: int, refs: int = 1) -> Mesh:
   return Mesh(np.asarray(devices[:data * refs]).reshape(data, refs), (DATA_AXIS, REFS_AXIS))
 
 
-def _check_mesh(mesh: Mesh, ref_axis: str | None) -> None:
+def check_mesh(mesh: Mesh, ref_axis: str | None) -> None:
   if DATA_AXIS not in mesh.axis_names:
     raise ValueError(f"the mesh needs a {DATA_AXIS!r} axis, it has {mesh.axis_names}")
   if ref_axis is not None and ref_axis not in mesh.axis_names:
@@ -51,7 +52,7 @@ def _pad_rows(x: jax.Array, multiple: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "mesh", "ref_axis", "per_query", "options"))
-def _run_sharded(queries, refs, ref_args, shared_args, *, kernel, mesh, ref_axis, per_query,
+def run_sharded(queries, refs, ref_args, shared_args, *, kernel, mesh, ref_axis, per_query,
                  options):
   """Pads, runs `kernel` under shard_map with a Layout of global offsets, drops the padding.
 
@@ -80,79 +81,3 @@ def _run_sharded(queries, refs, ref_args, shared_args, *, kernel, mesh, ref_axis
   if per_query:
     outputs = jax.tree.map(lambda x: x[:num_queries], outputs)
   return sim.finish(outputs, dict(options)["metric"])
-
-
-def top_k(queries: jax.Array, refs: jax.Array, k: int, *, mesh: Mesh, ref_axis: str | None = None,
-          chunk_size: int = sim.DEFAULT_CHUNK_SIZE, ref_chunk_size: int | None = None,
-          metric: sim.Metric = "cosine") -> tuple[jax.Array, jax.Array]:
-  """`similarity.top_k` with queries split over `data` and refs replicated or split on ref_axis.
-
-  chunk_size and ref_chunk_size apply per device. Returns (values f32[Q,k], indices int32[Q,k])
-  with global reference indices.
-  """
-  _check_mesh(mesh, ref_axis)
-  queries, refs, _ = checks.check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
-                                         ref_chunk_size=ref_chunk_size, k=k, k_counts="references")
-  return _run_sharded(queries, refs, (), (), kernel=sim.top_k_kernel, mesh=mesh,
-                      ref_axis=ref_axis, per_query=True, options=sim.static_options(
-                          k=k, chunk_size=chunk_size, ref_chunk_size=ref_chunk_size,
-                          metric=metric))
-
-
-def best_match_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
-                            num_identities: int, *, mesh: Mesh, ref_axis: str | None = None,
-                            chunk_size: int = sim.DEFAULT_CHUNK_SIZE,
-                            metric: sim.Metric = "cosine"
-                            ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """`similarity.best_match_per_identity` over a mesh; the same ties rule, replicated results."""
-  return _per_identity(queries, refs, ref_identity, num_identities, mesh=mesh, ref_axis=ref_axis,
-                       chunk_size=chunk_size, metric=metric, kernel=sim.best_match_kernel,
-                       per_query=False)
-
-
-def top_k_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
-                       num_identities: int, k: int, *, mesh: Mesh, ref_axis: str | None = None,
-                       chunk_size: int = sim.DEFAULT_CHUNK_SIZE,
-                       metric: sim.Metric = "cosine") -> tuple[jax.Array, jax.Array]:
-  """`similarity.top_k_per_identity` over a mesh; replicated results with global query indices."""
-  return _per_identity(queries, refs, ref_identity, num_identities, mesh=mesh, ref_axis=ref_axis,
-                       chunk_size=chunk_size, metric=metric, kernel=sim.top_k_per_identity_kernel,
-                       per_query=False, k=k, k_counts="queries")
-
-
-def count_above(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
-                num_identities: int, threshold: float, *, mesh: Mesh, ref_axis: str | None = None,
-                chunk_size: int = sim.DEFAULT_CHUNK_SIZE,
-                metric: sim.Metric = "cosine") -> jax.Array:
-  """`similarity.count_above` over a mesh; replicated int32[I]."""
-  return _per_identity(queries, refs, ref_identity, num_identities, mesh=mesh, ref_axis=ref_axis,
-                       chunk_size=chunk_size, metric=metric, kernel=sim.count_above_kernel,
-                       per_query=False, shared=(checks.check_threshold(threshold),))
-
-
-def top_k_identities(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
-                     num_identities: int, k: int, *, mesh: Mesh, ref_axis: str | None = None,
-                     chunk_size: int = sim.DEFAULT_CHUNK_SIZE,
-                     metric: sim.Metric = "cosine") -> tuple[jax.Array, jax.Array]:
-  """`similarity.top_k_identities` over a mesh."""
-  return _per_identity(queries, refs, ref_identity, num_identities, mesh=mesh, ref_axis=ref_axis,
-                       chunk_size=chunk_size, metric=metric, kernel=sim.top_k_identities_kernel,
-                       per_query=True, k=k, k_counts="identities")
-
-
-def _per_identity(queries, refs, ref_identity, num_identities, *, mesh, ref_axis, chunk_size,
-                  metric, kernel, per_query, k=None, k_counts=None, shared=()):
-  """A kernel over labelled references on the mesh: per identity (per_query False) or per
-  sample (per_query True); `shared` are replicated extra inputs (a threshold)."""
-  _check_mesh(mesh, ref_axis)
-  queries, refs, ref_identity = checks.check_inputs(queries, refs, metric=metric,
-                                                    chunk_size=chunk_size,
-                                                    ref_identity=ref_identity,
-                                                    num_identities=num_identities, k=k,
-                                                    k_counts=k_counts)
-  options = {"num_identities": num_identities, "chunk_size": chunk_size, "metric": metric}
-  if k is not None:
-    options["k"] = k
-  return _run_sharded(queries, refs, (ref_identity,), shared, kernel=kernel, mesh=mesh,
-                      ref_axis=ref_axis, per_query=per_query,
-                      options=sim.static_options(**options))

@@ -15,7 +15,7 @@ Inputs may be float32 or bfloat16; products always accumulate in float32.
 
 Every kernel is written once for any layout: `Layout` says where a call's queries and references
 sit in the global arrays and over which mesh axes they are split, and the kernel combines across
-those axes itself (`gmia.kernels.sharded` runs the same functions under `jax.shard_map`).
+those axes itself (gmia.kernels.search runs them whole or under `jax.shard_map`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gmia.kernels.checks import Metric, check_inputs, check_threshold, sqnorms
+from gmia.kernels.checks import Metric, sqnorms
 
 # Queries per scan step. 512 x 20,000 f32 scores is 40 MB: big enough to keep the matmul efficient,
 # small enough for any accelerator (bench/bench_topk.py measures the choice).
@@ -389,7 +389,7 @@ def top_k_identities_kernel(queries, refs, ref_identity, *, num_identities: int,
 
 
 # ------------------------------------------------------------------------------------------------
-# Public single-device entry points.
+# Running a kernel on one device (gmia.kernels.search calls these).
 
 
 def finish(outputs, metric: Metric):
@@ -400,7 +400,7 @@ def finish(outputs, metric: Metric):
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "options"))
-def _run_whole(arrays, *, kernel, options):
+def run_whole(arrays, *, kernel, options):
   options = dict(options)
   outputs = kernel(*arrays, layout=Layout.whole(arrays[0], arrays[1]), **options)
   return finish(outputs, options["metric"])
@@ -410,89 +410,3 @@ def static_options(**options) -> tuple:
   """Kernel keyword arguments as a hashable, canonical jit static argument."""
   return tuple(sorted((name, int(value) if isinstance(value, (int, np.integer)) else value)
                       for name, value in options.items()))
-
-
-def top_k(queries: jax.Array, refs: jax.Array, k: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-          ref_chunk_size: int | None = None,
-          metric: Metric = "cosine") -> tuple[jax.Array, jax.Array]:
-  """The `k` references nearest to each query.
-
-  queries: f32|bf16[Q,D], refs: f32|bf16[R,D] (unit-norm for "cosine").
-  chunk_size: queries per scan step; ref_chunk_size: references per inner scan step with a
-  running top-k merge (None: all references at once). Memory O(chunk_size x ref block).
-  Returns (values f32[Q,k], indices int32[Q,k]): cosine similarities in descending order or
-  squared distances in ascending order; ties go to the smaller reference index.
-  """
-  queries, refs, _ = check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
-                                  ref_chunk_size=ref_chunk_size, k=k, k_counts="references")
-  return _run_whole((queries, refs), kernel=top_k_kernel, options=static_options(
-      k=k, chunk_size=chunk_size, ref_chunk_size=ref_chunk_size, metric=metric))
-
-
-def _per_identity(kernel, queries, refs, ref_identity, num_identities: int, *, chunk_size: int,
-                  metric: Metric, k: int | None = None, k_counts: str | None = None,
-                  threshold: float | None = None):
-  """Checks a per-identity call's inputs and runs `kernel` on the whole arrays."""
-  queries, refs, ref_identity = check_inputs(queries, refs, metric=metric, chunk_size=chunk_size,
-                                             ref_identity=ref_identity,
-                                             num_identities=num_identities, k=k,
-                                             k_counts=k_counts)
-  arrays = (queries, refs, ref_identity)
-  if threshold is not None:
-    arrays += (check_threshold(threshold),)
-  options = {"num_identities": num_identities, "chunk_size": chunk_size, "metric": metric}
-  if k is not None:
-    options["k"] = k
-  return _run_whole(arrays, kernel=kernel, options=static_options(**options))
-
-
-def best_match_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
-                            num_identities: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                            metric: Metric = "cosine") -> tuple[jax.Array, jax.Array, jax.Array]:
-  """For every reference identity, its nearest (sample, photo) pair.
-
-  queries: f32|bf16[Q,D] samples; refs: f32|bf16[R,D] photos; ref_identity: int[R] in
-  [0, num_identities). Returns (best f32[I], best_query int32[I], best_ref int32[I]); an identity
-  without photos gets -inf similarity (+inf distance) and index -1. Ties go to the smallest query,
-  then the smallest reference index.
-  """
-  return _per_identity(best_match_kernel, queries, refs, ref_identity, num_identities,
-                       chunk_size=chunk_size, metric=metric)
-
-
-def top_k_per_identity(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
-                       num_identities: int, k: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                       metric: Metric = "cosine") -> tuple[jax.Array, jax.Array]:
-  """For every identity, the `k` samples nearest to any of its photos.
-
-  A sample's similarity to an identity is its similarity to that identity's nearest photo.
-  Returns (values f32[I,k], query int32[I,k]) in rank order (the "mean of top-k" score averages
-  values over k); identities without photos get -inf (+inf distance) and index -1.
-  """
-  return _per_identity(top_k_per_identity_kernel, queries, refs, ref_identity, num_identities,
-                       chunk_size=chunk_size, metric=metric, k=k, k_counts="queries")
-
-
-def count_above(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
-                num_identities: int, threshold: float, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                metric: Metric = "cosine") -> jax.Array:
-  """int32[I]: per identity, the samples that match one of its photos beyond `threshold`.
-
-  "Match beyond" means cosine similarity > threshold, or squared distance < threshold: the number
-  of samples a verifier at that threshold would accept as the person. `threshold` is traced, so
-  sweeping it does not recompile.
-  """
-  return _per_identity(count_above_kernel, queries, refs, ref_identity, num_identities,
-                       chunk_size=chunk_size, metric=metric, threshold=threshold)
-
-
-def top_k_identities(queries: jax.Array, refs: jax.Array, ref_identity: jax.Array,
-                     num_identities: int, k: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                     metric: Metric = "cosine") -> tuple[jax.Array, jax.Array]:
-  """For every sample, the `k` nearest identities (each by its nearest photo).
-
-  The "this person probably exists" view. Returns (values f32[Q,k], identity int32[Q,k]); ties go
-  to the smaller identity, and identities without photos rank last with -inf (+inf distance).
-  """
-  return _per_identity(top_k_identities_kernel, queries, refs, ref_identity, num_identities,
-                       chunk_size=chunk_size, metric=metric, k=k, k_counts="identities")

@@ -39,7 +39,7 @@ import onnx
 
 from gmia.models import split
 from gmia.models.preprocessing import PRESETS, Preprocessing
-from gmia.onnx import OnnxNetwork, import_onnx
+from gmia.onnx import OnnxNetwork, import_onnx, load_model
 
 
 class BatchNorm(NamedTuple):
@@ -221,7 +221,7 @@ def import_split_network(model: str | os.PathLike | Any, *,
   where the graph fixes it, the image size are the graph's; input_size sets a free one);
   layers: tensor or node names to cut at (default the importer's split_points).
   """
-  proto = onnx.load(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
+  proto = load_model(model) if isinstance(model, (str, os.PathLike)) else model
   source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else (
       f"<graph {proto.graph.name or 'unnamed'}>")
   if isinstance(preprocessing, str):

@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import onnx
 from jax.sharding import Mesh
 
 from gmia import parallel
 from gmia.finite import check_finite
-from gmia.onnx import import_onnx
+from gmia.onnx import import_onnx, load_model
 from gmia.sources.base import GRADIENTS, LATENTS, Source, file_digest, latents
 
 # The output range an image-producing last operator implies.
@@ -23,7 +22,7 @@ RANGES = {"Tanh": (-1.0, 1.0), "Sigmoid": (0.0, 1.0)}
 def open_onnx(path: str, config: ml_collections.ConfigDict) -> Source:
   """A graph with one latent input (any shape; a free batch dim runs as 1 per sample) and one
   square RGB image output, NCHW or NHWC; z_i ~ N(0, I) of the input's per-sample shape."""
-  proto = onnx.load(path)
+  proto = load_model(path)
   graph = proto.graph
   initializers = {t.name for t in graph.initializer}
   inputs = [v for v in graph.input if v.name not in initializers]
