@@ -13,6 +13,7 @@ photos_dir is a flat folder of photos, or identity folders DIR/<person>/<photo>.
 from __future__ import annotations
 
 import os
+import time
 
 import matplotlib
 
@@ -21,10 +22,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gmia import files, parallel, viz  # noqa: E402
+from gmia import files, fingerprint, parallel, viz  # noqa: E402
 
 from gmia.data import photos as photo_files  # noqa: E402
 from gmia.faces import embedder as embedder_lib  # noqa: E402
+from gmia.jobs import page_builders  # noqa: E402
 from gmia.workdir import exclusive  # noqa: E402
 
 REPORT_FILE = "report.json"
@@ -32,7 +34,10 @@ REPORT_FILE = "report.json"
 
 def default_config() -> ml_collections.ConfigDict:
   """Every option; attack/configs/embed_photos.py returns it."""
-  return ml_collections.ConfigDict({"photos_dir": "", **embedder_lib.config_fields()})
+  return ml_collections.ConfigDict({
+      "photos_dir": "", **embedder_lib.config_fields(),
+      "report_photos": True,  # report.html shows the faces; False: their fingerprints.
+  })
 
 
 def similarity_ranges(embeddings: np.ndarray, identity: np.ndarray) -> dict[str, float]:
@@ -52,6 +57,7 @@ def similarity_ranges(embeddings: np.ndarray, identity: np.ndarray) -> dict[str,
 @exclusive
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Embeds config.photos_dir; writes the files above into `workdir`."""
+  started = time.perf_counter()
   paths, identity = photo_files.folder_photos(config.photos_dir)
   embedder = embedder_lib.load_embedder(config)
   person_of = dict(zip(paths, identity))
@@ -79,7 +85,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result.update(similarity_ranges(embedded.embeddings, people))
     result["separated"] = result["same_person_min"] > result["different_person_max"]
     _similarity_figure(os.path.join(workdir, "similarity.png"), embedded.embeddings, people)
+  result.update(page_builders.embed_photos_extras(result))
+  result["provenance"] = page_builders.provenance(
+      workdir, config, time.perf_counter() - started,
+      {"matcher": embedder.fingerprint, "photos": fingerprint.tree_digest(embedded.crops)})
   files.write_json(os.path.join(workdir, REPORT_FILE), result)
+  page_builders.write_page(workdir, page_builders.embed_photos_page(result, workdir),
+                           config.report_photos)
   return result
 
 

@@ -12,6 +12,7 @@ it was in):
   attack        the identity membership attack on both generators (workdir/attack,
                 workdir/attack_control). Against the control, which never saw any member, the
                 attack must come out near chance.
+Then report.json and report.html: both attacks' headline numbers, linking their pages.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import os
 import ml_collections
 import numpy as np
 
-from gmia import files, viz
+from gmia import files, fingerprint, viz
 from gmia.data import run_data
 from gmia.face_encoder import trainer as encoder_trainer
 from gmia.gan import trainer as gan_trainer
-from gmia.jobs import membership
+from gmia.jobs import membership, page_builders
 from gmia.jobs.stages import run_stage
 
 
@@ -44,6 +45,7 @@ def data_overview(arrays, split, identities: int, path: str) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Every stage in `workdir`; returns {attack name: its report's metrics}."""
   os.makedirs(workdir, exist_ok=True)
+  seconds = 0.0  # Of every stage, as it ran (or was recorded when cached).
 
   arrays, split = run_data.load_for_run(config.data, workdir)
   data_overview(arrays, split, config.overview_identities,
@@ -66,7 +68,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ("gan", trained(config.gan, train_group="members"), gan_trainer),
       ("gan_control", trained(config.gan, train_group="shadow"), gan_trainer)):
     directory = os.path.join(workdir, name)
-    run_stage(directory, lambda: trainer.train_and_evaluate(sub_config, directory), name)
+    seconds += run_stage(directory, lambda: trainer.train_and_evaluate(sub_config, directory),
+                         name)
 
   summaries = {}
   for name, generator in (("attack", "gan"), ("attack_control", "gan_control")):
@@ -76,14 +79,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     attack.title = ("target generator (trained on the members)" if name == "attack" else
                     "control generator (trained on other people)")
     directory = os.path.join(workdir, name)
-    run_stage(directory, lambda: membership.run(attack, directory), name)
+    seconds += run_stage(directory, lambda: membership.run(attack, directory), name)
     summaries[name] = files.read_json(os.path.join(workdir, name, membership.REPORT_FILE))
+    # Drawn again, so that report_photos holds for the pages of cached attacks too.
+    page_builders.write_page(directory, page_builders.membership_page(summaries[name], directory),
+                             config.attack.report_photos)
 
   for name, summary in summaries.items():
     print(f"\n{summary['config']['title']}:")
     print("\n".join(membership.summary_lines(summary)))
   metrics = {name: s["metrics"] for name, s in summaries.items()}
   files.write_json(os.path.join(workdir, "summary.json"), metrics)
-  print(f"\nreports: {workdir}/attack/ and {workdir}/attack_control/ "
-        "(report.json, roc.png, matches.png, scores.csv)")
+  report = page_builders.main_job_report(workdir, config, summaries, seconds,
+                                         {"split": fingerprint.tree_digest(split.to_json())})
+  files.write_json(os.path.join(workdir, membership.REPORT_FILE), report)
+  page_builders.write_page(workdir, page_builders.main_job_page(report, workdir),
+                           config.attack.report_photos)
+  print(f"\nreports: {workdir}/{page_builders.PAGE_FILE} (open it in a browser), linking "
+        f"{workdir}/attack/ and {workdir}/attack_control/ (report.html, report.json, roc.png, "
+        "matches.png, scores.csv)")
   return metrics

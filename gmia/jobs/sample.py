@@ -13,12 +13,14 @@ seed and chunk size (its report.json records them) the images are the attack's b
 from __future__ import annotations
 
 import os
+import time
 
 import ml_collections
 import numpy as np
 
 from gmia import files, parallel, viz
 from gmia.attacks.samples import DEFAULT_CHUNK, draw
+from gmia.jobs import page_builders
 from gmia.sources import config_fields as source_fields, open_source
 
 REPORT_FILE = "samples.json"
@@ -32,6 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
       "indices": "",        # samples by index, e.g. "1824,2133" (as a report names them).
       "chunk_size": DEFAULT_CHUNK,  # As the attack that named them (its report.json).
       "grid_columns": 8,
+      "report_photos": True,  # report.html shows the samples; False: their fingerprints.
   })
 
 
@@ -56,6 +59,7 @@ def chosen_indices(config: ml_collections.ConfigDict) -> tuple[np.ndarray, bool]
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Draws the samples into `workdir`; returns the contents of samples.json."""
+  started = time.perf_counter()
   indices, named = chosen_indices(config)
   if config.chunk_size <= 0:
     raise ValueError(f"config.chunk_size must be positive, got {config.chunk_size}")
@@ -78,5 +82,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       viz.save_png(os.path.join(workdir, f"sample_{index}.png"), image)
   summary = {"generator": source.fingerprint, "spec": source.spec, "seed": config.seed,
              "chunk_size": chunk, "indices": indices.tolist(), "resolution": source.resolution}
+  summary.update(page_builders.sample_extras(summary))
+  summary["provenance"] = page_builders.provenance(
+      workdir, config, time.perf_counter() - started, {"generator": source.fingerprint})
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
+  page_builders.write_page(workdir, page_builders.sample_page(summary, workdir),
+                           config.report_photos)
   return summary
