@@ -12,35 +12,42 @@ import numpy as np
 from tests.multiprocess import REPO
 
 FILES = ("scores.csv", "samples.csv")
+# Samples an attack draws, a chunk at a time: a chunk takes milliseconds, so one sample a chunk
+# leaves tens of chunks, a tenth of a second or more, after each kill point to land in.
+TOTAL, CHUNK = 96, 1
 
 
 def command(models, workdir):
   gan, encoder = models
   return [sys.executable, "-m", "attack.membership", f"--workdir={workdir}",
           f"--config.generator=gmia:{gan}", f"--config.matcher.path={encoder}",
-          "--config.num_samples=96", "--config.chunk_size=8", "--config.topk=3",
+          f"--config.num_samples={TOTAL}", f"--config.chunk_size={CHUNK}", "--config.topk=3",
           "--config.bootstrap_resamples=20"]
 
 
 def samples_done(workdir):
-  try:
-    with np.load(os.path.join(workdir, "state", "evidence.npz")) as saved:
-      return int(saved["samples_done"])
-  except (OSError, KeyError, ValueError):  # Not there yet, or being replaced.
-    return 0
+  with np.load(os.path.join(workdir, "state", "evidence.npz")) as saved:
+    return int(saved["samples_done"])
 
 
 def test_killed_attacks_resume_to_the_uninterrupted_files(models, tmp_path):
   whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
   subprocess.run(command(models, whole), cwd=REPO, check=True, capture_output=True)
   rng = np.random.default_rng(0)
-  for kill_after in sorted(rng.choice(np.arange(8, 88, 8), 2, replace=False).tolist()):
+  # Progress lines come every TOTAL // 20 samples; each kill follows one in the first half.
+  for kill_after in sorted(rng.choice(np.arange(4, TOTAL // 2, 4), 2, replace=False).tolist()):
     proc = subprocess.Popen(command(models, killed), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    while samples_done(killed) < kill_after and proc.poll() is None:
-      time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    lines = []
+    for line in proc.stderr:
+      lines.append(line)
+      if f"step {kill_after}/{TOTAL} " in line:
+        proc.send_signal(signal.SIGKILL)
+        break
+    proc.stderr.close()
+    # The kill landed mid-run: the process died of it, with samples still to draw.
+    assert proc.wait() == -signal.SIGKILL, "".join(lines)[-2000:]
+    assert kill_after <= samples_done(killed) < TOTAL, samples_done(killed)
     # The next start sees the busy-lock file of a dead process: it takes the lock at once.
   resumed = subprocess.run(command(models, killed), cwd=REPO, capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
