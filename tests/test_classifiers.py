@@ -98,9 +98,18 @@ def test_forward_matches_numpy_layout():
 
 
 def test_training_updates_running_statistics():
-  _, updates = TINY.apply(tiny_variables(), images(4), train=True, mutable=["batch_stats"])
-  old = tiny_variables()["batch_stats"]["stem_bn"]["mean"]
-  assert not np.allclose(updates["batch_stats"]["stem_bn"]["mean"], old)
+  # PyTorch's momentum 0.1 on flax's batch statistics (the biased variance): running =
+  # 0.9 * running + 0.1 * batch statistic, checked on the stem BN, whose input (the stem
+  # convolution of the batch) is recomputed in numpy.
+  variables, x = tiny_variables(), images(4)
+  _, updates = TINY.apply(variables, x, train=True, mutable=["batch_stats"])
+  kernel = np.asarray(variables["params"]["stem_conv"]["kernel"], np.float64)
+  h = np.stack([conv(image, kernel, 1) for image in np.asarray(x, np.float64)])
+  old, new = variables["batch_stats"]["stem_bn"], updates["batch_stats"]["stem_bn"]
+  np.testing.assert_allclose(new["mean"], 0.9 * old["mean"] + 0.1 * h.mean((0, 1, 2)),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new["var"], 0.9 * old["var"] + 0.1 * h.var((0, 1, 2)),
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_bad_inputs_are_rejected():
