@@ -12,7 +12,7 @@ import pytest
 
 from gmia import parallel
 from gmia.inversion import decoder_losses, decoder_synthesis, decoder_training, priors
-from gmia.models import decoders, split
+from gmia.models import classifiers, decoders, split
 from gmia.models.iresnet import IResNet, init_key
 
 SIZE = 32
@@ -68,8 +68,7 @@ def test_decoder_shapes_for_every_layer_of_a_tiny_iresnet():
     jax.eval_shape(stem.apply, params, jnp.zeros((2, 8)))
 
 
-def test_decoder_shapes_for_a_classifier_if_present():
-  classifiers = pytest.importorskip("gmia.models.classifiers")
+def test_decoder_shapes_for_a_classifier():
   model = classifiers.ResNetClassifier(num_classes=5, widths=(4, 8, 8))
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
   for layer, shape in split.feature_shapes(model, variables, 16).items():
