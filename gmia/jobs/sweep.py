@@ -19,7 +19,7 @@ at the stage it was in, and a finished one only redraws its tables):
   face_encoder/, gan_control/  trained here unless config.face_encoder_workdir / control_workdir;
   points/<name>/            split.json, gan/, attack/, exposure.csv, exposure.png;
   control/members_<M>/      the control generator attacked with the M-member points' people;
-  sweep.json, sweep.md, sweep.png.
+  sweep.json, sweep.md, sweep.png, report.html (linking every point's attack page).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import matplotlib.pyplot as plt
 import ml_collections
 import numpy as np
 
-from gmia import files, viz
+from gmia import files, fingerprint, viz
 from gmia.attacks import calibration, exposure
-from gmia.jobs import membership, shadows as shadows_lib
+from gmia.jobs import membership, page_builders, shadows as shadows_lib
 from gmia.jobs.stages import run_stage
 from gmia.runs import load_run
 from gmia.data import run_data
@@ -136,7 +136,8 @@ def _attack(config, generator_workdir: str, encoder_workdir: str, split_path: st
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) the sweep in `workdir`; returns the contents of sweep.json."""
+  """Runs (or resumes) the sweep in `workdir`; returns the contents of sweep.json but their
+  provenance."""
   points = grid_points(config)
   known = calibration.variant_names(shadows=bool(config.shadows.num_shadows))
   unknown = sorted(set(config.variants) - set(known))
@@ -201,9 +202,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "total_seconds": sum(seconds.values()) + sum(
                  sum(r["seconds"].values()) for r in results),
              "config": config.to_dict()}
-  files.write_json(os.path.join(workdir, SWEEP_FILE), summary)
+  summary.update(page_builders.sweep_extras(summary))
+  # The files also say where the result came from, and when: a cached rerun returns the same
+  # summary but not the same date.
+  inputs = {"split": fingerprint.tree_digest(base.to_json())}
+  report = {**summary, "provenance": page_builders.provenance(workdir, config,
+                                                              summary["total_seconds"], inputs)}
+  files.write_json(os.path.join(workdir, SWEEP_FILE), report)
   files.write_atomic(os.path.join(workdir, "sweep.md"), markdown_table(summary))
   save_sweep_figure(os.path.join(workdir, "sweep.png"), summary)
+  page_builders.write_page(workdir, page_builders.sweep_page(report, workdir),
+                           config.attack.report_photos)
   return summary
 
 
