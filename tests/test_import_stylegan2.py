@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmia import viz
+from gmia import sources, viz
 from gmia.jobs import reconstruction
 from gmia.gan import sampling
 from gmia.inversion import latent
@@ -134,9 +134,13 @@ def test_sampling_projection_and_gan_leaks_run_jitted_on_the_import(class0):
   direct = jax.jit(lambda v, z: generator.apply(v, z, noise_mode="const"))(
       g_vars, sampling.latents(3, 3, generator.z_dim))
   np.testing.assert_allclose(images, direct, atol=1e-5)
+  # GAN-Leaks' black-box distance on the imported samples: sample 0 against the two others,
+  # against numpy's brute force.
   distances = reconstruction.nearest_sample_distance(jnp.asarray(images[:1]),
-                                                     jnp.asarray(images))
-  np.testing.assert_allclose(distances, 0.0, atol=1e-2)
+                                                     jnp.asarray(images[1:]))
+  expected = min(np.linalg.norm(np.asarray(images[0], np.float64) - other) for other in images[1:])
+  assert expected > 1
+  np.testing.assert_allclose(distances, [expected], rtol=1e-4)
   targets = jnp.asarray(ref["img"][:2])
   keys = latent.target_keys(0, np.arange(len(targets)))
   for w_plus, noise_mode in ((False, "none"), (True, "const")):
@@ -149,14 +153,16 @@ def test_sampling_projection_and_gan_leaks_run_jitted_on_the_import(class0):
     assert (spread > 1e-4) == w_plus  # W+ moves each layer's w on its own
 
 
-def test_sample_gan_cli_samples_a_pickle(class0, tmp_path):
+def test_sample_command_samples_a_pickle(class0, tmp_path):
   (generator, g_vars, _), _ = class0
-  out = tmp_path / "samples.npz"
-  subprocess.run([sys.executable, "-m", "train.sample_gan",
-                  f"--generator=stylegan2_pkl:{fixture('cond32')[0]}", "--class_idx=0", "--num=2",
-                  "--seed=5", f"--out={out}"], check=True, capture_output=True)
-  want = viz.to_uint8(sampling.generate(generator, g_vars, seed=5, num=2))
-  np.testing.assert_allclose(np.load(out)["images"], want, atol=1)
+  subprocess.run([sys.executable, "-m", "attack.sample", f"--workdir={tmp_path}",
+                  f"--config.generator=stylegan2_pkl:{fixture('cond32')[0]}",
+                  "--config.class_idx=0", "--config.num=2", "--config.seed=5"],
+                 check=True, capture_output=True)
+  # Sample i is G(z_i) of class 0, z_i drawn from (seed, i), constant noise, clipped to [-1, 1].
+  z = sources.latents(5, np.arange(2), (generator.z_dim,))
+  want = viz.to_uint8(np.clip(generator.apply(g_vars, z, 1.0, None, "const"), -1, 1))
+  np.testing.assert_allclose(np.load(tmp_path / "samples.npz")["images"], want, atol=1)
 
 
 def write_pickle(tmp_path, obj, name="net.pkl"):
