@@ -9,6 +9,7 @@ import contextlib
 import logging as logging_std
 import os
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 
 import jax
@@ -65,20 +66,35 @@ def _format_seconds(seconds: float) -> str:
   return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-class _DropLibraryInfo(logging_std.Filter):
-  """Drops INFO records from chatty libraries (Orbax logs every save and restore at INFO)."""
+_CHATTY_LIBRARIES = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.sep}")
+# Where gmia's own log records and warnings come from: the package and its entry points.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_GMIA_FILES = tuple(os.path.join(_ROOT, name, "") for name in ("gmia", "attack", "train", "bench"))
+_GMIA_MODULES = r"(gmia|attack|train|bench)(\.|$)"
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Passes gmia's records and every library's errors; drops the libraries' INFO and WARNING
+  records (Orbax logs every save and restore, JAX its backend probing, tensorflow-datasets its
+  data configurations)."""
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    chatty = any(part in record.pathname for part in _CHATTY_LIBRARIES)
-    return record.levelno >= logging_std.WARNING or not chatty
+    return record.levelno >= logging_std.ERROR or record.pathname.startswith(_GMIA_FILES)
 
 
-_CHATTY_LIBRARIES = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.sep}")
+_QUIET = _QuietLibraries()
 
 
-def quiet_library_logs() -> None:
-  """Keeps gmia's own progress readable on the console; warnings from libraries still show."""
-  logging_std.getLogger("absl").addFilter(_DropLibraryInfo())
+def quiet_library_logs(verbose: bool = False) -> None:
+  """Keeps the terminal to gmia's progress lines, results and errors: the log records of other
+  libraries below ERROR, their Python warnings and tensorflow-datasets' progress bars are left
+  out, unless `verbose`. Call it once the command's modules are imported."""
+  if verbose:
+    return
+  logging.get_absl_handler().addFilter(_QUIET)  # Every logger's records reach absl's handler.
+  warnings.filterwarnings("ignore", module=f"(?!{_GMIA_MODULES})")
+  import tensorflow_datasets as tfds  # Imported already by gmia.data, whose builders draw bars.
+  tfds.disable_progress_bar()
 
 
 class _HoldLibraryErrors(logging_std.Filter):

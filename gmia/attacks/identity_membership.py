@@ -340,7 +340,8 @@ def stream(embed_samples: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
       if saved["sample"].size:
         views.append(SampleView(saved["sample"], saved["similarity"], saved["identity"]))
   if not views:
-    raise ValueError(f"none of the {num_samples} samples had a usable face to compare")
+    raise ValueError(f"none of the {num_samples} samples had a usable face to compare (the "
+                     "warning above says what the face detector saw and which setting to change)")
   return evidence, SampleView(*(np.concatenate([getattr(v, f.name) for v in views])
                                 for f in dataclasses.fields(SampleView)))
 

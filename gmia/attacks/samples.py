@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh
 
 from gmia import parallel, viz
@@ -39,8 +40,10 @@ def make_sample_embedder(source: Source, embedder: FaceEmbedder, mesh: Mesh,
   """Embeds `source`'s samples with `embedder`, `chunk_size` (a multiple of the mesh's devices)
   at a time."""
   parallel.check_divisible(chunk_size, mesh)
+  embedder = embedder.for_samples(source.resolution)
   params = jax.device_put(embedder.params, parallel.replicated(mesh))
   embed_fn = jitted_embed(embedder)
+  described = []  # Whether a chunk without a usable face was described (once is enough).
 
   def embedded(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, jax.Array, np.ndarray]:
     indices = np.asarray(indices, np.int64)
@@ -48,6 +51,10 @@ def make_sample_embedder(source: Source, embedder: FaceEmbedder, mesh: Mesh,
     images = jax.device_put(source.sample(padded, mesh), parallel.data_sharding(mesh))
     embeddings, status = parallel.to_host(embed_fn(params, (images + 1.0) * 127.5))
     usable = status[:len(indices)] == detect.FOUND
+    if not usable.any() and not described:
+      described.append(True)
+      logging.warning("no usable face in samples %d-%d: %s", indices[0], indices[-1],
+                      embedder.describe_detections(params, (images[:len(indices)] + 1.0) * 127.5))
     return indices[usable], embeddings[:len(indices)][usable], images, usable
 
   def embed(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -78,15 +79,30 @@ class IdentitySplit:
     }
 
   @classmethod
-  def from_json(cls, data: Mapping) -> IdentitySplit:
-    if data.get("format") != FORMAT:
-      raise ValueError(f"not a gmia identity split (format {data.get('format')!r}, "
-                       f"expected {FORMAT!r})")
-    photos = data["photos"]
-    return cls(seed=int(data["seed"]),
-               groups={g: np.asarray(data["groups"][g], np.int64) for g in GROUPS},
-               train={int(i): np.asarray(p["train"], np.int64) for i, p in photos.items()},
-               reference={int(i): np.asarray(p["reference"], np.int64) for i, p in photos.items()})
+  def from_json(cls, data: Any, name: str = "the split") -> IdentitySplit:
+    """The split of `to_json`'s dict; ValueError naming `name` (the file) and the first field
+    that is missing or of the wrong type."""
+    if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+      found = data.get("format") if isinstance(data, Mapping) else f"a JSON {type(data).__name__}"
+      raise ValueError(f"{name} is not a gmia identity split (format {found!r}, expected "
+                       f"{FORMAT!r})")
+    groups, photos = _field(data, "groups", Mapping, name), _field(data, "photos", Mapping, name)
+    seed = _field(data, "seed", int, name)
+    ids = {g: _ids(_field(groups, g, list, name, "groups."), f"groups.{g}", name) for g in GROUPS}
+    train, reference = {}, {}
+    for identity, lists in photos.items():
+      where = f"photos.{identity}"
+      if not identity.lstrip("-").isdigit() or not isinstance(lists, Mapping):
+        raise ValueError(f"{name}: field {where!r} must map an identity number to its photo "
+                         "lists")
+      train[int(identity)] = _ids(_field(lists, "train", list, name, where + "."),
+                                  where + ".train", name)
+      reference[int(identity)] = _ids(_field(lists, "reference", list, name, where + "."),
+                                      where + ".reference", name)
+    try:
+      return cls(seed=seed, groups=ids, train=train, reference=reference)
+    except ValueError as error:
+      raise ValueError(f"{name}: {error}") from None
 
   def save(self, path: str) -> None:
     """Writes the JSON atomically: a reader never sees half a split."""
@@ -94,7 +110,35 @@ class IdentitySplit:
 
   @classmethod
   def load(cls, path: str) -> IdentitySplit:
-    return cls.from_json(read_json(path))
+    """The split saved at `path`; ValueError naming the file and what is wrong with it."""
+    try:
+      data = read_json(path)
+    except RecursionError:
+      raise ValueError(f"{path} is not a gmia identity split: JSON nested too deeply") from None
+    except UnicodeDecodeError as error:
+      raise ValueError(f"{path} is not valid JSON: {error}") from None
+    return cls.from_json(data, path)
+
+
+def _field(data: Mapping, key: str, kind: type, name: str, prefix: str = "") -> Any:
+  """data[key], which must be of `kind` (int: not a bool)."""
+  value = data.get(key)
+  if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    found = "missing" if key not in data else f"a {type(value).__name__}"
+    raise ValueError(f"{name}: field {prefix + key!r} must be a JSON "
+                     f"{_JSON_NAMES[kind]}, it is {found}")
+  return value
+
+
+def _ids(values: list, field: str, name: str) -> np.ndarray:
+  """i64[N] of a list of integers (identities or photo ids)."""
+  if not all(isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63
+             for v in values):
+    raise ValueError(f"{name}: field {field!r} must be a list of 64-bit integers")
+  return np.asarray(values, np.int64).reshape(-1)
+
+
+_JSON_NAMES = {Mapping: "object", list: "list", int: "integer"}
 
 
 def _check_group(group: str) -> str:

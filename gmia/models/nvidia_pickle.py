@@ -9,11 +9,17 @@ each of which builds data:
 - `torch_utils.persistence._reconstruct_persistent_obj`: each persistent module becomes a
   `TorchModule` record of its parameters, buffers, submodules and attributes; the module source
   embedded next to it is dropped unread;
-- numpy arrays, scalars and dtypes; `collections.OrderedDict`; `dnnlib.util.EasyDict` (as a
-  dict); the builtins set, frozenset, bytearray and complex.
+- numpy arrays (of numbers), scalars and dtypes; `collections.OrderedDict`; `dnnlib.util.EasyDict`
+  (as a dict); the builtins set, frozenset, bytearray and complex.
 Any other global is refused before anything is called, with an error naming it. Pickles of NVIDIA's
 TensorFlow code (`dnnlib.tflib`) are named as such. `read_torch_zip` reads torch.save's zip
 archives (state dicts of other people's networks) with the same allow-list.
+
+Sizes a file declares are checked against the data it holds before anything is allocated: a
+tensor never has more elements than its storage (a stride-0 view of one number declaring 16384 x
+16384 is refused, not materialised), a numpy array's state must hold exactly its shape's bytes,
+and `bytearray(n)` of a number is refused above MAX_BYTEARRAY. A file that still asks for more
+memory than there is ends in a PickleError naming it.
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import math
 import pickle
 import zipfile
 from typing import Any
 
 import numpy as np
+
+from gmia.cli import one_line
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.save's legacy (non-zip) format.
 LEGACY_PROTOCOL = 1001
@@ -36,6 +45,9 @@ STORAGE_DTYPES = {
 }
 _TORCH_INTERNALS = ("training", "_parameters", "_buffers", "_modules", "_init_args",
                     "_init_kwargs")
+# bytearray(n) of a number allocates n zero bytes that the file does not hold; NVIDIA's pickles
+# never call it so (bytearrays come as bytearray(data, encoding)).
+MAX_BYTEARRAY = 1 << 20
 
 
 class PickleError(ValueError):
@@ -82,12 +94,19 @@ class _Storage:
 
 def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, *_) -> np.ndarray:
   """torch._utils._rebuild_tensor_v2: a copy of the strided view of `storage`."""
+  if not isinstance(storage, _Storage):
+    raise PickleError(f"tensor over a {type(storage).__name__}, not a tensor storage")
   data = storage.array
   size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
   if (len(size) != len(stride) or min(size + stride, default=0) < 0 or offset < 0
       or (all(size) and offset + sum((n - 1) * s for n, s in zip(size, stride)) >= data.size)):
     raise PickleError(f"tensor of size {size}, stride {stride} and offset {offset} does not fit "
                       f"its storage of {data.size} elements")
+  # Checked before the copy below: a view repeating a few stored numbers (stride 0) can declare
+  # any size. A network's tensors never hold more elements than their storage.
+  if math.prod(size) > data.size - offset:
+    raise PickleError(f"tensor of size {size} declares {math.prod(size)} elements, its storage "
+                      f"holds {data.size - offset} from offset {offset}")
   if not all(size):
     return np.zeros(size, data.dtype)
   view = np.lib.stride_tricks.as_strided(data[offset:], size,
@@ -174,6 +193,43 @@ def _persistent_module(meta: dict) -> TorchModule:
                      dict(state.get("_init_kwargs") or {}))
 
 
+class _NdarrayName:
+  """`numpy.ndarray` as a pickle names it: the type `_reconstruct_array` is told to build.
+  Calling it, which would allocate an array of any size uninitialised, fails."""
+
+
+class _Array(np.ndarray):
+  """An array numpy's pickle protocol builds, whose state is checked before numpy reads it:
+  numbers only (numpy reads an object array's items from a list whose length it trusts, and
+  crashes on a shorter one) and exactly the bytes its shape needs."""
+
+  def __setstate__(self, state: tuple) -> None:
+    shape, dtype, data = state[-4], state[-3], state[-1]
+    if (not isinstance(dtype, np.dtype) or dtype.kind not in "biufc" or dtype.hasobject
+        or dtype.fields is not None or dtype.subdtype is not None):
+      raise PickleError(f"numpy array of dtype {dtype!r:.60}: only arrays of numbers are read")
+    if (not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape)
+        or not isinstance(data, bytes) or len(data) != math.prod(shape) * dtype.itemsize):
+      raise PickleError(f"numpy array of shape {shape!r:.60} and dtype {dtype} with "
+                        f"{len(data) if isinstance(data, bytes) else 'no'} bytes of data")
+    super().__setstate__(state)
+
+
+def _reconstruct_array(subtype: Any, *_) -> np.ndarray:
+  """numpy.core.multiarray._reconstruct: an empty array that the pickle's state fills."""
+  if subtype is not _NdarrayName:
+    raise PickleError(f"numpy array of type {subtype!r:.60}")
+  return np.ndarray.__new__(_Array, (0,), np.uint8)
+
+
+def _bytearray(*args: Any) -> bytearray:
+  """builtins.bytearray: of the file's bytes, or of at most MAX_BYTEARRAY zeros."""
+  if args and isinstance(args[0], int) and not 0 <= args[0] <= MAX_BYTEARRAY:
+    raise PickleError(f"bytearray({args[0]}) asks for {args[0]} bytes the file does not hold "
+                      f"(at most {MAX_BYTEARRAY} are read)")
+  return bytearray(*args)
+
+
 _ALLOWED = {
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
@@ -183,15 +239,15 @@ _ALLOWED = {
     "collections.OrderedDict": collections.OrderedDict,
     "dnnlib.util.EasyDict": _EasyDict,
     "dnnlib.EasyDict": _EasyDict,
-    "numpy.ndarray": np.ndarray,
+    "numpy.ndarray": _NdarrayName,
     "numpy.dtype": np.dtype,
     "builtins.set": set,
     "builtins.frozenset": frozenset,
-    "builtins.bytearray": bytearray,
+    "builtins.bytearray": _bytearray,
     "builtins.complex": complex,
 }
 for _numpy in ("numpy.core", "numpy._core"):
-  _ALLOWED[f"{_numpy}.multiarray._reconstruct"] = np.ndarray((0,)).__reduce__()[0]
+  _ALLOWED[f"{_numpy}.multiarray._reconstruct"] = _reconstruct_array
   _ALLOWED[f"{_numpy}.multiarray.scalar"] = np.float64(0).__reduce__()[0]
 
 
@@ -218,6 +274,8 @@ def read_pickle(path: str) -> Any:
   """
   with open(path, "rb") as f:
     data = f.read()
+  if not data:
+    raise PickleError(f"{path}: the file is empty")
   if data[:4] == b"PK\x03\x04":
     raise PickleError(f"{path}: a zip archive (torch.save's format), not a stylegan2-ada-pytorch "
                       "network pickle")
@@ -225,9 +283,12 @@ def read_pickle(path: str) -> Any:
     return _NetworkUnpickler(io.BytesIO(data)).load()
   except PickleError as e:
     raise PickleError(f"{path}: {e}") from None
-  except (pickle.UnpicklingError, EOFError, TypeError, ValueError, KeyError) as e:
-    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise PickleError(f"{path}: not a readable network pickle ({first_line})") from None
+  except MemoryError:
+    raise PickleError(f"{path}: asks for more memory than there is; not a network pickle "
+                      "gmia can read") from None
+  except Exception as e:  # pylint: disable=broad-except
+    # Only the allow-listed builders ran: whatever they or the unpickler raised is the file's.
+    raise PickleError(f"{path}: not a readable network pickle ({one_line(e, True)})") from None
 
 
 class _ZipUnpickler(_NetworkUnpickler):
@@ -269,5 +330,7 @@ def read_torch_zip(path: str) -> Any:
       return _ZipUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix).load()
   except PickleError as e:
     raise PickleError(f"{path}: {e}") from None
-  except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError, TypeError) as e:
-    raise PickleError(f"{path}: not a readable torch.save archive ({e})") from None
+  except MemoryError:
+    raise PickleError(f"{path}: asks for more memory than there is") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise PickleError(f"{path}: not a readable torch.save archive ({one_line(e, True)})") from None
