@@ -7,6 +7,9 @@ import pytest
 
 from gmia.models import stylegan_ops as ops
 
+# NVIDIA's resampling filter (stylegan2-ada-pytorch's resample_filter=[1, 3, 3, 1]).
+NVIDIA_TAPS = (1.0, 3.0, 3.0, 1.0)
+
 
 def ref_upfirdn2d(x, taps, up=1, down=1, pad=(0, 0), gain=1.0):
   """Zero insertion, pad/crop, 2-D FIR (true convolution), decimation, as NVIDIA's reference."""
@@ -57,7 +60,7 @@ def ref_conv_transpose(x, w, stride):
 def ref_conv2d_resample(x, w, up=1, down=1, padding=0):
   """NVIDIA's conv2d_resample data path: transposed conv then FIR (up); FIR then strided conv
   (down); plain correlation otherwise."""
-  k, taps = w.shape[0], ops.RESAMPLE_TAPS
+  k, taps = w.shape[0], NVIDIA_TAPS
   if up > 1:
     y = ref_conv_transpose(np.asarray(x, np.float64), w, up)
     pad0 = padding + (4 + up - 1) // 2 - (k - 1)
