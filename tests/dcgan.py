@@ -22,12 +22,17 @@ Z_DIM, RESOLUTION = 100, 64
 LAYERS = [(0, 1, 1, 0), (3, 4, 2, 1), (6, 7, 2, 1), (9, 10, 2, 1), (12, None, 2, 1)]
 
 
+def state_dict() -> dict[str, np.ndarray]:
+  """The generator's torch.save state dict, read without torch: {"main.0.weight": ..., ...}."""
+  return read_torch_zip(assets.dcgan_weights_path())["netG_state_dict"]
+
+
 def onnx_path(directory: str) -> str:
   """Writes (once) and returns the DCGAN's ONNX file in `directory`."""
   path = os.path.join(directory, "dcgan_face_generator.onnx")
   if os.path.exists(path):
     return path
-  weights = read_torch_zip(assets.dcgan_weights_path())["netG_state_dict"]
+  weights = state_dict()
   nodes, initializers, x = [], [], "z"
   for index, (conv, norm, stride, pad) in enumerate(LAYERS):
     name = f"main.{conv}.weight"

@@ -7,6 +7,7 @@ is the plumbing on real networks and photos, and that both forms of one generato
 """
 
 import csv
+import json
 import os
 
 import numpy as np
@@ -48,6 +49,28 @@ def attack_config(generator: str, people):
   config.num_samples, config.chunk_size, config.topk = NUM_SAMPLES, 8, 2
   config.matches_rows = 2
   return config
+
+
+def test_the_weights_read_without_torch_equal_torch_load():
+  """Every tensor of the state dict as gmia's reader gives it against torch.load of the same
+  file (tests/fixtures/gan_face_generate/torch_load.json, recorded with torch 2.13): shape,
+  dtype, sum, sum of magnitudes and an order-sensitive weighted sum, which a transposed or
+  shuffled tensor changes."""
+  with open(os.path.join(os.path.dirname(__file__), "fixtures", "gan_face_generate",
+                         "torch_load.json")) as handle:
+    recorded = json.load(handle)["tensors"]
+  weights = dcgan.state_dict()
+  assert sorted(weights) == sorted(recorded)
+  for name, want in recorded.items():
+    tensor = np.asarray(weights[name])
+    assert list(tensor.shape) == want["shape"] and tensor.dtype == want["dtype"], name
+    flat = tensor.ravel().astype(np.float64)
+    got = {"sum": flat.sum(), "abs_sum": np.abs(flat).sum(),
+           "weighted_sum": (flat * np.arange(1, flat.size + 1)).sum() / flat.size}
+    for field, value in got.items():
+      # Float64 sums of the same float32 values, in another order: agree to ~1e-15 relative.
+      np.testing.assert_allclose(value, want[field], rtol=1e-10, atol=1e-10,
+                                 err_msg=f"{name} {field}")
 
 
 def test_the_translated_generator_equals_onnxruntime(generator_path):
