@@ -12,8 +12,8 @@ seeing each tested person's reference photos) and attacks them the same way, the
 variant of gmia.attacks.calibration (AUC, bootstrap interval, TPR at low FPR) for the target, the
 control, the untrained generator and reference_b; the likelihood-ratio variants judge every
 generator's scores against the same shadows. Reference calibration uses the control for every
-generator but the control itself, which uses reference_b. Writes calibration.json and
-calibration.md; every training and attack is cached as a stage (gmia.jobs.stages).
+generator but the control itself, which uses reference_b. Writes calibration.json,
+calibration.md and report.html; every training and attack is cached as a stage (gmia.jobs.stages).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import time
 import ml_collections
 import numpy as np
 
-from gmia import files
+from gmia import files, fingerprint
 from gmia.attacks import calibration
-from gmia.jobs import membership, shadows as shadows_lib, stages
+from gmia.jobs import membership, page_builders, shadows as shadows_lib, stages
 from gmia.data import run_data
 from gmia.data.split import IdentitySplit, make_split
 from gmia.gan import trainer as gan_trainer
@@ -115,8 +115,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                      **options)
   summary = {"metrics": reports, "seconds": seconds, "config": config.to_dict(),
              "num_shadows": int(config.shadows.num_shadows)}
+  summary.update(page_builders.calibration_extras(summary))
+  summary["provenance"] = page_builders.provenance(workdir, config, sum(seconds.values()), {
+      "split": fingerprint.tree_digest(split.to_json())})
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
   files.write_atomic(os.path.join(workdir, "calibration.md"), markdown_table(summary))
+  page_builders.write_page(workdir, page_builders.calibration_page(summary, workdir),
+                           config.main.attack.report_photos)
   return summary
 
 

@@ -19,8 +19,9 @@ network's input size (`align`; detect: found by YuNet, 5-point aligned). Methods
   zero_shot_decoder  a decoder trained without any real photo, block by block on synthesised
                      inputs and re-synced by cycle consistency (method "zero_shot").
 
-Writes report.json, table.md (layer x method) and inversions.png (a victim per row: the original,
-then every layer and method). Photos without a usable face are listed in the report and skipped.
+Writes report.json, table.md (layer x method), inversions.png (a victim per row: the original,
+then every layer and method) and report.html. Photos without a usable face are listed in the
+report and skipped.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gmia import files, metrics, sources, viz
+from gmia import files, fingerprint, metrics, sources, viz
 from gmia.data import photos, run_data
 from gmia.data.arrays import FaceArrays
 from gmia.models.preprocessing import preprocess
 from gmia.faces import detect, embedder, matchers
 from gmia.inversion import decoding, features, judges, networks
+from gmia.jobs import page_builders
 from gmia.models.split import Network, activations
 from gmia.runs import load_run
 
@@ -79,6 +81,7 @@ def default_config() -> ml_collections.ConfigDict:
       "aux_decoder_workdir": "",        # aux_decoder: a train/train_decoder.py workdir.
       "zero_shot_decoder_workdir": "",  # zero_shot_decoder: likewise.
       "seed": 0,
+      "report_photos": True,            # report.html shows the faces; False: their fingerprints.
       "inversion": {f.name: f.default for f in dataclasses.fields(
           features.FeatureInversionSettings) if f.name != "layer"},
   })
@@ -277,5 +280,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "skipped": skipped, "judge": judge.name, "self": own.name,
              "gallery_size": int(len(victims.distractors)), "config": config.to_dict(),
              "seconds": time.perf_counter() - started}
+  summary.update(page_builders.feature_inversion_extras(summary))
+  summary["provenance"] = page_builders.provenance(workdir, config, summary["seconds"], {
+      "network": fingerprint.tree_digest(network.variables), "judge": judge.fingerprint,
+      "victims": fingerprint.tree_digest(originals)})
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
+  page_builders.write_page(workdir, page_builders.feature_inversion_page(summary, workdir),
+                           config.report_photos)
   return summary
