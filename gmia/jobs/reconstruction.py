@@ -25,6 +25,7 @@ import numpy as np
 
 from gmia import files, fingerprint, kernels, metrics, parallel, sources, viz
 from gmia.attacks import people
+from gmia.jobs import page_builders
 from gmia.jobs.inputs import check_inputs
 from gmia.data import folders, photos as photo_files
 from gmia.inversion import latent, latent_encoder_training
@@ -99,6 +100,7 @@ def default_config() -> ml_collections.ConfigDict:
           "initial_noise_factor": 0.05,  # 0 suits a latent encoder start (bench_latent_encoder).
       },
       "grid_rows": 8,
+      "report_photos": True,              # report.html shows the faces; False: fingerprints.
       "overwrite": False,                 # Start over when the workdir holds other inputs' results.
   })
 
@@ -169,7 +171,8 @@ def _distances(source: sources.Source, latent_encoder_workdir: str, config,
 @exclusive
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the black-box, white-box (and calibrated) attacks; writes report.json, scores.csv,
-  roc.png and reconstructions.png (target | reconstruction | residual) into `workdir`."""
+  roc.png, reconstructions.png (target | reconstruction | residual) and report.html into
+  `workdir`."""
   if config.reference_generator and (
       bool(config.latent_encoder_workdir) != bool(config.reference_latent_encoder_workdir)):
     raise ValueError("calibrated scores need both projections started alike: set "
@@ -190,7 +193,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                              "reference_latent_encoder_workdir")},
                          "projection": config.projection.to_dict()},
                overwrite=config.overwrite, outputs=(REPORT_FILE, "scores.csv", "roc.png",
-                                                    "reconstructions.png"))
+                                                    "reconstructions.png",
+                                                    page_builders.PAGE_FILE))
   found = _distances(source, config.latent_encoder_workdir, config, targets)
   reference = (_distances(reference, config.reference_latent_encoder_workdir, config, targets)
                if reference is not None else None)
@@ -210,5 +214,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   save_reconstruction_grid(os.path.join(workdir, "reconstructions.png"), targets[rows],
                            found["reconstructions"][rows],
                            ["member" if labels[i] else "non-member" for i in rows])
+  summary.update(page_builders.reconstruction_extras(summary))
+  summary["provenance"] = page_builders.provenance(workdir, config, summary["seconds"])
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
+  page_builders.write_page(workdir, page_builders.reconstruction_page(summary, workdir),
+                           config.report_photos)
   return summary
