@@ -91,13 +91,22 @@ def test_batch_polymorphic_export_and_split_points(network_file):
   assert close(again, expected) < 1e-4
 
 
-def test_gradient_through_sface_is_finite(network_file):
+def test_gradient_through_sface_matches_finite_differences(network_file):
+  # Along the gradient's own direction the derivative is the gradient's norm: a central
+  # difference of 0.3 grey levels gives it within 0.1% (measured 9e-4; float32 rounding of the
+  # output is 1e-5 of it, the rest curvature). A gradient that drops or scales a path (through
+  # the int8 blocks, a PReLU's negative side) misses it by far more than the 1% allowed.
   path, _, _ = network_file("sface")
   net = import_onnx(path)
   x = np.random.default_rng(2).uniform(0, 255, net.input_shapes[0]).astype(np.float32)
-  direction = np.random.default_rng(3).normal(size=net.output_shapes[0]).astype(np.float32)
-  grad = jax.jit(jax.grad(lambda x: jnp.sum(net.apply(net.params, x) * direction)))(x)
-  assert np.isfinite(grad).all() and np.abs(grad).max() > 0
+  weights = np.random.default_rng(3).normal(size=net.output_shapes[0]).astype(np.float32)
+  f = jax.jit(lambda x: jnp.sum(net.apply(net.params, x) * weights))
+  grad = np.asarray(jax.jit(jax.grad(f))(x), np.float64)
+  norm = np.linalg.norm(grad)
+  assert np.isfinite(grad).all() and norm > 0
+  direction, step = (grad / norm).astype(np.float32), 0.3
+  central = (float(f(x + step * direction)) - float(f(x - step * direction))) / (2 * step)
+  assert abs(central - norm) < 1e-2 * norm, (central, norm)
 
 
 @pytest.mark.parametrize("ci", ["", "1"])
