@@ -1,17 +1,19 @@
-"""gmia on one GPU in one call: kernels, StyleGAN2, face networks and the attack, each beside its peer.
+"""gmia on one GPU in one call: kernels, StyleGAN2, face networks and the attack beside their peers.
 
 On a machine with one NVIDIA GPU whose image holds JAX (CUDA), flax, optax, orbax, onnx,
 onnxruntime and torch, after `bash bench/prepare_accelerator.sh` here (wheels the image lacks,
 NVIDIA's stylegan2-ada-pytorch and the ONNX files, all under ignored folders of bench/):
 
-    bash bench/accelerator.sh --json $OUT/accelerator.json
+    bash bench/accelerator.sh --json accelerator.json --log accelerator.log
 
-carrying bench/.wheels, bench/.peers and bench/.assets. As one call of this workplace's device
-tool: command `set -o pipefail; bash bench/accelerator.sh --json $OUT/accelerator.json 2>&1 |
-tee $OUT/accelerator.log`, carry ["bench/.wheels", "bench/.peers", "bench/.assets"],
-timeout_s 600 (the sections stop themselves by --deadline_s, 450 s). `--toy` runs every section
-at tiny sizes on a CPU (tests/test_accelerator_bench.py; 75-95 s on the 2 loaded development
-cores). `--sections kernel,faces` reruns a part.
+carrying bench/.wheels, bench/.peers and bench/.assets (21 MiB). As one call of this workplace's
+device tool: command `set -o pipefail; bash bench/accelerator.sh --json $OUT/accelerator.json
+--log $OUT/accelerator.log 2>&1 | tee $OUT/accelerator.txt`, carry ["bench/.wheels",
+"bench/.peers", "bench/.assets"], timeout_s 600: the run stops starting sections at
+--deadline_s (450 s) and cuts each section to its budget within it, keeping 40 s for each one
+still to come. `--sections kernel,faces` reruns a part. `--toy` runs every section at tiny sizes
+on a CPU (tests/test_accelerator_bench.py): 95-135 s, 25-31 s of CPU time, on the 2 development
+cores under a load of 16-18.
 
 Each section runs in its own process, so a failing or hanging peer costs only its own lines
 (printed with a one-line reason), and the attack's peak device memory is the attack's alone:
@@ -112,6 +114,7 @@ TOY = Sizes(matmul=256, queries=2048, refs=2048, dim=64, chunks=(512,), resoluti
             attack_photos=64, attack_people=16, rounds=2,
             budgets={"header": 120, "kernel": 120, "nvidia": 240, "stylegan": 240,
                      "faces": 240, "attack": 240})
+RESERVE_S = 40.0
 TOP_K = 10
 CONV_CLAMP = 256.0
 
@@ -195,18 +198,21 @@ def section_kernel(args, sizes: Sizes) -> None:
 
   keys = jax.random.split(jax.random.key(0), 4)
   unit = lambda x: x / jnp.linalg.norm(x, axis=1, keepdims=True)
-  for dtype, name in ((jnp.bfloat16, "bf16"), (jnp.float32, "f32")):
-    # The kernel's own precision for each input type: bf16 products, and full f32 products (no
-    # tf32 rounding) for f32 inputs; both accumulate in f32.
-    precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+
+  def matmul_seconds(dtype, precision) -> float:
     a = jax.random.normal(keys[0], (sizes.matmul,) * 2, dtype)
     b = jax.random.normal(keys[1], (sizes.matmul,) * 2, dtype)
     dot = jax.jit(lambda a, b: jnp.dot(a, b, precision=precision,
                                        preferred_element_type=jnp.float32))
-    _, seconds = timed(lambda: dot(a, b), jax.block_until_ready, sizes.rounds)
-    emit("matmul", dtype=name, precision=str(precision).split(".")[-1], n=sizes.matmul,
+    return timed(lambda: dot(a, b), jax.block_until_ready, sizes.rounds)[1]
+
+  for dtype, name in ((jnp.bfloat16, "bf16"), (jnp.float32, "f32")):
+    # The kernel's own precision for each input type: bf16 products, and full f32 products (no
+    # tf32 rounding) for f32 inputs; both accumulate in f32.
+    precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+    seconds = matmul_seconds(dtype, precision)
+    emit("matmul", dtype=name, precision=precision.name, n=sizes.matmul,
          tflops=2.0 * sizes.matmul ** 3 / seconds / 1e12)
-    del a, b
     queries = unit(jax.random.normal(keys[2], (sizes.queries, sizes.dim))).astype(dtype)
     refs = unit(jax.random.normal(keys[3], (sizes.refs, sizes.dim))).astype(dtype)
     for chunk in sizes.chunks:
@@ -219,10 +225,9 @@ def section_kernel(args, sizes: Sizes) -> None:
 
 def _no_distutils_needed() -> None:
   """NVIDIA's dnnlib imports distutils.util.strtobool, which Python 3.12 no longer ships."""
-  try:
-    import distutils.util  # noqa: F401
-  except ImportError:
-    import types
+  import importlib.util
+  import types
+  if importlib.util.find_spec("distutils") is None:
     util = types.ModuleType("distutils.util")
     util.strtobool = lambda value: int(str(value).lower() in ("y", "yes", "t", "true", "on", "1"))
     sys.modules.update({"distutils": types.ModuleType("distutils"), "distutils.util": util})
@@ -322,32 +327,32 @@ def section_stylegan(args, sizes: Sizes) -> None:
       generators[resolution] = (generator, jax.device_put(g_vars), weights)
     return generators[resolution]
 
-  # The default (batched) modulation at both sizes first: a section cut short by its budget
-  # loses the fused variants, not them.
-  for variant in ("batched", "fused"):
-    for resolution, channel_base, batch in zip(sizes.resolutions, sizes.channel_bases,
-                                               sizes.batches):
-      generator, g_vars, weights = generator_at(resolution, channel_base)
-      sample = sampling.make_sampler(generator.clone(fused_modconv=variant == "fused"))
-      z, key = jax.device_put(latents(batch, sizes.latent)), jax.random.key(0)
-      first, seconds = timed(lambda: sample(g_vars, z, key), jax.block_until_ready,
-                             sizes.rounds)
-      record = dict(resolution=resolution, batch=batch, variant=variant, weights=weights,
-                    images_per_s=batch / seconds, compile_s=first - seconds)
-      reference_path = pickle_stem(args.workdir, resolution) + ".npy"
-      if os.path.exists(reference_path):
-        reference = np.load(reference_path)
-        images = np.asarray(sample(g_vars, z, key)[:len(reference)])
-        record.update(max_abs_diff=float(np.abs(images - reference).max()),
-                      output_abs_max=float(np.abs(reference).max()))
-      emit("stylegan", **record)
+  # The default (batched) modulation at both sizes, then the fused one (one grouped convolution,
+  # NVIDIA's inference path) at the smaller only, one compilation fewer within the deadline.
+  shapes = list(zip(sizes.resolutions, sizes.channel_bases, sizes.batches))
+  runs = [("batched", shape) for shape in shapes] + [("fused", shapes[0])]
+  for variant, (resolution, channel_base, batch) in runs:
+    generator, g_vars, weights = generator_at(resolution, channel_base)
+    sample = sampling.make_sampler(generator.clone(fused_modconv=variant == "fused"))
+    z, key = jax.device_put(latents(batch, sizes.latent)), jax.random.key(0)
+    first, seconds = timed(lambda: sample(g_vars, z, key), jax.block_until_ready,
+                           sizes.rounds)
+    record = dict(resolution=resolution, batch=batch, variant=variant, weights=weights,
+                  images_per_s=batch / seconds, compile_s=first - seconds)
+    reference_path = pickle_stem(args.workdir, resolution) + ".npy"
+    if os.path.exists(reference_path):
+      reference = np.load(reference_path)
+      images = np.asarray(sample(g_vars, z, key)[:len(reference)])
+      record.update(max_abs_diff=float(np.abs(images - reference).max()),
+                    output_abs_max=float(np.abs(reference).max()))
+    emit("stylegan", **record)
 
 
 def _ort_call(session, feeds: dict[str, np.ndarray], device: str) -> Callable[[], Any]:
   """One run of `session` on inputs already on `device` ("cuda" or "cpu"), so that no copy of
-  the inputs to the GPU is timed beside gmia's device-resident arrays (the outputs, 0.1-1% of
-  the inputs' bytes, come back to the host: onnxruntime checks bound outputs against the
-  graph's declared batch of 1)."""
+  the inputs to the GPU is timed beside gmia's device-resident arrays. The outputs, 0.1-1% of
+  the inputs' bytes, come back to the host: outputs bound on the device are checked against
+  the graph's declared batch of 1, which tests/assets.py's free batch leaves on SFace's."""
   import onnxruntime
   values = {name: onnxruntime.OrtValue.ortvalue_from_numpy(x, device, 0)
             for name, x in feeds.items()}
@@ -545,14 +550,27 @@ class Run:
     self.args, self.sizes = args, sizes
     self.start = time.perf_counter()
     self.deadline = self.start + args.deadline_s
+    # Children still to run, in order: each keeps RESERVE_S of the deadline for those after it.
+    chosen = args.sections.split(",")
+    self.pending = [name for name in ("header", "kernel", "nvidia", "stylegan", "faces",
+                                      "attack")
+                    if name in chosen or (name == "nvidia" and "stylegan" in chosen)]
     self.records: list[dict] = []
     self.problems: dict[str, str] = {}
     self.seconds: dict[str, float] = {}
     self.nvidia_reason = nvidia_unavailable(args)
 
+  def time_left(self, name: str) -> float:
+    """Seconds `name` may take: its budget, within what the sections after it leave."""
+    later = self.pending[self.pending.index(name) + 1:] if name in self.pending else []
+    return min(self.sizes.budgets[name],
+               self.deadline - time.perf_counter() - RESERVE_S * len(later))
+
   def section(self, name: str, python: str = sys.executable) -> list[dict]:
     """Runs section `name` in a child; its records, or [] and a one-line reason in problems."""
-    budget = min(self.sizes.budgets[name], self.deadline - time.perf_counter())
+    budget = self.time_left(name)
+    if name in self.pending:
+      self.pending.remove(name)
     if budget < 5:
       self.problems[name] = "not run: the run's deadline has passed"
       return []
@@ -620,7 +638,7 @@ def print_header(run: Run) -> None:
     print(f"GPU: {gpu}; JAX {r['jax']} ({r['platform']}), {r['devices']} device(s); "
           f"jaxlib {r['jaxlib']}, flax {r['flax']}, optax {r['optax']}, orbax {r['orbax']}, "
           f"onnx {r['onnx']}, onnxruntime {r['onnxruntime']} ({', '.join(r['ort_providers'])}), "
-          f"torch {r['torch']}, Python {r['python']}, {r['cpus']} CPUs", flush=True)
+          f"torch {r['torch'] or 'absent'}, Python {r['python']}, {r['cpus']} CPUs", flush=True)
   report_problem(run, "header")
 
 
@@ -747,7 +765,7 @@ def start_build(run: Run) -> tuple[subprocess.Popen | None, str]:
 
 def wait_for_build(run: Run, build: subprocess.Popen, log: str) -> list[dict]:
   """The build's record; stopped (with its compilers) past half the NVIDIA section's budget."""
-  budget = min(run.sizes.budgets["nvidia"] / 2, run.deadline - time.perf_counter())
+  budget = run.time_left("nvidia") / 2
   stopped = False
   try:
     build.wait(timeout=max(budget, 1))

@@ -9,8 +9,8 @@ python=${PYTHON:-python3}
 
 if ! "$python" -c "import ml_collections, tensorflow_datasets, array_record" 2>/dev/null; then
   if [ ! -d bench/.wheels ]; then
-    echo "gmia's requirements are missing and bench/.wheels is absent:" \
-         "run bench/prepare_accelerator.sh where a registry can be reached, and carry bench/.wheels" >&2
+    echo "gmia's requirements are missing and bench/.wheels is absent: run" \
+         "bench/prepare_accelerator.sh where a registry answers, and carry bench/.wheels" >&2
     exit 1
   fi
   site=${TMPDIR:-/tmp}/gmia-site
