@@ -35,9 +35,9 @@ ATTACK_NAMES = {"black_box": "full black-box: the nearest of the generated sampl
 P_VALUE_MEANING = (
     "What the p-value does not mean: it is not the chance that the face was used. A small one "
     "says the generator's faces match these photos more closely than they match almost everyone "
-    "it never saw, which training on the photos explains, and so could a close likeness of "
-    "someone it saw. A large one does not show the face was not used: a generator can see a "
-    "face without reproducing it, and a small population cannot give a small p-value at all.")
+    "it never saw: training on the photos would explain that, but so would a close likeness to "
+    "someone it did see. A large one does not show that the face was not used: a generator can "
+    "see a face without reproducing it, and a small population cannot give a small p-value.")
 SET_TEST_CAVEAT = (
     "The person-level test compares every photo of the person with every photo of the "
     "population (one-sided Welch t-test): it has more power than the rank, but it counts photos "
@@ -408,19 +408,19 @@ def calibration_extras(report: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def calibration_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
-  generators = [g for g in report["metrics"]]
+  generators = list(report["metrics"])
   columns = {"variant": "variant"}
   for generator in generators:
     columns[generator] = generator
     columns[f"{generator} interval"] = f"{generator}_interval"
+  # The target's and the control's attacks are the main job's; the others this job's own.
   main = report["config"]["main_workdir"]
-  attacks = {"target": os.path.join(main, "attack"),
-             "control": os.path.join(main, "attack_control"),
-             **{g: os.path.join(workdir, f"attack_{g}") for g in generators
-                if g not in ("target", "control")}}
+  attacks = {generator: os.path.join(workdir, f"attack_{generator}") for generator in generators}
+  attacks.update(target=os.path.join(main, "attack"),
+                 control=os.path.join(main, "attack_control"))
   links = [pages.Link(f"the attack on the {generator} generator",
                       os.path.relpath(os.path.join(attacks[generator], PAGE_FILE), workdir))
-           for generator in generators if generator in attacks]
+           for generator in generators]
   first = report["metrics"]["target"][report["table"][0]["variant"]]
   return pages.Page("Score variants and their calibration", report, ["verdict"], [
       pages.Section("AUC of every variant on every generator", [
