@@ -120,7 +120,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "split": fingerprint.tree_digest(split.to_json())})
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
   files.write_atomic(os.path.join(workdir, "calibration.md"), markdown_table(summary))
-  page_builders.write_page(workdir, page_builders.calibration_page(summary, workdir),
+  page_builders.write_page(workdir, page_builders.calibration_page, summary,
                            config.main.attack.report_photos)
   return summary
 

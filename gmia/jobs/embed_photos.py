@@ -90,7 +90,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       workdir, config, time.perf_counter() - started,
       {"matcher": embedder.fingerprint, "photos": fingerprint.tree_digest(embedded.crops)})
   files.write_json(os.path.join(workdir, REPORT_FILE), result)
-  page_builders.write_page(workdir, page_builders.embed_photos_page(result, workdir),
+  page_builders.write_page(workdir, page_builders.embed_photos_page, result,
                            config.report_photos)
   return result
 

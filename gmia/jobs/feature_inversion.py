@@ -285,6 +285,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "network": fingerprint.tree_digest(network.variables), "judge": judge.fingerprint,
       "victims": fingerprint.tree_digest(originals)})
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
-  page_builders.write_page(workdir, page_builders.feature_inversion_page(summary, workdir),
+  page_builders.write_page(workdir, page_builders.feature_inversion_page, summary,
                            config.report_photos)
   return summary

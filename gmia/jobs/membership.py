@@ -153,7 +153,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   summary.update(page_builders.membership_extras(summary))
   summary["provenance"] = page_builders.provenance(workdir, config, summary["seconds"])
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
-  page_builders.write_page(workdir, page_builders.membership_page(summary, workdir),
+  page_builders.write_page(workdir, page_builders.membership_page, summary,
                            config.report_photos)
   return summary
 

@@ -15,9 +15,10 @@ nearest to them) come from matches.npz, which the membership attack writes besid
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from gmia import files
@@ -57,10 +58,16 @@ def provenance(workdir: str, config: Any, seconds: float | None,
   return pages.provenance(inputs, config, seconds)
 
 
-def write_page(workdir: str, page: pages.Page, show_photos: bool) -> None:
-  """Writes `page` as workdir/report.html; show_photos=False (a job's report_photos) replaces
-  every photo of a person by its fingerprint."""
-  pages.render_page(os.path.join(workdir, PAGE_FILE), page, show_photos=bool(show_photos))
+def write_page(workdir: str, build: Callable[[Mapping[str, Any], str], pages.Page],
+               report: Mapping[str, Any], show_photos: bool) -> None:
+  """Writes the page `build` (one of the *_page functions here) makes of `report` as
+  workdir/report.html; show_photos=False (a job's report_photos) replaces every photo of a person
+  by its fingerprint. Process 0 alone builds it: it writes the files the page embeds, which the
+  other processes of a multi-process job may not see yet."""
+  if jax.process_index() != 0:
+    return
+  pages.render_page(os.path.join(workdir, PAGE_FILE), build(report, workdir),
+                    show_photos=bool(show_photos))
 
 
 def _n(value: float | int | bool | None) -> str:

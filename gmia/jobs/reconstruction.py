@@ -217,6 +217,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary.update(page_builders.reconstruction_extras(summary))
   summary["provenance"] = page_builders.provenance(workdir, config, summary["seconds"])
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
-  page_builders.write_page(workdir, page_builders.reconstruction_page(summary, workdir),
+  page_builders.write_page(workdir, page_builders.reconstruction_page, summary,
                            config.report_photos)
   return summary

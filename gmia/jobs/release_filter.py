@@ -114,6 +114,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   result.update(page_builders.release_filter_extras(result))
   result["provenance"] = page_builders.provenance(workdir, config, time.perf_counter() - started)
   files.write_json(os.path.join(workdir, REPORT_FILE), result)
-  page_builders.write_page(workdir, page_builders.release_filter_page(result, workdir),
+  page_builders.write_page(workdir, page_builders.release_filter_page, result,
                            config.report_photos)
   return result

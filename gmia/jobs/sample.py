@@ -86,6 +86,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary["provenance"] = page_builders.provenance(
       workdir, config, time.perf_counter() - started, {"generator": source.fingerprint})
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
-  page_builders.write_page(workdir, page_builders.sample_page(summary, workdir),
+  page_builders.write_page(workdir, page_builders.sample_page, summary,
                            config.report_photos)
   return summary

@@ -211,7 +211,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   files.write_json(os.path.join(workdir, SWEEP_FILE), report)
   files.write_atomic(os.path.join(workdir, "sweep.md"), markdown_table(summary))
   save_sweep_figure(os.path.join(workdir, "sweep.png"), summary)
-  page_builders.write_page(workdir, page_builders.sweep_page(report, workdir),
+  page_builders.write_page(workdir, page_builders.sweep_page, report,
                            config.attack.report_photos)
   return summary
 
