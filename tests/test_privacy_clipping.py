@@ -52,8 +52,8 @@ def test_clipped_sum_matches_numpy(clip_norm):
   got = clipping.clipped_sum(grads, clip_norm)
   for name in want:
     np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
-  # With no noise, private_sum is the clipped sum itself, drawing nothing.
-  same = clipping.private_sum(grads, clip_norm=clip_norm, noise_multiplier=0.0, key=None)
+  # With no noise, the clipped sum is left as it is, and nothing is drawn.
+  same = clipping.add_noise(got, clip_norm=clip_norm, noise_multiplier=0.0, key=None)
   for name in want:
     np.testing.assert_array_equal(same[name], got[name])
 
@@ -77,8 +77,8 @@ def test_noise_has_the_stated_standard_deviation():
 
   @jax.jit
   def noise(key):
-    noisy = clipping.private_sum(grads, clip_norm=clip_norm, noise_multiplier=noise_multiplier,
-                                 key=key)
+    noisy = clipping.add_noise(clipped, clip_norm=clip_norm, noise_multiplier=noise_multiplier,
+                               key=key)
     return jnp.concatenate([(noisy[k] - clipped[k]).ravel() for k in ("w", "b")])
 
   samples = np.asarray(jax.vmap(noise)(jax.random.split(jax.random.key(0), draws)))
@@ -99,6 +99,6 @@ def test_noise_has_the_stated_standard_deviation():
 def test_noise_without_a_finite_clip_norm_is_refused():
   grads = {"w": jnp.zeros((2, 3))}
   with pytest.raises(ValueError, match="positive and finite"):
-    clipping.private_sum(grads, clip_norm=np.inf, noise_multiplier=1.0, key=jax.random.key(0))
+    clipping.add_noise(grads, clip_norm=np.inf, noise_multiplier=1.0, key=jax.random.key(0))
   with pytest.raises(ValueError, match="non-negative"):
-    clipping.private_sum(grads, clip_norm=1.0, noise_multiplier=-1.0, key=jax.random.key(0))
+    clipping.add_noise(grads, clip_norm=1.0, noise_multiplier=-1.0, key=jax.random.key(0))

@@ -12,6 +12,26 @@ The training state is a plain dict (see `init_state`), replicated over the mesh;
 and every latent batch are split over the mesh's `data` axis. Besides the losses, a step reports
 `grads_nonfinite`: how many gradient entries of its phases were NaN or inf (and replaced, as
 NVIDIA does, so training goes on while the losses and parameters stay finite).
+
+With `config.privacy.enabled` the step is person-level DP-SGD (Abadi et al. 2016, at the level of
+people: McMahan et al. 2018). The updates that read real photos, D main and D R1, are computed
+from Poisson-sampled people (gmia.privacy.sampling): each person's gradient of their part of the
+loss (their photos' softplus(-D(x)), or their photos' R1 penalty, summed and divided by
+max_photos_per_person) is clipped to a norm, the people's sum gets Gaussian noise
+(gmia.privacy.clipping) and is divided by the expected number of people per step. D's fake term
+reads no photo: its gradient, taken as in the ordinary step on the same fakes, is added after the
+noise, unclipped, so the whole clipping budget goes to the photos and the fakes cost no privacy
+(they are a function of G, itself computed from earlier noisy releases only). The R1 update
+releases again from its step's sample, with its own clip norm (its gradients are on another
+scale) and the same noise multiplier; gmia.privacy.accounting counts such a step at
+noise_multiplier / sqrt(2). G's phases and the EMA read only D and latents: post-processing.
+With no clipping and no noise the private step equals the ordinary one on the same photos, up to
+the order of floating-point sums (tests/test_train_gan_dp.py). D's minibatch-std layer must be
+off: within one person's photos its statistic would tell D one person from many fakes. A
+private step stores and reports nothing else computed from photos: the real logits, D's loss and
+the R1 penalty are left out of its metrics and state. The guarantee covers what the run releases
+(the generator); its checkpoints hold the seed and RNG key from which the noise is drawn, so they
+stay with the owner, as any DP-SGD training state does.
 """
 
 from __future__ import annotations
@@ -24,13 +44,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec as P
 
 from gmia import parallel
 from gmia.gan import ema, losses
 from gmia.models import stylegan
+from gmia.privacy import clipping
 
 State = dict[str, Any]
+# fold_in data for the DP noise key of a step: above the counters its split(key, 4) uses.
+_NOISE_STREAM = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,16 +133,46 @@ def _adam_step(tx: optax.GradientTransformation, params, opt_state, grads):
   return optax.apply_updates(params, updates), opt_state, nonfinite
 
 
-def make_train_step(config: ml_collections.ConfigDict, models: GanModels,
-                    mesh: Mesh) -> Callable[[State, jax.Array], tuple[State, dict]]:
+def r1_clip_norm(config: ml_collections.ConfigDict) -> float:
+  """The clip norm of the private R1 update: privacy.r1_clip_norm, or clip_norm when -1."""
+  privacy = config.privacy
+  return privacy.clip_norm if privacy.r1_clip_norm == -1 else privacy.r1_clip_norm
+
+
+def private_r1(config: ml_collections.ConfigDict) -> bool:
+  """Whether a private run makes R1 updates (none when r1_gamma is 0: they would be noise)."""
+  return config.loss.r1_gamma > 0
+
+
+def _check_private(config: ml_collections.ConfigDict, noise_multiplier: float | None) -> None:
+  if noise_multiplier is None or noise_multiplier < 0:
+    raise ValueError(f"a private step needs a non-negative noise multiplier (from "
+                     f"gmia.privacy.accounting.plan), got {noise_multiplier}")
+  if config.model.mbstd_num_channels > 0 and config.model.mbstd_group_size != 1:
+    raise ValueError("privacy: D's minibatch-std layer would compare photos of one person "
+                     "against many fakes; set model.mbstd_num_channels=0 for DP training")
+  if not 0 < r1_clip_norm(config):
+    raise ValueError(f"privacy.r1_clip_norm must be -1 (clip_norm) or positive, got "
+                     f"{config.privacy.r1_clip_norm}")
+
+
+def make_train_step(config: ml_collections.ConfigDict, models: GanModels, mesh: Mesh,
+                    noise_multiplier: float | None = None) -> Callable[[State, Any],
+                                                                       tuple[State, dict]]:
   """Returns `train_step(state, reals) -> (state, metrics)`, to be jitted (the training loop
   does, with the state donated).
 
-  reals: f32[batch_size, R, R, 3] in [-1, 1], sharded over `data`. The step's randomness is
+  reals: f32[batch_size, R, R, 3] in [-1, 1], sharded over `data`; with config.privacy.enabled,
+  the step's people instead (gmia.privacy.sampling): {"images": f32[S, K, R, R, 3],
+  "mask": f32[S, K]} for S slots of K = privacy.max_photos_per_person photos, sharded over
+  `data`, and `noise_multiplier` is that of the run's privacy plan. The step's randomness is
   fold_in(state key, state step), so a step is a pure function of the state and the batch.
   """
   G, D = models.generator, models.discriminator
   cfg_loss, batch = config.loss, config.batch_size
+  private = config.privacy.enabled
+  if private:
+    _check_private(config, noise_multiplier)
   pl_batch = batch // cfg_loss.pl_batch_shrink
   parallel.check_divisible(batch, mesh)
   if cfg_loss.pl_weight > 0:
@@ -174,7 +227,85 @@ def make_train_step(config: ml_collections.ConfigDict, models: GanModels,
     loss = jnp.mean(penalty) * (cfg_loss.r1_gamma / 2) * cfg_loss.d_reg_interval
     return loss, jnp.mean(penalty)
 
-  def train_step(state: State, reals: jax.Array) -> tuple[State, dict]:
+  max_photos = config.privacy.max_photos_per_person
+
+  def person_real_loss(d_params, images, mask):
+    """One person's part of D's real term: softplus(-D(x)) of their photos [K, R, R, 3] (mask
+    [K] of the real ones), summed, / K. Summed over P people of K photos and divided by P, it
+    is the ordinary step's mean over a batch of P * K photos."""
+    return jnp.sum(mask * jax.nn.softplus(-discriminate(d_params, images))) / max_photos
+
+  def person_r1_loss(d_params, images, mask):
+    """One person's part of the R1 loss, scaled as `d_reg_loss`'s."""
+    penalty, _ = losses.r1_penalty(lambda x: discriminate(d_params, x), images)
+    return (jnp.sum(mask * penalty) / max_photos * (cfg_loss.r1_gamma / 2)
+            * cfg_loss.d_reg_interval)
+
+  def d_fake_loss(d_params, fakes):
+    """D's fake term of `losses.discriminator_loss`: mean softplus(D(G(z)))."""
+    fake_logits = discriminate(d_params, fakes)
+    return jnp.mean(jax.nn.softplus(fake_logits)), fake_logits
+
+  def private_grads(person_loss, d_params, people, clip_norm, key):
+    """The noisy mean over the expected people of their clipped gradients of `person_loss`.
+
+    Each device clips and sums the people it holds and the sums are psummed: under plain SPMD,
+    XLA partitioned the per-person weight gradients (grouped convolutions) into an invalid
+    program on 8 devices. The gradients are taken at a device-varying copy of D's parameters:
+    at the replicated ones, shard_map's autodiff would psum each person's gradient with the
+    other devices' people before the clipping."""
+    def local_sum(d_params, images, mask):
+      d_params = jax.lax.pcast(d_params, parallel.DATA_AXIS, to="varying")
+      per_person = jax.vmap(jax.grad(person_loss), in_axes=(None, 0, 0))(d_params, images, mask)
+      return jax.lax.psum(clipping.clipped_sum(per_person, clip_norm), parallel.DATA_AXIS)
+
+    data = P(parallel.DATA_AXIS)
+    summed = jax.shard_map(local_sum, mesh=mesh, in_specs=(P(), data, data), out_specs=P())(
+        d_params, people["images"], people["mask"])
+    noisy = clipping.add_noise(summed, clip_norm=clip_norm, noise_multiplier=noise_multiplier,
+                               key=key)
+    return jax.tree.map(lambda g: g / config.privacy.people_per_step, noisy)
+
+  def d_phases(state, d_params, d_opt, fakes, reals):
+    """D main and (every d_reg_interval steps) D R1: (d_params, d_opt, non-finite gradient
+    entries, metrics)."""
+    step = state["step"]
+    (d_loss, (real_logits, fake_logits)), grads = jax.value_and_grad(d_main_loss, has_aux=True)(
+        d_params, fakes, reals)
+    d_params, d_opt, d_nonfinite = _adam_step(d_tx, d_params, d_opt, grads)
+
+    def d_reg(_):
+      (_, penalty), grads = jax.value_and_grad(d_reg_loss, has_aux=True)(d_params, reals)
+      return (*_adam_step(d_tx, d_params, d_opt, grads), penalty)
+
+    d_params, d_opt, d_reg_nonfinite, r1_penalty = jax.lax.cond(
+        step % cfg_loss.d_reg_interval == 0, d_reg,
+        lambda _: (d_params, d_opt, jnp.zeros_like(d_nonfinite), state["r1_penalty"]), None)
+    metrics = {"loss_d": d_loss, "d_real": jnp.mean(real_logits),
+               "d_fake": jnp.mean(fake_logits), "r1_penalty": r1_penalty}
+    return d_params, d_opt, d_nonfinite + d_reg_nonfinite, metrics
+
+  def private_d_phases(state, d_params, d_opt, fakes, people, key):
+    """`d_phases` with the photos' gradients private; metrics only of the fakes."""
+    k_main, k_reg = jax.random.split(jax.random.fold_in(key, _NOISE_STREAM))
+    (d_fake, fake_logits), fake_grads = jax.value_and_grad(d_fake_loss, has_aux=True)(
+        d_params, fakes)
+    real_grads = private_grads(person_real_loss, d_params, people, config.privacy.clip_norm,
+                               k_main)
+    grads = jax.tree.map(jnp.add, real_grads, fake_grads)
+    d_params, d_opt, nonfinite = _adam_step(d_tx, d_params, d_opt, grads)
+    if private_r1(config):
+      def d_reg(_):
+        grads = private_grads(person_r1_loss, d_params, people, r1_clip_norm(config), k_reg)
+        return _adam_step(d_tx, d_params, d_opt, grads)
+
+      d_params, d_opt, reg_nonfinite = jax.lax.cond(
+          state["step"] % cfg_loss.d_reg_interval == 0, d_reg,
+          lambda _: (d_params, d_opt, jnp.zeros_like(nonfinite)), None)
+      nonfinite += reg_nonfinite
+    return d_params, d_opt, nonfinite, {"loss_d_fake": d_fake, "d_fake": jnp.mean(fake_logits)}
+
+  def train_step(state: State, reals: Any) -> tuple[State, dict]:
     step = state["step"]
     key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), step)
     k_gmain, k_greg, k_dgen, k_dsyn = jax.random.split(key, 4)
@@ -200,26 +331,20 @@ def make_train_step(config: ml_collections.ConfigDict, models: GanModels,
 
     ws, g_buffers = mapped(g_params, g_buffers, k_dgen, batch)
     fakes = synthesize(g_params, g_buffers, ws, k_dsyn)
-    (d_loss, (real_logits, fake_logits)), grads = jax.value_and_grad(d_main_loss, has_aux=True)(
-        d_params, fakes, reals)
-    d_params, d_opt, d_nonfinite = _adam_step(d_tx, d_params, d_opt, grads)
-
-    def d_reg(_):
-      (_, penalty), grads = jax.value_and_grad(d_reg_loss, has_aux=True)(d_params, reals)
-      return (*_adam_step(d_tx, d_params, d_opt, grads), penalty)
-
-    d_params, d_opt, d_reg_nonfinite, r1_penalty = jax.lax.cond(
-        step % cfg_loss.d_reg_interval == 0, d_reg,
-        lambda _: (d_params, d_opt, jnp.zeros_like(d_nonfinite), state["r1_penalty"]), None)
+    if private:
+      d_params, d_opt, d_nonfinite, d_metrics = private_d_phases(state, d_params, d_opt, fakes,
+                                                                 reals, key)
+    else:
+      d_params, d_opt, d_nonfinite, d_metrics = d_phases(state, d_params, d_opt, fakes, reals)
 
     beta = ema.ema_beta(step, batch, config.ema_kimg, config.ema_rampup)
     new_state = dict(state, step=step + 1, g_params=g_params, g_buffers=g_buffers,
                      g_ema=ema.ema_update(state["g_ema"], g_params, beta), d_params=d_params,
-                     g_opt=g_opt, d_opt=d_opt, pl_mean=pl_mean, r1_penalty=r1_penalty,
+                     g_opt=g_opt, d_opt=d_opt, pl_mean=pl_mean,
+                     r1_penalty=d_metrics.get("r1_penalty", state["r1_penalty"]),
                      pl_penalty=pl_penalty)
-    metrics = {"loss_g": g_loss, "loss_d": d_loss, "d_real": jnp.mean(real_logits),
-               "d_fake": jnp.mean(fake_logits), "r1_penalty": r1_penalty, "ema_beta": beta,
-               "grads_nonfinite": nonfinite + d_nonfinite + d_reg_nonfinite}
+    metrics = {"loss_g": g_loss, **d_metrics, "ema_beta": beta,
+               "grads_nonfinite": nonfinite + d_nonfinite}
     if cfg_loss.pl_weight > 0:
       metrics.update(pl_penalty=pl_penalty, pl_mean=pl_mean)
     return new_state, metrics

@@ -5,21 +5,34 @@
 saving the identity split next to the run. The loop (gmia.training) resumes a killed run from
 its latest checkpoint and reproduces the uninterrupted run bit for bit: the batch of step s is a
 pure function of (seed, s) and so is the step's randomness.
+
+With `config.privacy.enabled` the run is person-level DP-SGD (gmia.gan.train_step): its steps
+sample people, not photos (gmia.privacy.sampling), and its privacy plan (gmia.privacy.accounting:
+epsilon, delta, noise multiplier, sampling rate, steps, clip norms, accountant, people) is made
+before training, refused when over its budget, and saved in every checkpoint's metadata as
+`privacy`. A resumed DP run keeps the noise multiplier it started with, so one that asks for
+more steps than its target epsilon allows at that noise is refused.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from gmia import parallel, training, viz
+from gmia.checkpoint import Checkpointer, CorruptCheckpointError
 from gmia.data import run_data
+from gmia.data.arrays import FaceArrays
 from gmia.data.pipeline import Batches
 from gmia.gan import sampling, train_step
 from gmia.models import stylegan
+from gmia.privacy import accounting
+from gmia.privacy import sampling as people_sampling
 
 KIND = "gan"
 SAMPLES_DIR = "samples"
@@ -59,7 +72,59 @@ def default_config() -> ml_collections.ConfigDict:
   config.log_every = 100
   config.checkpoint_every = 1000
   config.grid_size = 32          # samples in the PNG grid written at every checkpoint.
+  config.privacy = accounting.default_config()
+  # Clip norm of the private R1 update, whose per-person gradients are on another scale than
+  # the main update's; -1: privacy.clip_norm.
+  config.privacy.r1_clip_norm = -1.0
   return config
+
+
+def _saved_noise_multiplier(workdir: str) -> float | None:
+  """The noise multiplier of the DP run whose checkpoints `workdir` holds (None: none yet, or a
+  run without privacy, which the loop refuses to continue privately)."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return None
+  checkpointer = Checkpointer(workdir, read_only=True)
+  try:
+    for step in reversed(checkpointer.all_steps()):
+      try:
+        privacy = checkpointer.restore_meta(step).get("privacy")
+      except CorruptCheckpointError:
+        continue  # The loop sets it aside; an older step of the run has the same plan.
+      return None if privacy is None else float(privacy["noise_multiplier"])
+  finally:
+    checkpointer.close()
+  return None
+
+
+def privacy_plan(config: ml_collections.ConfigDict, workdir: str, people: int) -> dict[str, Any]:
+  """The run's privacy metadata (gmia.privacy.accounting.plan) for `people` identities: every
+  step samples once and releases D's main update, and the steps with a lazy R1 update (one in
+  d_reg_interval, from step 0) release again from the same sample. ValueError when over budget."""
+  steps = config.num_steps
+  r1_steps = -(-steps // config.loss.d_reg_interval) if train_step.private_r1(config) else 0
+  saved = _saved_noise_multiplier(workdir)
+  try:
+    plan = accounting.plan(config.privacy, people=people, steps=steps, r1_steps=r1_steps,
+                           noise_multiplier=saved)
+  except ValueError as error:
+    if saved is None:
+      raise
+    raise ValueError(f"{workdir} was trained at noise multiplier {saved:.6g}, which a resumed "
+                     f"run keeps: {error}") from None
+  plan["r1_clip_norm"] = float(train_step.r1_clip_norm(config))
+  return plan
+
+
+def _private_batches(config: ml_collections.ConfigDict, photos: FaceArrays,
+                     num_devices: int) -> people_sampling.PersonBatches:
+  """People batches with slots for the most people a step keeps, rounded up to the devices."""
+  people = len(np.unique(photos.identity))
+  most = accounting.max_people(config.privacy, people) or people
+  return people_sampling.PersonBatches(
+      photos.images, photos.identity, people_per_step=config.privacy.people_per_step,
+      max_people=most, max_photos=config.privacy.max_photos_per_person,
+      slots=-(-most // num_devices) * num_devices, seed=config.seed, mirror=config.mirror)
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
@@ -74,10 +139,22 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
   if not len(train_photos):
     raise ValueError(f"the identity split has no identities in group {config.train_group!r} "
                      "with training photos: the generator has nobody to learn")
-  batches = Batches(arrays.select(train_photos).images, global_batch_size=config.batch_size,
-                    seed=config.seed, mirror=config.mirror)
   models = train_step.build_models(config)
-  gan_step = train_step.make_train_step(config, models, parallel.make_mesh())
+  mesh = parallel.make_mesh()
+  meta = {"split": split.to_json()}
+  photos = arrays.select(train_photos)
+  if config.privacy.enabled:
+    meta["privacy"] = privacy_plan(config, workdir, len(np.unique(photos.identity)))
+    logging.info("privacy plan: %s", meta["privacy"])
+    batches = _private_batches(config, photos, mesh.size)
+    gan_step = train_step.make_train_step(config, models, mesh,
+                                          meta["privacy"]["noise_multiplier"])
+    step_fn = lambda state, batch, _: gan_step(state, batch)
+  else:
+    batches = Batches(photos.images, global_batch_size=config.batch_size, seed=config.seed,
+                      mirror=config.mirror)
+    gan_step = train_step.make_train_step(config, models, mesh)
+    step_fn = lambda state, batch, _: gan_step(state, batch["images"])
   sample = sampling.make_sampler(models.generator)
   grid_z = sampling.latents(config.seed, config.grid_size, config.model.z_dim)
 
@@ -89,15 +166,13 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
 
   return training.Task(
       kind=KIND, init=lambda _: train_step.init_state(config, models),
-      phases=[training.Phase("train", config.num_steps,
-                             lambda state, batch, _: gan_step(state, batch["images"]),
-                             batches.at)],
-      meta={"split": split.to_json()}, on_checkpoint=save_grid,
-      resumable=frozenset({"num_steps", "grid_size"}), items_per_step=config.batch_size)
+      phases=[training.Phase("train", config.num_steps, step_fn, batches.at)],
+      meta=meta, on_checkpoint=save_grid, resumable=frozenset({"num_steps", "grid_size"}),
+      items_per_step=config.batch_size)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> training.Result:
   """Trains (or resumes) a StyleGAN2 in `workdir`: checkpoints/ (Orbax: state + meta {kind,
-  config, split}), split.json, samples/step_XXXXXXX.png, tensorboard/. The result's
-  train_metrics are the last logged step's."""
+  config, split, and privacy for a DP run}), split.json, samples/step_XXXXXXX.png,
+  tensorboard/. The result's train_metrics are the last logged step's."""
   return training.run(lambda: make_task(config, workdir), config, workdir)

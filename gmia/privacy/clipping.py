@@ -1,9 +1,11 @@
 """The Gaussian mechanism of person-level DP-SGD: clip each person's gradient, sum, add noise.
 
-`private_sum` turns per-person gradients (a pytree whose leaves have a leading people axis,
-empty slots holding zeros) into sum_p clip(g_p, C) + N(0, (sigma C)^2 I). Its L2 sensitivity to
-adding or removing one person is C whatever their photos, so with noise multiplier sigma one call
-is a Gaussian mechanism that `gmia.privacy.accounting` composes. Non-finite entries of a person's
+`clipped_sum` turns per-person gradients (a pytree whose leaves have a leading people axis,
+empty slots holding zeros) into sum_p clip(g_p, C), and `add_noise` adds N(0, (sigma C)^2 I) to
+it. The sum's L2 sensitivity to adding or removing one person is C whatever their photos, so the
+two make a Gaussian mechanism of noise multiplier sigma, which `gmia.privacy.accounting`
+composes. A sum over people sharded across devices is the psum of each device's clipped sum
+(clipping is per person), which is how the GAN step runs it. Non-finite entries of a person's
 gradient are replaced before the norm is taken (as the optimiser replaces them in an ordinary
 step), so no person escapes the bound through a NaN or inf. Clipping and summing are optax's
 `per_example_global_norm_clip`; the noise is one draw over the raveled tree, the same values on
@@ -38,16 +40,16 @@ def gaussian_noise(like: PyTree, key: jax.Array, stddev: float) -> PyTree:
   return unravel(stddev * jax.random.normal(key, flat.shape, flat.dtype))
 
 
-def private_sum(per_person: PyTree, *, clip_norm: float, noise_multiplier: float,
-                key: jax.Array) -> PyTree:
-  """`clipped_sum` plus Gaussian noise of standard deviation noise_multiplier * clip_norm.
+def add_noise(summed: PyTree, *, clip_norm: float, noise_multiplier: float,
+              key: jax.Array) -> PyTree:
+  """A `clipped_sum` plus Gaussian noise of standard deviation noise_multiplier * clip_norm.
 
-  noise_multiplier 0 adds nothing (and draws nothing): with clip_norm = inf it is the plain sum
-  of the people's gradients, which is how the DP step is checked against the ordinary one.
+  noise_multiplier 0 adds nothing (and draws nothing): with clip_norm = inf the result is the
+  plain sum of the people's gradients, which is how the DP step is checked against the ordinary
+  one.
   """
   if noise_multiplier < 0:
     raise ValueError(f"noise_multiplier must be non-negative, got {noise_multiplier}")
-  summed = clipped_sum(per_person, clip_norm)
   if noise_multiplier == 0:
     return summed
   if not 0 < clip_norm < math.inf:
