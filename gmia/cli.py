@@ -133,9 +133,16 @@ def flags_error_message(error: BaseException, argv: Sequence[str]) -> str:
       return f"--config={path} has no get_config()"
     if "NoneType" in str(error) or "before a value for --config" in str(error):  # A None config.
       return f"--config={path}: get_config() returned None, not an ml_collections ConfigDict"
+    # The file's own error, which ml_collections and absl may wrap in others of theirs.
+    chain = [error]
+    while chain[-1].__cause__ or chain[-1].__context__:
+      chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    raised = next((e for e in chain if _lines_in(e, path)), None)
+    if raised is not None:
+      return config_file_message(raised, path)
     # Overrides fail as absl's flag errors or lookups; anything else came from loading the file.
-    if (_lines_in(error, path) or "config file" in str(error)
-        or not isinstance(error, (flags.Error, KeyError, AttributeError))):
+    if "config file" in str(error) or not isinstance(error, (flags.Error, KeyError,
+                                                            AttributeError)):
       return config_file_message(error, path)
   if isinstance(error, (KeyError, AttributeError)):  # An override naming no field.
     return unknown_field_message(error, argv)

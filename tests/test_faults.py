@@ -35,16 +35,18 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import ml_collections
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from gmia import viz, workdir
+from gmia import parallel, sources, viz, workdir
 from gmia.checkpoint import CHECKSUMS
+from gmia.faces import embedder
 from gmia.models import nvidia_pickle
 from gmia.sources import image_files
-from tests import assets
+from tests import assets, dcgan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "stylegan2")
@@ -819,3 +821,74 @@ def test_the_memory_check_sees_a_reader_that_allocates_what_a_file_declares(serv
       "np.array(view)\n")
   outcome = server.run("naive_read", [], tmp_path, sys_path=[str(tmp_path)])
   assert outcome.status == 0 and outcome.growth > 3 * MEMORY_BOUND, outcome
+
+
+# ---------------------------------------------------------------- detection that fits the samples
+
+def test_automatic_detection_settings_follow_the_samples_side():
+  sides = np.array([16, 32, 48, 64, 100, 128, 200, 256, 1024])
+  # The smallest multiple of 32 at least 2.5x the side, from 96 (YuNet's top_k candidates need
+  # that many anchors) to 640, and 0.6 below 256 px.
+  want = np.clip(np.ceil(2.5 * sides / 32) * 32, 96, 640)
+  assert [embedder.auto_detector_size(int(s)) for s in sides] == want.tolist()
+  assert [embedder.auto_detect_score(int(s)) for s in sides] == [0.6] * 7 + [0.9] * 2
+
+
+NUM_DCGAN = 16
+
+
+@pytest.fixture(scope="module")
+def dcgan_attack(tmp_path_factory):
+  """The membership command on a folder of the 64 px DCGAN's samples (tests/dcgan.py), SFace
+  behind YuNet, real photos as the targets and the population (tests/test_real_generator.py)."""
+  root = tmp_path_factory.mktemp("dcgan_attack")
+  config = ml_collections.ConfigDict({**sources.config_fields(),
+                                      "generator": f"onnx:{dcgan.onnx_path(str(root))}"})
+  samples = sources.open_source(config).sample(np.arange(NUM_DCGAN), parallel.make_mesh())
+  folder = root / "samples"
+  folder.mkdir()
+  for i, image in enumerate(viz.to_uint8(np.asarray(samples))):
+    viz.save_png(str(folder / f"{i:05d}.png"), image)
+  for person, path in assets.photos():
+    group = "targets" if person in ("macron", "ardern") else "population"
+    (root / group / person).mkdir(parents=True, exist_ok=True)
+    os.symlink(path, root / group / person / os.path.basename(path))
+  return "attack.membership", [
+      f"--config.generator=images:{folder}", f"--config.matcher.path={assets.sface_path()}",
+      "--config.matcher.preset=sface", "--config.align=detect",
+      f"--config.detector_onnx={assets.yunet_path()}", f"--config.targets_dir={root / 'targets'}",
+      f"--config.population_dir={root / 'population'}", f"--config.num_samples={NUM_DCGAN}",
+      f"--config.chunk_size={NUM_DCGAN}", "--config.topk=2", "--config.bootstrap_resamples=10"]
+
+
+def test_default_detection_finds_the_faces_of_small_samples(server, dcgan_attack, tmp_path):
+  module, args = dcgan_attack
+  work = tmp_path / "work"
+  outcome = server.run(module, [f"--workdir={work}", *args], tmp_path)
+  assert outcome.status == 0, outcome.stderr
+  report = json.loads((work / "report.json").read_text())
+  # Measured on 300 samples: 298 found at 160 px and 0.6, none at 640 px and 0.9.
+  assert report["usable_samples"] >= NUM_DCGAN - 1, report["usable_samples"]
+
+
+def test_no_usable_face_says_what_the_detector_saw_and_what_to_set(server, dcgan_attack,
+                                                                   tmp_path):
+  """README's former defaults (640 px, 0.9) find no face in 64 px samples: the error names the
+  samples tried, the best score, the face sizes and the setting; the setting it names works."""
+  module, args = dcgan_attack
+  forced = [*args, "--config.sample_detector_size=640", "--config.detect_score=0.9"]
+  outcome = server.run(module, [f"--workdir={tmp_path / 'forced'}", *forced], tmp_path)
+  lines = outcome.stderr.strip().splitlines()
+  assert outcome.status == 1 and "Traceback" not in outcome.stderr, outcome.stderr
+  assert f"none of the {NUM_DCGAN} samples had a usable face" in lines[-1]
+  seen = re.search(r"YuNet at 640 px .* on (\d+) samples of 64 px: best face score (0\.\d+) "
+                   r"against a threshold of 0\.9 .*faces of (\d+)-(\d+) px.*: set "
+                   r"--config\.detect_score=([\d.]+) or lower", outcome.stderr)
+  assert seen, outcome.stderr
+  assert int(seen[1]) == NUM_DCGAN and 0.5 < float(seen[2]) < 0.9
+  assert 20 <= int(seen[3]) <= int(seen[4]) <= 64  # The DCGAN's faces: about 44 px of 64.
+  suggested = server.run(module, [f"--workdir={tmp_path / 'suggested'}", *forced,
+                                  f"--config.detect_score={seen[5]}"], tmp_path)
+  assert suggested.status == 0, suggested.stderr
+  usable = json.loads((tmp_path / "suggested" / "report.json").read_text())["usable_samples"]
+  assert usable >= 1

@@ -1,6 +1,7 @@
 """Generator sources: sample i is a pure function of (seed, i) for every kind; images from a
 folder, an .npz and a .tar agree; fingerprints follow content; bad sources are named."""
 
+import hashlib
 import json
 import os
 import tarfile
@@ -57,17 +58,27 @@ def test_images_from_a_folder_an_npz_and_a_tar_agree(images, tmp_path):
   for i, image in enumerate(images):
     viz.save_png(str(folder / f"{i:03d}.png"), image)
   np.savez(tmp_path / "samples.npz", images=images)
-  with tarfile.open(tmp_path / "samples.tar", "w") as archive:
-    for i in range(len(images)):
-      archive.add(folder / f"{i:03d}.png", arcname=f"samples/{i:03d}.png")
-  want = images[[5, 0, 2]].astype(np.float32) / 127.5 - 1
-  for path in (folder, tmp_path / "samples.npz", tmp_path / "samples.tar"):
+  np.savez_compressed(tmp_path / "compressed.npz", images=images, other=images[:1])
+  for name, mode in (("samples.tar", "w"), ("samples.tar.gz", "w:gz")):
+    with tarfile.open(tmp_path / name, mode) as archive:
+      for i in range(len(images)):
+        archive.add(folder / f"{i:03d}.png", arcname=f"samples/{i:03d}.png")
+      archive.addfile(tarfile.TarInfo("samples/README.txt"))  # Not an image: ignored.
+  # Archives are read an image at a time: backwards, forwards and again.
+  order = np.array([5, 0, 2, 2, 4])
+  want = images[order].astype(np.float32) / 127.5 - 1
+  paths = [folder] + [tmp_path / name for name in ("samples.npz", "compressed.npz",
+                                                   "samples.tar", "samples.tar.gz")]
+  digests = set()
+  for path in paths:
     source = sources.open_source(config(f"images:{path}"))
     assert source.num_available == 6 and source.supports == frozenset()
-    np.testing.assert_allclose(np.asarray(source.sample(np.array([5, 0, 2]), MESH)), want,
-                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(source.sample(order, MESH)), want, atol=1e-6)
     with pytest.raises(ValueError, match="holds 6 images; sample 6 asked"):
       source.sample(np.array([6]), MESH)
+    digests.add((path.suffix == ".npz", source.fingerprint["sha256"]))
+  # The fingerprint is the images' bytes (an .npz's array), however they are stored.
+  assert len(digests) == 3 and (True, hashlib.sha256(images.tobytes()).hexdigest()[:16]) in digests
   # The fingerprint follows the bytes: one changed pixel is another source.
   before = sources.open_source(config(f"images:{folder}")).fingerprint
   changed = images[3].copy()
