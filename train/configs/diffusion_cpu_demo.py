@@ -7,12 +7,13 @@ synthetic_faces data set in about the budget of gan_cpu_demo.py (2,000 steps of 
 A U-Net of 16, 32 and 64 channels at 32, 16 and 8 px, one resnet block per resolution and
 attention only in the mid block (at 8 px): on 2 CPU cores attention at 16 px doubled the cost of a
 step (the backward of a 256 x 256 softmax per head) and 32 channels at 32 px tripled it.
-Measured on 2 CPU cores shared with other jobs (load 9-16): 0.3 s of CPU time a step (0.65-1.3
-steps/s of wall clock under that load). Nichol & Dhariwal's cosine schedule and Adam at 2e-3 (ten
+Measured on 2 CPU cores shared with other jobs (load 9-16): the 2,000 steps (with compilation and
+four sample grids) took 12.6 minutes of CPU time, 0.38 s a step (43 minutes of wall clock under
+that load). Nichol & Dhariwal's cosine schedule and Adam at 2e-3 (ten
 times DDPM's 2e-4: a small network in a short run): with DDPM's linear schedule and 1e-3, the
 DDIM grids were still grey noise at step 1,000 (the network's error at t = 999 stayed at 0.016,
-where predicting x_t itself errs by 5e-6); with these, step 1,000's grid shows heads with faces on
-coloured backgrounds, still noisy. EMA of 0.995 (about 200 steps).
+where predicting x_t itself errs by 5e-6); with these, the grids of steps 1,000 to 2,000 show heads
+with eyes and mouths on coloured backgrounds, still grainy. EMA of 0.995 (about 200 steps).
 """
 
 from gmia.diffusion import trainer
