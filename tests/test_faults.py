@@ -237,12 +237,15 @@ class Global:
 
 @dataclasses.dataclass(frozen=True)
 class Call:
+  """function(*args), then the result's state set to `state` (BUILD) unless it is None."""
   function: str  # module.attribute
   args: tuple = ()
+  state: Any = None
 
 
 class Assembler(pickle._Pickler):  # The pure-Python pickler, whose save() can be extended.
-  """Pickles Global and Call as GLOBAL and GLOBAL args REDUCE; `storage` as a persistent id."""
+  """Pickles Global as GLOBAL and Call as GLOBAL args REDUCE [state BUILD]; `storage` as a
+  persistent id."""
 
   def __init__(self, file, storage: tuple | None = None):
     super().__init__(file, protocol=4)
@@ -252,14 +255,17 @@ class Assembler(pickle._Pickler):  # The pure-Python pickler, whose save() can b
     return self.storage if obj is Storage else None
 
   def save(self, obj: Any, save_persistent_id: bool = True) -> None:
-    if isinstance(obj, (Global, Call)):
-      module, name = (obj.name if isinstance(obj, Global) else obj.function).rsplit(".", 1)
-      self.write(pickle.GLOBAL + f"{module}\n{name}\n".encode())
-      if isinstance(obj, Call):
-        super().save(obj.args)
-        self.write(pickle.REDUCE)
+    if not isinstance(obj, (Global, Call)):
+      super().save(obj, save_persistent_id)
       return
-    super().save(obj, save_persistent_id)
+    module, name = (obj.name if isinstance(obj, Global) else obj.function).rsplit(".", 1)
+    self.write(pickle.GLOBAL + f"{module}\n{name}\n".encode())
+    if isinstance(obj, Call):
+      super().save(obj.args)
+      self.write(pickle.REDUCE)
+      if obj.state is not None:
+        super().save(obj.state)
+        self.write(pickle.BUILD)
 
 
 class Storage:
@@ -290,32 +296,9 @@ def tensor(storage: bytes, size: tuple, stride: tuple) -> Call:
 
 
 def numpy_array(shape: tuple, dtype: Call, data: Any) -> Call:
-  """numpy's pickle of an array: _reconstruct(ndarray, (0,), b'b') then BUILD with its state."""
-  class Built:  # Pickled as REDUCE then BUILD, as numpy's own arrays are.
-    def __reduce__(self):
-      return (Call("numpy.core.multiarray._reconstruct"), (Global("numpy.ndarray"), (0,), b"b"),
+  """numpy's pickle of an array: _reconstruct(ndarray, (0,), b'b'), then its state."""
+  return Call("numpy.core.multiarray._reconstruct", (Global("numpy.ndarray"), (0,), b"b"),
               (1, shape, dtype, False, data))
-  return Built()
-
-
-class _ReduceAssembler(Assembler):
-  def save_reduce(self, func, args, state=None, *rest, obj=None):
-    if isinstance(func, Call):  # The reducer above: a global to call, with its arguments.
-      module, name = func.function.rsplit(".", 1)
-      self.write(pickle.GLOBAL + f"{module}\n{name}\n".encode())
-      super().save(args)
-      self.write(pickle.REDUCE)
-      if state is not None:
-        super().save(state)
-        self.write(pickle.BUILD)
-      return
-    super().save_reduce(func, args, state, *rest, obj=obj)
-
-
-def assemble_reduced(obj: Any) -> bytes:
-  buffer = io.BytesIO()
-  _ReduceAssembler(buffer).dump(obj)
-  return buffer.getvalue()
 
 
 F32 = Call("numpy.dtype", ("f4", False, True))
@@ -433,7 +416,8 @@ def pickle_cases() -> list[Case]:
   one = np.ones(1, np.float32)
   faults = {
       "empty": (b"", "the file is empty"),
-      **{fault: (data, "not a readable network pickle") for fault, data in truncations(good).items()},
+      **{fault: (data, "not a readable network pickle")
+         for fault, data in truncations(good).items()},
       "random_bytes": (random_bytes(), "not a readable network pickle"),
       "other_kind:split.json": (json.dumps({"format": "gmia.identity_split/1"}),
                                 "not a readable network pickle"),
@@ -456,10 +440,10 @@ def pickle_cases() -> list[Case]:
           assemble({"G_ema": tensor(legacy_storage(one, 1 << 40), (1,), (1,))}),
           "tensor storage 0 is truncated"),
       "hostile:numpy_array_declaring_1GiB": (
-          assemble_reduced({"G_ema": numpy_array((16384, 16384), F32, b"\0" * 4)}),
+          assemble({"G_ema": numpy_array((16384, 16384), F32, b"\0" * 4)}),
           r"numpy array of shape \(16384, 16384\)"),
       "hostile:numpy_object_array_short_list": (  # numpy itself would crash on it.
-          assemble_reduced({"G_ema": numpy_array((1 << 20,), OBJECT, [1])}),
+          assemble({"G_ema": numpy_array((1 << 20,), OBJECT, [1])}),
           "only arrays of numbers are read"),
   }
   cases = [file_case("pkl", fault, "net.pkl", data, command, problem)
@@ -693,6 +677,7 @@ def onnx_cases() -> list[Case]:
                         f"--config.detector_onnx={path}")
 
   yunet = lambda _: pathlib.Path(assets.yunet_path()).read_bytes()
+  yunet_half = lambda inputs: yunet(inputs)[:len(yunet(inputs)) // 2]
   faults = [
       ("generator", "empty", b"", "the file is empty"),
       ("generator", "truncated_at_1/2", tiny_generator()[:len(tiny_generator()) // 2],
@@ -710,6 +695,9 @@ def onnx_cases() -> list[Case]:
       ("matcher", "truncated_at_1/2", tiny_matcher()[:len(tiny_matcher()) // 2], "truncated"),
       ("matcher", "other_kind:detector", yunet, "a face matcher has one image input"),
       ("matcher", "other_kind:generator", tiny_generator(), "is not a square RGB image batch"),
+      ("matcher", "random_bytes", random_bytes(), "not an ONNX"),
+      ("detector", "empty", b"", "the file is empty"),
+      ("detector", "truncated_at_1/2", yunet_half, "truncated"),
       ("detector", "random_bytes", random_bytes(), "not an ONNX"),
       ("detector", "other_kind:matcher", tiny_matcher(), "input_shapes names|not a YuNet graph"),
   ]
@@ -729,7 +717,7 @@ def checkpoint_cases() -> list[Case]:
       files = [p for p in step.rglob("*") if p.is_file() and p.name != CHECKSUMS]
       change(str(max(files, key=lambda p: p.stat().st_size)))
       return str(run), sample(f"gmia:{run}")
-    return Case("checkpoint", fault, make, f"checkpoint step \\d+ in .* is corrupt|missing")
+    return Case("checkpoint", fault, make, r"checkpoint step \d+ in .* is corrupt|missing")
 
   def truncate(path: str) -> None:
     with open(path, "r+b") as handle:
@@ -740,9 +728,11 @@ def checkpoint_cases() -> list[Case]:
     data[len(data) // 2] ^= 0xFF
     pathlib.Path(path).write_bytes(bytes(data))
 
-  return [damaged("truncated", truncate), damaged("random_bytes", lambda p: pathlib.Path(
-      p).write_bytes(random_bytes(os.path.getsize(p)))), damaged("flipped_byte", flip),
-          damaged("deleted_file", os.remove)]
+  return [damaged("emptied_file", lambda p: pathlib.Path(p).write_bytes(b"")),
+          damaged("truncated", truncate),
+          damaged("random_bytes", lambda p: pathlib.Path(p).write_bytes(
+              random_bytes(os.path.getsize(p)))),
+          damaged("flipped_byte", flip), damaged("deleted_file", os.remove)]
 
 
 CASES = (pickle_cases() + images_cases() + photo_cases() + split_cases() + config_cases()

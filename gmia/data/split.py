@@ -74,8 +74,8 @@ class IdentitySplit:
     return {
         "format": FORMAT, "seed": self.seed,
         "groups": {g: self.groups[g].tolist() for g in GROUPS},
-        "photos": {str(i): {"train": self.train[i].tolist(), "reference": self.reference[i].tolist()}
-                   for i in sorted(self.train)},
+        "photos": {str(i): {"train": self.train[i].tolist(),
+                            "reference": self.reference[i].tolist()} for i in sorted(self.train)},
     }
 
   @classmethod
