@@ -11,13 +11,14 @@ import jax
 import numpy as np
 import pytest
 
+from gmia import parallel
 from gmia.checkpoint import Checkpointer
-from gmia.gan import trainer
+from gmia.gan import train_step, trainer
 from gmia.privacy import accounting
 from gmia.privacy.sampling import PersonBatches
 from tests.multidevice import run_with_devices
 from tests.resume_check import check_resume, final_checkpoint
-from train.configs import gan_dp_tiny
+from train.configs import gan_dp_cpu_demo, gan_dp_tiny
 
 STEPS = 8
 
@@ -300,3 +301,17 @@ def test_over_budget_runs_are_refused_before_training(tiny_run, data_dir, tmp_pa
   mixing.model.mbstd_num_channels = 1
   with pytest.raises(ValueError, match="minibatch-std"):
     trainer.train_and_evaluate(mixing, str(tmp_path / "mbstd"))
+
+
+def test_demo_config_builds():
+  """gan_dp_cpu_demo's models, state and private step build (abstractly: no compile), and its
+  privacy block is valid for the main job's 25 members."""
+  config = gan_dp_cpu_demo.get_config()
+  models = train_step.build_models(config)
+  state = jax.eval_shape(lambda: train_step.init_state(config, models))
+  assert state["d_params"]["b4"]["conv"]["weight"].shape[-2] == 64  # No minibatch-std channel.
+  train_step.make_train_step(config, models, parallel.make_mesh(), noise_multiplier=7.45)
+  accounting.check_config(config.privacy, people=config.data.split.members)
+  assert accounting.max_people(config.privacy, 25) == 16
+  assert config.privacy.people_per_step * config.privacy.max_photos_per_person == (
+      config.batch_size)
