@@ -661,6 +661,12 @@ def config_cases() -> list[Case]:
       override("--config.num=-2", "must be positive"),
       override("--config.indices=1,x", "not a comma-separated list"),
       override("--config.generator=nowhere:x", "is not KIND:PATH"),
+      Case("override", "--config.sample_detector_size=-32", lambda inputs: (
+          "sample_detector_size", embed_photos(inputs.photos("x.png", b"")[0], inputs.matcher,
+                                               "--config.align=detect",
+                                               "--config.detector_onnx=yunet.onnx",
+                                               "--config.sample_detector_size=-32")),
+           "must be 0 \\(auto\\) or a positive multiple of 32"),
   ]
 
 

@@ -222,8 +222,12 @@ def load_embedder(config: ml_collections.ConfigDict) -> FaceEmbedder:
     if not config.detector_onnx:
       raise ValueError("align=detect needs config.detector_onnx: a YuNet ONNX file "
                        "(face_detection_yunet_2023mar.onnx)")
-    detector = detect.load_yunet(config.detector_onnx)
     size = config.sample_detector_size
+    if size < 0 or not 0 <= config.detect_score <= 1:
+      raise ValueError(f"sample_detector_size must be 0 (auto) or a positive multiple of 32, "
+                       f"detect_score 0 (auto) or in (0, 1]; got {size} and "
+                       f"{config.detect_score}")
+    detector = detect.load_yunet(config.detector_onnx)
     sample_detector = (None if size == 0 else detector if size == PHOTO_DETECTOR_SIZE else
                        detect.load_yunet(config.detector_onnx, size))
   rules = detect.DetectionRules(score_threshold=config.detect_score or PHOTO_SCORE,
