@@ -135,7 +135,7 @@ def flags_error_message(error: BaseException, argv: Sequence[str]) -> str:
       return f"--config={path}: get_config() returned None, not an ml_collections ConfigDict"
     # The file's own error, which ml_collections and absl may wrap in others of theirs.
     chain = [error]
-    while chain[-1].__cause__ or chain[-1].__context__:
+    while (chain[-1].__cause__ or chain[-1].__context__) and len(chain) < 16:
       chain.append(chain[-1].__cause__ or chain[-1].__context__)
     raised = next((e for e in chain if _lines_in(e, path)), None)
     if raised is not None:
