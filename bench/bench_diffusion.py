@@ -38,7 +38,7 @@ from flax import traverse_util
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gmia.diffusion import sampling  # noqa: E402
-from gmia.diffusion import trainer  # noqa: E402
+from gmia.models import unet as unet_lib  # noqa: E402
 from gmia.models import import_diffusers  # noqa: E402
 from train.configs import diffusion_cpu_demo  # noqa: E402
 
@@ -76,7 +76,7 @@ def write_folder(folder: str, resolution: int, seed: int) -> None:
   """A random UNet2DModel folder with the CPU demo's layout (diffusers' names and layouts)."""
   config = diffusion_cpu_demo.get_config()
   config.data.resolution = resolution
-  unet = trainer.build_unet(config)
+  unet = unet_lib.from_config(config)
   shapes = jax.eval_shape(unet.init, jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)),
                           jnp.zeros((1,), jnp.int32))
   rng = np.random.default_rng(seed)

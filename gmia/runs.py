@@ -14,6 +14,7 @@ size, split, classes) is read from the one metadata this returns, not by opening
   classifier      classifiers.ResNetClassifier {"params", "batch_stats"}
   latent_encoder  latent_encoder.LatentEncoder {"params", "buffers"}
   decoder         {layer: decoders.Decoder}    {layer: {"params", "stats"}}
+  diffusion       unet.UNet                    {"params": EMA (or raw) weights}; and `schedule`
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 import ml_collections
 
 from gmia.checkpoint import Checkpointer
-from gmia.models import classifiers, decoders, iresnet, latent_encoder, stylegan
+from gmia.models import (classifiers, decoders, iresnet, latent_encoder, noise_schedule, stylegan,
+                         unet)
 
 State = dict[str, Any]
 Meta = dict[str, Any]
@@ -53,13 +55,20 @@ class Run:
     config = self.meta["config"]
     if self.kind in ("face_encoder", "classifier"):
       return int(config["model"]["input_size"])
-    if self.kind == "gan":
+    if self.kind in ("gan", "diffusion"):
       return int(config["data"]["resolution"])
     if self.kind == "decoder":
       return int(self.meta["image_size"])
     if self.kind == "latent_encoder":
       return int(self.meta["generator"]["img_resolution"])
     raise ValueError(f"a {self.kind} run reads no images")
+
+  @property
+  def schedule(self) -> noise_schedule.Schedule:
+    """A diffusion run's noise schedule."""
+    if self.kind != "diffusion":
+      raise ValueError(f"a {self.kind} run has no noise schedule")
+    return noise_schedule.from_config(self.config.schedule)
 
 
 def _gan(state: State, meta: Meta, ema: bool) -> tuple[Any, Any]:
@@ -91,10 +100,15 @@ def _decoders(state: State, meta: Meta, _: bool) -> tuple[Any, Any]:
   return models, decoders.decoder_variables(meta["network"]["layers"], models, state)
 
 
+def _diffusion(state: State, meta: Meta, ema: bool) -> tuple[Any, Any]:
+  model = unet.from_config(ml_collections.ConfigDict(meta["config"]))
+  return model, {"params": state["ema"] if ema else state["params"]}
+
+
 # kind -> (state, meta, ema) -> (model, variables).
 READERS: dict[str, Callable[[State, Meta, bool], tuple[Any, Any]]] = {
     "gan": _gan, "face_encoder": _face_encoder, "classifier": _classifier,
-    "latent_encoder": _latent_encoder, "decoder": _decoders}
+    "latent_encoder": _latent_encoder, "decoder": _decoders, "diffusion": _diffusion}
 
 
 def load_run(workdir: str, kind: str | tuple[str, ...] | None = None, *,
@@ -102,8 +116,8 @@ def load_run(workdir: str, kind: str | tuple[str, ...] | None = None, *,
   """The run trained in `workdir` (the newest intact checkpoint unless `step`).
 
   kind: the kind of run expected (one of READERS, several, or None for any); another kind is a
-  one-line ValueError naming the workdir. ema: for a GAN, the EMA generator (False: the raw
-  weights).
+  one-line ValueError naming the workdir. ema: for a GAN or a diffusion model, the EMA weights
+  (False: the raw ones).
   """
   expected = (kind,) if isinstance(kind, str) else kind
   for name in expected or ():

@@ -33,3 +33,18 @@ def models(tmp_path_factory):
   encoder.eval_identities = 2
   encoder_trainer.train_and_evaluate(encoder, str(root / "encoder"))
   return str(root / "gan"), str(root / "encoder")
+
+
+@pytest.fixture(scope="session")
+def toy_main_job(tmp_path_factory):
+  """(workdir, data folder, the first run's output) of the toy main job
+  (attack/configs/main_job_tiny.py), run once as a user runs it."""
+  import subprocess
+  import sys
+  root = tmp_path_factory.mktemp("main_job")
+  output = subprocess.run(
+      [sys.executable, "-m", "attack.main_job", f"--workdir={root / 'demo'}",
+       "--config=attack/configs/main_job_tiny.py", f"--config.data.data_dir={root / 'data'}"],
+      capture_output=True, text=True, timeout=900, check=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+  return root / "demo", root / "data", output

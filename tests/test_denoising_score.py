@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gmia.attacks import denoising
-from gmia.diffusion import schedule
+from gmia.models import noise_schedule as schedule
 from gmia.models.unet import UNet
 from tests.test_diffusion_sampling import RES, TINY, random_variables
 

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmia.diffusion import sampling, schedule
+from gmia.diffusion import sampling
+from gmia.models import noise_schedule as schedule
 from gmia.models.unet import UNet
 from gmia.sources.base import latents
 from tests.multidevice import run_with_devices
@@ -111,7 +112,8 @@ def test_the_toy_models_samples_are_bit_identical_in_any_chunking(sampler):
 
 EIGHT_DEVICES = """
 import jax, jax.numpy as jnp, numpy as np
-from gmia.diffusion import sampling, schedule
+from gmia.diffusion import sampling
+from gmia.models import noise_schedule as schedule
 from gmia.models.unet import UNet
 from tests.test_diffusion_sampling import RES, TINY, random_variables
 net = UNet(**TINY)

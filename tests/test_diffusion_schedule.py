@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmia.diffusion import sampling, schedule
+from gmia.diffusion import sampling
+from gmia.models import noise_schedule as schedule
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "diffusers", "schedulers.npz")
 

@@ -13,10 +13,9 @@ import urllib.parse
 import pytest
 from PIL import Image
 
-from attack.configs import main_job_tiny
 from gmia.data import run_data
 from gmia.data.split import IdentitySplit
-from gmia.jobs import (audit, embed_photos, inputs, main_job, membership, page_builders,
+from gmia.jobs import (audit, embed_photos, inputs, membership, page_builders, page_parts,
                        release_filter, sample)
 from gmia.runs import load_run
 from tests.browser import PHONE, check_report_page, chromium  # noqa: F401 (fixture)
@@ -31,13 +30,9 @@ def _tiny(config, models):
 
 
 @pytest.fixture(scope="module")
-def main_workdir(tmp_path_factory):
-  """The toy main job's finished workdir."""
-  root = tmp_path_factory.mktemp("main_job")
-  config = main_job_tiny.get_config()
-  config.data.data_dir = str(root / "data")
-  main_job.run(config, str(root / "demo"))
-  return root / "demo"
+def main_workdir(toy_main_job):
+  """The toy main job's finished workdir (shared with the other tests of the session)."""
+  return toy_main_job[0]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +76,7 @@ def _images(tab):
 
 
 def test_the_main_jobs_pages(chromium, main_workdir):
-  pages = {name: main_workdir / name / page_builders.PAGE_FILE
+  pages = {name: main_workdir / name / page_parts.PAGE_FILE
            for name in ("", "attack", "attack_control")}
   for name, page in pages.items():
     check_report_page(chromium, str(page), str(main_workdir / name / membership.REPORT_FILE))
@@ -115,8 +110,8 @@ def test_the_main_jobs_pages(chromium, main_workdir):
 def test_an_audits_page(chromium, audits, people):
   shown, _ = audits
   result = _read(shown / audit.REPORT_FILE)
-  check_report_page(chromium, str(shown / page_builders.PAGE_FILE), str(shown / audit.REPORT_FILE))
-  with chromium.open(str(shown / page_builders.PAGE_FILE), PHONE) as tab:
+  check_report_page(chromium, str(shown / page_parts.PAGE_FILE), str(shown / audit.REPORT_FILE))
+  with chromium.open(str(shown / page_parts.PAGE_FILE), PHONE) as tab:
     assert tab.verdict() == [("verdict", result["verdict"])]
     numbers = {key: text for key, _, text in tab.numbers()}
     faces = tab.evaluate("Array.from(document.querySelectorAll('.photos li p'))"
@@ -139,15 +134,15 @@ def test_an_audits_page(chromium, audits, people):
 
 def test_report_photos_off_leaves_no_image_of_a_person(chromium, audits, people):
   shown, hidden = audits
-  with chromium.open(str(shown / page_builders.PAGE_FILE), PHONE) as tab:
+  with chromium.open(str(shown / page_parts.PAGE_FILE), PHONE) as tab:
     faces = {src for alt, src in _images(tab) if not alt.startswith("histogram")}
-  with chromium.open(str(hidden / page_builders.PAGE_FILE), PHONE) as tab:
+  with chromium.open(str(hidden / page_parts.PAGE_FILE), PHONE) as tab:
     assert tab.problems() == []
     left = _images(tab)
     withheld = " ".join(tab.evaluate("Array.from(document.querySelectorAll('.withheld'))"
                                      ".map(e => e.textContent)"))
   assert len(faces) == 2 + 3 and [alt.split(" ")[0] for alt, _ in left] == ["histogram"]
-  html = (hidden / page_builders.PAGE_FILE).read_text()
+  html = (hidden / page_parts.PAGE_FILE).read_text()
   assert not any(face in html for face in faces)
   # Each photo file left out is named by its sha256, as sha256sum begins it.
   for photo in sorted(people.iterdir())[0].iterdir():
@@ -168,9 +163,9 @@ def test_filter_sample_and_embed_pages(chromium, models, people, tmp_path):
   embed_photos.run(config, str(tmp_path / "embed"))
   for name, report in (("filter", release_filter.REPORT_FILE), ("sample", sample.REPORT_FILE),
                        ("embed", embed_photos.REPORT_FILE)):
-    check_report_page(chromium, str(tmp_path / name / page_builders.PAGE_FILE),
+    check_report_page(chromium, str(tmp_path / name / page_parts.PAGE_FILE),
                       str(tmp_path / name / report))
-  with chromium.open(str(tmp_path / "sample" / page_builders.PAGE_FILE), PHONE) as tab:
+  with chromium.open(str(tmp_path / "sample" / page_parts.PAGE_FILE), PHONE) as tab:
     assert [int(text) for key, _, text in tab.numbers() if key.startswith("indices.")] == [
         3, 17, 5]
     assert len(_images(tab)) == 3

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from attack.configs import calibration as calibration_config, main_job_tiny
 from gmia import metrics
@@ -20,15 +19,8 @@ def _run_all(workdir, data_dir):
       capture_output=True, text=True, timeout=600, check=True).stdout
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  """(main job workdir, its data folder, the first run's output)."""
-  root = tmp_path_factory.mktemp("main_job")
-  return root / "demo", root / "data", _run_all(root / "demo", root / "data")
-
-
-def test_main_job_runs_every_stage_then_reuses_them(finished):
-  workdir, data_dir, first = finished
+def test_main_job_runs_every_stage_then_reuses_them(toy_main_job):
+  workdir, data_dir, first = toy_main_job
   stages = ("face_encoder", "gan", "gan_control", "attack", "attack_control")
   for stage in stages:
     assert f"[{stage}] running" in first and (workdir / stage / "DONE").exists(), stage
@@ -45,10 +37,10 @@ def test_main_job_runs_every_stage_then_reuses_them(finished):
   assert json.loads((workdir / "summary.json").read_text()) == summary
 
 
-def test_calibration_job_on_the_main_job_with_shadows(finished, tmp_path):
+def test_calibration_job_on_the_main_job_with_shadows(toy_main_job, tmp_path):
   """Every variant for the target, the control and the two null generators, the likelihood
   ratios included; the plain and likelihood-ratio AUCs recomputed from the attacks' files."""
-  main, data_dir, _ = finished
+  main, data_dir, _ = toy_main_job
   config = calibration_config.get_config()
   config.main = main_job_tiny.get_config()
   config.main.data.data_dir = str(data_dir)

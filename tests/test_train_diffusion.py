@@ -13,6 +13,8 @@ import pytest
 from gmia.checkpoint import Checkpointer
 from gmia.data.split import IdentitySplit
 from gmia.diffusion import sampling, trainer
+from gmia.models import unet as unet_lib
+from gmia.runs import load_run
 from tests.multidevice import run_with_devices
 from tests.multiprocess import run_code
 from tests.resume_check import check_resume
@@ -159,15 +161,16 @@ np.savez({str(out)!r}, **flat)
 
 def test_a_trained_workdir_samples(tiny_run):
   workdir, state, _ = tiny_run
-  unet, variables, chain, config = trainer.load_model(workdir)
-  assert config.data.resolution == 32 and chain.num_train_timesteps == 1000
+  run = load_run(workdir, "diffusion")
+  unet, variables, chain = run.model, run.variables, run.schedule
+  assert run.input_size == 32 and chain.num_train_timesteps == 1000
   for name, leaf in _flat(variables["params"]).items():
     np.testing.assert_array_equal(leaf, _flat(state["ema"])[name])
   sample = sampling.make_sampler(unet, variables, chain, sampler="ddim", num_steps=3,
                                  resolution=32)
   images = np.asarray(sample(np.arange(3), 0))
   assert images.shape == (3, 32, 32, 3) and np.all(np.isfinite(images))
-  _, raw, _, _ = trainer.load_model(workdir, use_ema=False)
+  raw = load_run(workdir, "diffusion", ema=False).variables
   assert not np.array_equal(raw["params"]["conv_out"]["kernel"],
                             variables["params"]["conv_out"]["kernel"])
 
@@ -186,14 +189,14 @@ def test_clear_errors(tiny_run, data_dir, tmp_path):
   with pytest.raises(ValueError, match="train_group must be 'members'"):
     trainer.train_and_evaluate(_config(data_dir, train_group="everyone"), str(tmp_path / "x"))
   with pytest.raises(FileNotFoundError, match="no checkpoints"):
-    trainer.load_model(str(tmp_path / "x"))
+    load_run(str(tmp_path / "x"), "diffusion")
 
 
 @pytest.mark.parametrize("name", ["diffusion_cpu_demo", "diffusion_64"])
 def test_configs_build(name):
   """Every config's U-Net and state build (abstractly: no compile)."""
   config = __import__(f"train.configs.{name}", fromlist=["get_config"]).get_config()
-  unet = trainer.build_unet(config)
+  unet = unet_lib.from_config(config)
   state = jax.eval_shape(lambda: trainer.init_state(config, unet))
   assert state["params"]["conv_out"]["kernel"].shape[-1] == 3
   assert config.batch_size > 0 and 0 < config.ema_decay < 1

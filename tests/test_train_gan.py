@@ -15,7 +15,8 @@ import pytest
 
 from gmia.checkpoint import Checkpointer
 from gmia.data.split import IdentitySplit
-from gmia.gan import ema, losses, sampling, train_step, trainer
+from gmia.gan import losses, sampling, train_step, trainer
+from gmia.training import ema
 from gmia.runs import load_run
 from tests.multidevice import run_with_devices
 from tests.resume_check import check_resume, final_checkpoint

@@ -42,7 +42,8 @@ from gmia.runs import load_run
 SCORES_FILE = "scores.csv"
 SIMILARITY_VARIANTS = ("best", "topk_mean")
 # How each attack variant is mapped to the real line before the shadows' Gaussians are fitted.
-LIRA_TRANSFORMS = {"best": "arctanh", "topk_mean": "arctanh", "count": "log1p", "density": "none"}
+LIRA_TRANSFORMS = {"best": "arctanh", "topk_mean": "arctanh", "count": "log1p", "density": "none",
+                   "denoising": "none"}
 NEGATIVE_GROUPS = ("non_member", "population")  # scores.csv's name of people known not to be in.
 
 

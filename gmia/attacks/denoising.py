@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 
 from gmia import parallel
 from gmia.diffusion.sampling import x0_and_noise
-from gmia.diffusion.schedule import Schedule
+from gmia.models.noise_schedule import Schedule
 
 KINDS = ("noise_error", "predicted_norm")
 

@@ -41,8 +41,6 @@ from gmia.attacks import density_ratio
 VARIANTS = ("best", "topk_mean", "count", "density")
 # The kernel bandwidths whose sums the state accumulates; one is chosen per attack.
 KAPPAS = density_ratio.DEFAULT_KAPPAS
-# Generated samples that choose the samples' bandwidth (held-out likelihood, leave-one-out).
-DENSITY_HELD_OUT = 1000
 
 
 GROUPS = ("member", "target", "population")

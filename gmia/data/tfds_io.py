@@ -6,6 +6,9 @@ TensorFlow; data are written as array_record for random access.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
@@ -29,7 +32,8 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None) ->
   """Builds the data set once; later calls find it in `data_dir` and return at once."""
   config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
   logging.info("preparing %s in %s", builder.info.full_name, builder.data_dir)
-  builder.download_and_prepare(file_format=FILE_FORMAT, download_config=config)
+  with contextlib.redirect_stdout(io.StringIO()):  # tfds prints two lines of its own.
+    builder.download_and_prepare(file_format=FILE_FORMAT, download_config=config)
 
 
 def read_all(builder: tfds.core.DatasetBuilder, split: str = "train") -> FaceArrays:

@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from gmia import parallel
-from gmia.diffusion.schedule import SAMPLERS, Schedule, inference_timesteps
+from gmia.models.noise_schedule import SAMPLERS, Schedule, inference_timesteps
 
 # Columns of a plan's per-step coefficients.
 SQRT_ABAR, SQRT_1M_ABAR, COEF_X0, COEF_XT, SIGMA = range(5)

@@ -30,11 +30,12 @@ import numpy as np
 import optax
 
 from gmia import parallel, training, viz
-from gmia.checkpoint import Checkpointer
 from gmia.data import run_data
 from gmia.data.pipeline import Batches
-from gmia.diffusion import sampling, schedule as diffusion_schedule
-from gmia.gan import ema
+from gmia.diffusion import sampling
+from gmia.models import noise_schedule
+from gmia.training import ema
+from gmia.models import unet as unet_lib
 from gmia.models.unet import UNet
 
 KIND = "diffusion"
@@ -79,22 +80,6 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-def build_unet(config: ml_collections.ConfigDict) -> UNet:
-  """The U-Net described by `config.model`, checked against `config.data.resolution`."""
-  m = config.model
-  unet = UNet(block_out_channels=tuple(m.block_out_channels),
-              down_block_types=tuple(m.down_block_types), up_block_types=tuple(m.up_block_types),
-              layers_per_block=m.layers_per_block, attention_head_dim=m.attention_head_dim,
-              norm_num_groups=m.norm_num_groups, flip_sin_to_cos=m.flip_sin_to_cos,
-              freq_shift=m.freq_shift, dropout=m.dropout, dtype=jnp.dtype(m.dtype))
-  unet.check()
-  factor = 2 ** (len(m.block_out_channels) - 1)
-  if config.data.resolution % factor:
-    raise ValueError(f"data.resolution {config.data.resolution} must be divisible by {factor} "
-                     f"(the {len(m.block_out_channels) - 1} downsamplings of the U-Net)")
-  return unet
-
-
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   o = config.optimizer
   warmup = optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1))
@@ -124,7 +109,7 @@ def make_train_step(config: ml_collections.ConfigDict, unet: UNet, mesh: jax.sha
   dropout come from fold_in(key(seed), step), drawn for the global batch.
   """
   parallel.check_divisible(config.batch_size, mesh)
-  abar = jnp.asarray(diffusion_schedule.from_config(config.schedule).alphas_cumprod)
+  abar = jnp.asarray(noise_schedule.from_config(config.schedule).alphas_cumprod)
   num_timesteps = config.schedule.num_train_timesteps
   tx = make_optimizer(config)
   data = parallel.data_sharding(mesh)
@@ -161,7 +146,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
   if config.train_group not in ("members", "shadow"):
     raise ValueError(f"train_group must be 'members' (the target) or 'shadow' (a control or "
                      f"reference generator), got {config.train_group!r}")
-  unet = build_unet(config)
+  unet = unet_lib.from_config(config)
   arrays, split = run_data.load_for_run(config.data, workdir)
   train_photos = split.train_photos(config.train_group)
   if not len(train_photos):
@@ -172,7 +157,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
   mesh = parallel.make_mesh()
   train_step = make_train_step(config, unet, mesh)
   generate = sampling.make_generate(
-      unet, diffusion_schedule.from_config(config.schedule), sampler="ddim",
+      unet, noise_schedule.from_config(config.schedule), sampler="ddim",
       num_steps=config.grid_steps, resolution=config.data.resolution)
 
   def save_grid(step: int, state: State) -> None:
@@ -197,18 +182,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   split}), split.json, samples/step_XXXXXXX.png, tensorboard/. The result's train_metrics are
   the last logged step's."""
   return training.run(lambda: make_task(config, workdir), config, workdir)
-
-
-def load_model(workdir: str, step: int | None = None, use_ema: bool = True
-               ) -> tuple[UNet, dict[str, Any], diffusion_schedule.Schedule,
-                          ml_collections.ConfigDict]:
-  """(unet, variables, schedule, config) of a diffusion workdir's checkpoint (latest by
-  default); variables = {"params": the EMA (or raw) weights}."""
-  checkpointer = Checkpointer(workdir, read_only=True)
-  try:
-    state, meta = checkpointer.restore_replicated(step, kind=KIND)
-  finally:
-    checkpointer.close()
-  config = ml_collections.ConfigDict(meta["config"])
-  return (build_unet(config), {"params": state["ema" if use_ema else "params"]},
-          diffusion_schedule.from_config(config.schedule), config)

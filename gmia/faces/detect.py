@@ -102,6 +102,7 @@ def decode(outputs: dict[str, jax.Array], size: int, top_k: int
   """
   cat = lambda kind: jnp.concatenate([outputs[f"{kind}_{s}"] for s in STRIDES])
   scores = jnp.sqrt(jnp.clip(cat("cls")[:, 0], 0, 1) * jnp.clip(cat("obj")[:, 0], 0, 1))
+  top_k = min(top_k, scores.shape[0])  # A small input has fewer anchors than top_k.
   scores, best = jax.lax.top_k(scores, top_k)
   anchors = jnp.asarray(_anchors(size))[best]
   cell, stride = anchors[:, None, :2], anchors[:, None, 2:]

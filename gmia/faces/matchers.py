@@ -118,7 +118,8 @@ def onnx_matcher(path: str, preprocessing: Preprocessing | None) -> Matcher:
   if len(shape) != 4 or (not nchw and shape[3] != 3) or shape[1 + nchw] != shape[2 + nchw]:
     raise ValueError(f"{path}: input {net.input_names[0]!r} of shape {shape} is not a square "
                      "RGB image batch")
-  preprocessing = preprocessing or PRESETS["arcface"]
+  # No preset: arcface's pixels at the graph's own input size.
+  preprocessing = preprocessing or dataclasses.replace(PRESETS["arcface"], input_size=0)
   if preprocessing.input_size and preprocessing.input_size != side:
     raise ValueError(f"{path} reads {side} px crops, the preprocessing says "
                      f"{preprocessing.input_size}")

@@ -47,7 +47,8 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from gmia import parallel
-from gmia.gan import ema, losses
+from gmia.gan import losses
+from gmia.training import ema
 from gmia.models import stylegan
 from gmia.privacy import clipping
 

@@ -15,7 +15,7 @@ import time
 import ml_collections
 
 from gmia import files
-from gmia.jobs import membership, page_builders
+from gmia.jobs import membership, page_builders, page_parts
 from gmia.attacks import people as people_lib
 from gmia.data import photos as photo_files
 from gmia.workdir import exclusive
@@ -102,9 +102,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "nearest": person["nearest"], "chunk_size": summary["chunk_size"],
             "population_scores": summary["population_scores"],
             "config": config.to_dict()}
-  result["provenance"] = page_builders.provenance(workdir, config,
+  result["provenance"] = page_parts.provenance(workdir, config,
                                                   time.perf_counter() - started)
   files.write_json(os.path.join(workdir, REPORT_FILE), result)
-  page_builders.write_page(workdir, page_builders.audit_page, result,
+  page_parts.write_page(workdir, page_builders.audit_page, result,
                            config.report_photos)
   return result

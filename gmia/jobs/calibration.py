@@ -27,7 +27,7 @@ import numpy as np
 
 from gmia import files, fingerprint
 from gmia.attacks import calibration
-from gmia.jobs import membership, page_builders, shadows as shadows_lib, stages
+from gmia.jobs import membership, page_builders, page_parts, shadows as shadows_lib, stages
 from gmia.data import run_data
 from gmia.data.split import IdentitySplit, make_split
 from gmia.gan import trainer as gan_trainer
@@ -116,11 +116,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {"metrics": reports, "seconds": seconds, "config": config.to_dict(),
              "num_shadows": int(config.shadows.num_shadows)}
   summary.update(page_builders.calibration_extras(summary))
-  summary["provenance"] = page_builders.provenance(workdir, config, sum(seconds.values()), {
+  summary["provenance"] = page_parts.provenance(workdir, config, sum(seconds.values()), {
       "split": fingerprint.tree_digest(split.to_json())})
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
   files.write_atomic(os.path.join(workdir, "calibration.md"), markdown_table(summary))
-  page_builders.write_page(workdir, page_builders.calibration_page, summary,
+  page_parts.write_page(workdir, page_builders.calibration_page, summary,
                            config.main.attack.report_photos)
   return summary
 

@@ -26,7 +26,7 @@ from gmia import files, fingerprint, parallel, viz  # noqa: E402
 
 from gmia.data import photos as photo_files  # noqa: E402
 from gmia.faces import embedder as embedder_lib  # noqa: E402
-from gmia.jobs import page_builders  # noqa: E402
+from gmia.jobs import page_builders, page_parts  # noqa: E402
 from gmia.workdir import exclusive  # noqa: E402
 
 REPORT_FILE = "report.json"
@@ -86,11 +86,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result["separated"] = result["same_person_min"] > result["different_person_max"]
     _similarity_figure(os.path.join(workdir, "similarity.png"), embedded.embeddings, people)
   result.update(page_builders.embed_photos_extras(result))
-  result["provenance"] = page_builders.provenance(
+  result["provenance"] = page_parts.provenance(
       workdir, config, time.perf_counter() - started,
       {"matcher": embedder.fingerprint, "photos": fingerprint.tree_digest(embedded.crops)})
   files.write_json(os.path.join(workdir, REPORT_FILE), result)
-  page_builders.write_page(workdir, page_builders.embed_photos_page, result,
+  page_parts.write_page(workdir, page_builders.embed_photos_page, result,
                            config.report_photos)
   return result
 

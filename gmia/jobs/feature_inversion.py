@@ -42,7 +42,7 @@ from gmia.data.arrays import FaceArrays
 from gmia.models.preprocessing import preprocess
 from gmia.faces import detect, embedder, matchers
 from gmia.inversion import decoding, features, judges, networks
-from gmia.jobs import page_builders
+from gmia.jobs import page_builders, page_parts
 from gmia.models.split import Network, activations
 from gmia.runs import load_run
 
@@ -281,10 +281,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "gallery_size": int(len(victims.distractors)), "config": config.to_dict(),
              "seconds": time.perf_counter() - started}
   summary.update(page_builders.feature_inversion_extras(summary))
-  summary["provenance"] = page_builders.provenance(workdir, config, summary["seconds"], {
+  summary["provenance"] = page_parts.provenance(workdir, config, summary["seconds"], {
       "network": fingerprint.tree_digest(network.variables), "judge": judge.fingerprint,
       "victims": fingerprint.tree_digest(originals)})
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
-  page_builders.write_page(workdir, page_builders.feature_inversion_page, summary,
+  page_parts.write_page(workdir, page_builders.feature_inversion_page, summary,
                            config.report_photos)
   return summary

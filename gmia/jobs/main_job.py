@@ -27,7 +27,7 @@ from gmia import files, fingerprint, viz
 from gmia.data import run_data
 from gmia.face_encoder import trainer as encoder_trainer
 from gmia.gan import trainer as gan_trainer
-from gmia.jobs import membership, page_builders
+from gmia.jobs import membership, page_builders, page_parts
 from gmia.jobs.stages import run_stage
 
 
@@ -82,7 +82,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     seconds += run_stage(directory, lambda: membership.run(attack, directory), name)
     summaries[name] = files.read_json(os.path.join(workdir, name, membership.REPORT_FILE))
     # Drawn again, so that report_photos holds for the pages of cached attacks too.
-    page_builders.write_page(directory, page_builders.membership_page, summaries[name],
+    page_parts.write_page(directory, page_builders.membership_page, summaries[name],
                              config.attack.report_photos)
 
   for name, summary in summaries.items():
@@ -93,9 +93,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report = page_builders.main_job_report(workdir, config, summaries, seconds,
                                          {"split": fingerprint.tree_digest(split.to_json())})
   files.write_json(os.path.join(workdir, membership.REPORT_FILE), report)
-  page_builders.write_page(workdir, page_builders.main_job_page, report,
+  page_parts.write_page(workdir, page_builders.main_job_page, report,
                            config.attack.report_photos)
-  print(f"\nreports: {workdir}/{page_builders.PAGE_FILE} (open it in a browser), linking "
+  print(f"\nreports: {workdir}/{page_parts.PAGE_FILE} (open it in a browser), linking "
         f"{workdir}/attack/ and {workdir}/attack_control/ (report.html, report.json, roc.png, "
         "matches.png, scores.csv)")
   return metrics

@@ -23,27 +23,31 @@ from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 import gmia
-from gmia import files, metrics, parallel, viz
+from gmia import files, metrics, parallel, quality, viz
+from gmia.attacks import copies, denoising
 from gmia.attacks import identity_membership as im
 from gmia.attacks import people as people_lib
 from gmia.attacks import set_test
-
-from gmia.jobs import page_builders
-from gmia.jobs.inputs import check_inputs
 from gmia.attacks.samples import DEFAULT_CHUNK, SampleEmbedder, make_sample_embedder
+from gmia.data import run_data
+from gmia.data.split import IdentitySplit
 from gmia.faces import embedder as embedder_lib
+from gmia.faces.embedder import embed_photos
+from gmia.jobs import page_builders, page_parts
+from gmia.jobs.inputs import check_inputs
 from gmia.progress import Progress
-from gmia.sources import Source, config_fields as source_fields, open_source
+from gmia.sources import DENOISER, Source, config_fields as source_fields, open_source
 from gmia.workdir import exclusive
 
 REPORT_FILE = "report.json"
 STATE_VERSION = 2  # What the streamed state holds (2: per-photo best and kernel sums as well).
 OUTPUTS = ("state", REPORT_FILE, "scores.csv", "samples.csv", "skipped.csv", "roc.png",
-           "matches.png", page_builders.MATCHES_FILE, page_builders.PAGE_FILE)
+           "matches.png", page_parts.MATCHES_FILE, page_parts.PAGE_FILE)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -58,6 +62,13 @@ def default_config() -> ml_collections.ConfigDict:
       "topk": 10,                # k of topk_mean.
       "false_accept_rate": 1e-2,  # Sets the verification threshold of the count variant.
       "bootstrap_resamples": 1000,
+      # The first samples, drawn again after the stream: they choose the density variant's
+      # bandwidth and measure sample quality (Frechet distance, near-copies of training photos).
+      "quality_samples": 1000,
+      # Diffusion models (gray box): the denoiser's error on the reference photos at these
+      # timesteps (gmia.attacks.denoising), the "denoising" variant.
+      "denoising_timesteps": (100, 200),
+      "denoising_kind": "noise_error",
       "matches_rows": 8,
       "title": "",
       "report_photos": True,     # report.html shows people's photos; False: their fingerprints.
@@ -151,9 +162,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   summary = write_report(config, workdir, job, evidence, view, threshold)
   summary["seconds"] = time.perf_counter() - started
   summary.update(page_builders.membership_extras(summary))
-  summary["provenance"] = page_builders.provenance(workdir, config, summary["seconds"])
+  summary["provenance"] = page_parts.provenance(workdir, config, summary["seconds"])
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
-  page_builders.write_page(workdir, page_builders.membership_page, summary,
+  page_parts.write_page(workdir, page_builders.membership_page, summary,
                            config.report_photos)
   return summary
 
@@ -173,10 +184,45 @@ def ranking(scores: np.ndarray, refs: im.References,
           for rank, i in enumerate(order)]
 
 
-def held_out_samples(job: Setup, count: int) -> np.ndarray:
-  """Unit embeddings f32[M, D] of the usable faces among samples 0 .. count-1 (drawn again, in
-  the attack's chunks): the held-out set that chooses the samples' density bandwidth."""
-  return job.samples.embed(np.arange(count))[1]
+def first_samples(job: Setup, count: int) -> tuple[np.ndarray, np.ndarray]:
+  """(unit embeddings f32[M, D], images u8[M, R, R, 3]) of the usable faces among samples
+  0 .. count-1, drawn again in the attack's chunks."""
+  parts = [job.samples.with_images(np.arange(begin, min(begin + job.chunk_size, count)))[1:]
+           for begin in range(0, count, job.chunk_size)]
+  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def denoising_scores(config: ml_collections.ConfigDict, job: Setup) -> np.ndarray:
+  """f64[I]: the gray-box score of a diffusion model, minus each person's mean denoising error
+  on their reference photos (as the matcher saw them, at the model's resolution)."""
+  unet, variables, schedule = job.source.denoiser
+  side = job.source.resolution
+  crops = jnp.asarray(job.people.crops, jnp.float32) / 127.5 - 1.0
+  images = np.asarray(jax.image.resize(crops, (len(crops), side, side, 3), "linear",
+                                       antialias=True))
+  refs = job.people.refs
+  errors = denoising.denoising_errors(unet, variables, schedule, images, refs.photo_id,
+                                      tuple(config.denoising_timesteps), seed=config.seed,
+                                      kind=config.denoising_kind, mesh=job.mesh)
+  return denoising.person_scores(errors, refs.identity, refs.num_identities)
+
+
+def sample_quality(job: Setup, embeddings: np.ndarray, images: np.ndarray) -> dict | None:
+  """How the first samples compare with the generator's training photos (a gmia run's): the
+  Frechet distance of their embeddings, and how many are near-copies of a training photo
+  (gmia.attacks.copies). None for a generator whose training photos gmia does not know."""
+  source = job.source
+  if not (source.split_path and source.data is not None and source.train_group):
+    return None
+  split = IdentitySplit.load(source.split_path)
+  training = run_data.load_dataset(source.data).select(split.train_photos(source.train_group))
+  embedded = embed_photos(job.embedder, list(training.images),
+                          [f"photo {i}" for i in training.photo_id.tolist()], job.mesh)
+  ratios, _ = copies.copy_ratios(images, training.images)
+  return {"samples": int(len(images)), "training_photos": int(len(training.images)),
+          "frechet_distance": quality.frechet_distance(embeddings, embedded.embeddings),
+          "near_copies": copies.count_copies(ratios), "near_copy_delta": copies.DELTA,
+          "median_copy_ratio": float(np.median(ratios))}
 
 
 def set_test_p_values(evidence: im.Evidence, refs: im.References) -> np.ndarray | None:
@@ -191,9 +237,11 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, job: Setup,
                  evidence: im.Evidence, view: im.SampleView, threshold: float) -> dict:
   """scores.csv, samples.csv, skipped.csv, roc.png, matches.png; returns the summary."""
   refs = job.people.refs
-  density = im.density(evidence, refs,
-                       held_out_samples(job, min(im.DENSITY_HELD_OUT, config.num_samples)))
+  embeddings, images = first_samples(job, min(config.quality_samples, config.num_samples))
+  density = im.density(evidence, refs, embeddings)
   variant_scores = {v: im.scores(evidence, v, density) for v in im.VARIANTS}
+  if DENOISER in job.source.supports:
+    variant_scores["denoising"] = denoising_scores(config, job)
   primary = variant_scores[config.score]
   loo = im.leave_one_out_p_values(primary, refs.in_population)
   set_p_values = set_test_p_values(evidence, refs)
@@ -244,6 +292,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, job: Setup,
       "verification_threshold": threshold,
       "density_bandwidth": {"samples": density.kappa_samples,
                             "population": density.kappa_population},
+      "sample_quality": sample_quality(job, embeddings, images),
       "set_test_population_below_5pct": (
           None if set_p_values is None
           else float(np.mean(set_p_values[refs.in_population] < 0.05))),

@@ -1,145 +1,27 @@
 """The report page of every job: its report dict (the one it writes as JSON) and its workdir in, a
-gmia.jobs.pages.Page out, written as report.html beside the job's files.
+gmia.jobs.pages.Page out, written as report.html beside the job's files (page_parts.write_page).
 
 A job adds to its report what the page shows that the job did not already hold (`*_extras`: the
-verdict in words, tables as lists of rows) and where the result came from (`provenance`), writes
-the report as JSON, then renders the page from that same dict (`write_page`): every number on the
-page is one of report.json, every sentence of the verdict is in it too.
-
-Figures are the job's own PNG files, embedded; a figure that shows faces of people (matches.png,
-inversions.png) is marked so, and with the job's `report_photos` off it is replaced by its
-fingerprint. The faces a page shows one by one (an audited person's photos, the generated faces
-nearest to them) come from matches.npz, which the membership attack writes beside matches.png.
+verdict in words, tables as lists of rows): every number and sentence of the page is in report.json.
+Figures are the job's own PNG files, embedded; one that shows faces (matches.png, inversions.png)
+is marked so, and with the job's `report_photos` off replaced by its fingerprint. The faces shown
+one by one come from matches.npz, which the membership attack writes beside matches.png.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
 from gmia import files
 from gmia.jobs import pages
-from gmia.jobs.inputs import INPUTS_FILE
-
-PAGE_FILE = pages.PAGE_FILE
-MATCHES_FILE = "matches.npz"
-# A sample page shows at most this many faces one by one (samples.png holds them all).
-GALLERY_LIMIT = 64
-ATTACK_NAMES = {"black_box": "full black-box: the nearest of the generated samples",
-                "white_box": "white-box: the photo projected into the generator",
-                "black_box_calibrated": "full black-box, calibrated by the reference generator",
-                "white_box_calibrated": "white-box, calibrated by the reference generator"}
-P_VALUE_MEANING = (
-    "What the p-value does not mean: it is not the chance that the face was used. A small one "
-    "says the generator's faces match these photos more closely than they match almost everyone "
-    "it never saw: training on the photos would explain that, but so would a close likeness to "
-    "someone it did see. A large one does not show that the face was not used: a generator can "
-    "see a face without reproducing it, and a small population cannot give a small p-value.")
-SET_TEST_CAVEAT = (
-    "The person-level test compares every photo of the person with every photo of the "
-    "population (one-sided Welch t-test): it has more power than the rank, but it counts photos "
-    "of one face as independent evidence, so its p-value can come out too small. Read the "
-    "rank's p-value first; n/a where someone has fewer than two photos.")
-
-
-# ---------------------------------------------------------------------------------- common
-
-def provenance(workdir: str, config: Any, seconds: float | None,
-               inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """pages.provenance of a job: `inputs` (by default those the workdir's inputs.json records,
-  gmia.jobs.inputs), its config and wall time, gmia's version, the machine and the date."""
-  if inputs is None:
-    path = os.path.join(workdir, INPUTS_FILE)
-    inputs = files.read_json(path) if os.path.exists(path) else {}
-  return pages.provenance(inputs, config, seconds)
-
-
-def write_page(workdir: str, build: Callable[[Mapping[str, Any], str], pages.Page],
-               report: Mapping[str, Any], show_photos: bool) -> None:
-  """Writes the page `build` (one of the *_page functions here) makes of `report` as
-  workdir/report.html; show_photos=False (a job's report_photos) replaces every photo of a person
-  by its fingerprint. Process 0 alone builds it: it writes the files the page embeds, which the
-  other processes of a multi-process job may not see yet."""
-  if jax.process_index() != 0:
-    return
-  pages.render_page(os.path.join(workdir, PAGE_FILE), build(report, workdir),
-                    show_photos=bool(show_photos))
-
-
-def _n(value: float | int | bool | None) -> str:
-  return pages.format_number(value)
-
-
-def _literal(text: str) -> str:
-  """`text` inside a pages.Text: its braces are no number fields."""
-  return str(text).replace("{", "{{").replace("}", "}}")
-
-
-def _figure(workdir: str, name: str, caption: str, shows_people: bool = False) -> list[pages.Item]:
-  """The job's figure file `name`, if it wrote one."""
-  path = os.path.join(workdir, name)
-  if not os.path.exists(path):
-    return []
-  return [pages.Figure(path, caption, shows_people=shows_people)]
-
-
-def _above(low: float | None, high: float | None) -> bool:
-  """Whether an interval's low end lies above another's high end (no, where undefined)."""
-  return low is not None and high is not None and low > high
-
-
-def _chance(low: float | None, high: float | None) -> str:
-  """What an AUC interval says about chance (0.5)."""
-  if low is None or high is None:
-    return "undefined"
-  if low > 0.5:
-    return "better than chance"
-  if high < 0.5:
-    return "worse than chance"
-  return "not distinguishable from chance"
-
-
-def _auc_words(result: Mapping[str, Any]) -> str:
-  """'AUC 0.810 (95% interval 0.713 to 0.902): better than chance'."""
-  low, high = result["auc_interval"]
-  return (f"AUC {_n(result['auc'])} ({result['confidence']:.0%} interval {_n(low)} to "
-          f"{_n(high)}): {_chance(low, high)}")
-
-
-def _resolution_words(result: Mapping[str, Any]) -> str:
-  """TPR at the lowest false-positive rate the non-members resolve, and those they do not."""
-  negatives, rows = result["num_negatives"], result["tpr_at_fpr"]
-  resolved = [row for row in rows if row["resolved"]]
-  text = ""
-  if resolved:
-    row = min(resolved, key=lambda r: r["fpr"])
-    low, high = row["interval"]
-    text += (f" At a false-positive rate of {_n(row['fpr'])} it finds {_n(row['tpr'])} of the "
-             f"members ({_n(low)} to {_n(high)}).")
-  unresolved = [_n(row["fpr"]) for row in rows if not row["resolved"]]
-  if unresolved:
-    text += (f" {negatives} non-members cannot resolve a false-positive rate below 1/{negatives}"
-             f" = {_n(1 / negatives)}: TPR at FPR {', '.join(unresolved)} is not measured.")
-  return text
-
-
-def _auc_number(key: str, label: str, note: str = "") -> pages.Number:
-  """The AUC of the membership_report at `key`, with its interval."""
-  return pages.Number(f"AUC, {label}", f"{key}.auc", f"{key}.auc_interval",
-                      note or "0.5 is chance, 1 a perfect separation")
-
-
-def _tpr_table(key: str, result: Mapping[str, Any], label: str) -> pages.Table:
-  """TPR at low FPR of the membership_report `result` at `key`, with what is resolved."""
-  return pages.Table(f"{key}.tpr_at_fpr", {"FPR": "fpr", "TPR": "tpr", "interval": "interval",
-                                            "resolved": "resolved"},
-                     caption=f"{label}: members found (TPR) at low false-positive rates, with "
-                     f"{result['confidence']:.0%} bootstrap intervals; resolved: whether "
-                     f"{result['num_negatives']} non-members can measure that FPR")
+from gmia.jobs.page_parts import (ATTACK_NAMES, GALLERY_LIMIT, MATCHES_FILE, PAGE_FILE,
+                                   P_VALUE_MEANING, SET_TEST_CAVEAT, above, auc_number,
+                                   auc_words, chance, figure, fmt, literal, provenance,
+                                   resolution_words, tpr_table)
 
 
 def _matches(workdir: str) -> dict[str, np.ndarray]:
@@ -167,7 +49,7 @@ def _draw_again(report_key: str, count: int, generator: str) -> pages.Text:
   indices = ",".join(f"{{{report_key}.{i}.sample}}" for i in range(count))
   return pages.Text(
       "Every generated face here can be drawn again, the same image bit for bit: python -m "
-      f"attack.sample --workdir=SAMPLES --config.generator={_literal(generator)} "
+      f"attack.sample --workdir=SAMPLES --config.generator={literal(generator)} "
       "--config.seed={config.seed} --config.chunk_size={chunk_size} "
       f"--config.indices={indices}")
 
@@ -184,13 +66,13 @@ def membership_extras(report: Mapping[str, Any]) -> dict[str, Any]:
         f"No one here is known to be in the training data, so there is no ROC: "
         f"{len(report['ranking'])} people are ranked by their {report['primary']} score against "
         f"{population} people known not to be in it. The most exposed, {top['name']}, has "
-        f"p = {_n(top['p_value'])}; with {population} people no p-value can go below "
-        f"{_n(1 / (population + 1))}.")}
+        f"p = {fmt(top['p_value'])}; with {population} people no p-value can go below "
+        f"{fmt(1 / (population + 1))}.")}
   result = report["metrics"][report["primary"]]
   return {"verdict": (
       f"The attack tells the generator's {result['num_positives']} members from "
-      f"{result['num_negatives']} people it never saw with {_auc_words(result)} "
-      f"({report['primary']} score)." + _resolution_words(result))}
+      f"{result['num_negatives']} people it never saw with {auc_words(result)} "
+      f"({report['primary']} score)." + resolution_words(result))}
 
 
 def membership_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
@@ -202,14 +84,14 @@ def membership_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
   if metrics:
     result = metrics[primary]
     items: list[pages.Item] = [
-        _auc_number(f"metrics.{variant}", variant,
+        auc_number(f"metrics.{variant}", variant,
                     "the primary score" if variant == primary else "")
         for variant in metrics]
-    items += _figure(workdir, "roc.png",
+    items += figure(workdir, "roc.png",
                      "ROC of every score variant: linear and log false-positive rate. On the log "
                      f"panel the grey band marks the rates {result['num_negatives']} non-members "
                      "cannot resolve.")
-    items.append(_tpr_table(f"metrics.{primary}", result, primary))
+    items.append(tpr_table(f"metrics.{primary}", result, primary))
     sections.append(pages.Section("Members against people the generator never saw", items))
   ranking = [
       pages.Text("Each person's p-value is the share of the {people.population} people known "
@@ -227,7 +109,7 @@ def membership_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
                         "population_scores", "ranking.0.score", "most exposed", primary)
   sections.append(pages.Section("People, most exposed first", ranking))
   top = report["ranking"][0]
-  matches = _figure(workdir, "matches.png", "The most exposed people (their best photo as the "
+  matches = figure(workdir, "matches.png", "The most exposed people (their best photo as the "
                     "matcher saw it) beside the generated samples nearest to them, with the "
                     "sample's index and similarity.", shows_people=True)
   if top.get("nearest"):
@@ -245,7 +127,7 @@ def membership_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
                    note="von Mises-Fisher concentration of the samples' density"),
       pages.Number("density bandwidth, population", "density_bandwidth.population",
                    note="the same for the population's photos"),
-      pages.Text(f"Generator: {_literal(report['generator'])}. Per-person scores: scores.csv; "
+      pages.Text(f"Generator: {literal(report['generator'])}. Per-person scores: scores.csv; "
                  "each sample's nearest people: samples.csv.")]))
   title = report["config"].get("title") or f"Identity membership: {report['generator']}"
   return pages.Page(title, report, ["verdict"], sections)
@@ -301,7 +183,7 @@ def audit_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
           pages.Number("samples with a usable face", "usable_samples"),
           pages.Number("photos used", "photos.used"),
           pages.Number("photos skipped", "photos.skipped"),
-          pages.Text(f"Generator: {_literal(report['config']['generator'])}. The attack's files "
+          pages.Text(f"Generator: {literal(report['config']['generator'])}. The attack's files "
                      "(report.json, scores.csv, matches.png) are beside this page.")])]
   return pages.Page(f"Audit of {report['person']}", report, ["verdict"], sections)
 
@@ -313,7 +195,7 @@ def release_filter_extras(report: Mapping[str, Any]) -> dict[str, Any]:
   report = files.strict_json(report)  # NaN as null, as report.json holds it.
   without = report["samples_without_face"]
   verdict = (f"{report['dropped']} of {report['num_samples']} generated samples came closer "
-             f"than similarity {_n(report['threshold'])} to a photo of someone the generator "
+             f"than similarity {fmt(report['threshold'])} to a photo of someone the generator "
              f"was trained on and are held back; {report['kept']} are kept (kept.npz)."
              + (f" {without} showed no usable face and are left out." if without else ""))
   rows = sorted(report["dropped_per_identity"].items(), key=lambda item: (-item[1], item[0]))
@@ -327,7 +209,7 @@ def release_filter_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
       pages.Number("held back", "dropped"),
       pages.Number("without a usable face", "samples_without_face"),
       pages.Number("threshold", "threshold", note="cosine similarity to a training photo")]
-  items += _figure(workdir, "dropped.png", "The samples held back that came closest (left) "
+  items += figure(workdir, "dropped.png", "The samples held back that came closest (left) "
                    "beside the training photo they match, with its person and similarity.",
                    shows_people=True)
   if report["dropped_people"]:
@@ -350,15 +232,15 @@ def sweep_extras(report: Mapping[str, Any]) -> dict[str, Any]:
     return {"verdict": f"No point has a defined {variant} AUC."}
   low, high = min(aucs), max(aucs)
   text = (f"Over {len(points)} target generators the {variant} attack's AUC runs from "
-          f"{_n(low[0])} ({low[1]}) to {_n(high[0])} ({high[1]}).")
+          f"{fmt(low[0])} ({low[1]}) to {fmt(high[0])} ({high[1]}).")
   controls = [(point, point["control"][variant]) for point in points
               if point["control"].get(variant, {}).get("auc") is not None]
   if controls:
-    beyond = sum(_above(point["metrics"][variant]["auc_interval"][0], control["auc_interval"][1])
+    beyond = sum(above(point["metrics"][variant]["auc_interval"][0], control["auc_interval"][1])
                  for point, control in controls)
     control_aucs = [control["auc"] for _, control in controls]
     text += (f" The control generator, which saw none of their people, gives "
-             f"{_n(min(control_aucs))} to {_n(max(control_aucs))}; {beyond} of {len(controls)} "
+             f"{fmt(min(control_aucs))} to {fmt(max(control_aucs))}; {beyond} of {len(controls)} "
              "targets' intervals lie above the control's.")
   return {"verdict": text}
 
@@ -381,7 +263,7 @@ def sweep_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
                             "points' people", f"control/members_{members}/{PAGE_FILE}"))
   return pages.Page("Leakage against the size of the training set", report, ["verdict"], [
       pages.Section("AUC by point", [
-          *_figure(workdir, "sweep.png", "AUC (with its interval) against training photos per "
+          *figure(workdir, "sweep.png", "AUC (with its interval) against training photos per "
                    "member, one line per member count; bands: the control generator's interval"),
           pages.Table("points", columns, caption="Every point of the grid")]),
       pages.Section("Each point's attack", links),
@@ -404,9 +286,9 @@ def calibration_extras(report: Mapping[str, Any]) -> dict[str, Any]:
   target = metrics["target"]
   best = max(variants, key=lambda v: -np.inf if target[v]["auc"] is None else target[v]["auc"])
   nulls = [g for g in generators if g != "target"]
-  off = [f"{v} on {g} ({_n(metrics[g][v]['auc'])})" for v in variants for g in nulls
-         if _chance(*metrics[g][v]["auc_interval"]) != "not distinguishable from chance"]
-  text = (f"On the target generator the best variant is {best}: {_auc_words(target[best])}. On "
+  off = [f"{v} on {g} ({fmt(metrics[g][v]['auc'])})" for v in variants for g in nulls
+         if chance(*metrics[g][v]["auc_interval"]) != "not distinguishable from chance"]
+  text = (f"On the target generator the best variant is {best}: {auc_words(target[best])}. On "
           f"the generators that saw no member ({', '.join(nulls)}), "
           f"{len(variants) * len(nulls) - len(off)} of {len(variants) * len(nulls)} variant AUCs "
           "have an interval holding 0.5, as a calibrated score's must"
@@ -486,12 +368,12 @@ def feature_inversion_page(report: Mapping[str, Any], workdir: str) -> pages.Pag
                       "matcher; gallery: rank 1 against the victims and "
                       f"{report['gallery_size']} distractors; self: the inverted network "
                       "itself, which a reconstruction can fool alone"),
-          *_figure(workdir, "inversions.png", "A victim per row: the original, then the "
+          *figure(workdir, "inversions.png", "A victim per row: the original, then the "
                    "reconstruction of every layer and method.", shows_people=True)]),
       pages.Section("Victims", [
           pages.Number("victims", "num_victims"), pages.Number("distractors", "gallery_size"),
-          pages.Text(f"Judge: {_literal(report['judge'])}; inverted network: "
-                     f"{_literal(report['self'])}. {len(report['skipped'])} photos skipped.")])])
+          pages.Text(f"Judge: {literal(report['judge'])}; inverted network: "
+                     f"{literal(report['self'])}. {len(report['skipped'])} photos skipped.")])])
 
 
 # ---------------------------------------------------------------------------------- reconstruction
@@ -499,7 +381,7 @@ def feature_inversion_page(report: Mapping[str, Any], workdir: str) -> pages.Pag
 def reconstruction_extras(report: Mapping[str, Any]) -> dict[str, Any]:
   """The verdict of each reconstruction attack: its AUC and what its interval says."""
   report = files.strict_json(report)  # NaN as null, as report.json holds it.
-  parts = [f"{ATTACK_NAMES.get(name, name)}, {_auc_words(result)}"
+  parts = [f"{ATTACK_NAMES.get(name, name)}, {auc_words(result)}"
            for name, result in report["attacks"].items()]
   first = next(iter(report["attacks"].values()))
   return {"verdict": (f"Photos of members against photos of non-members "
@@ -509,12 +391,12 @@ def reconstruction_extras(report: Mapping[str, Any]) -> dict[str, Any]:
 def reconstruction_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
   items: list[pages.Item] = []
   for name, result in report["attacks"].items():
-    items += [_auc_number(f"attacks.{name}", name, ATTACK_NAMES.get(name, "")),
-              _tpr_table(f"attacks.{name}", result, name)]
-  items += _figure(workdir, "roc.png", "ROC of every attack, linear and log false-positive rate.")
+    items += [auc_number(f"attacks.{name}", name, ATTACK_NAMES.get(name, "")),
+              tpr_table(f"attacks.{name}", result, name)]
+  items += figure(workdir, "roc.png", "ROC of every attack, linear and log false-positive rate.")
   return pages.Page("Reconstruction attacks (GAN-Leaks)", report, ["verdict"], [
       pages.Section("Members against non-members", items),
-      pages.Section("Reconstructions", _figure(
+      pages.Section("Reconstructions", figure(
           workdir, "reconstructions.png", "The photos the white-box attack finds most member-"
           "like: the photo, its projection into the generator and their difference (black: "
           "exact).", shows_people=True))])
@@ -534,10 +416,10 @@ def embed_photos_extras(report: Mapping[str, Any]) -> dict[str, Any]:
       text += " No person has two photos: nothing to compare."
     elif report["separated"]:
       text += (f" Every same-person pair is more alike than every different-person pair "
-               f"(lowest same-person similarity {_n(same)}, highest other {_n(other)}).")
+               f"(lowest same-person similarity {fmt(same)}, highest other {fmt(other)}).")
     else:
       text += (f" Some different-person pair is more alike than some same-person pair "
-               f"(lowest same-person similarity {_n(same)}, highest other {_n(other)}).")
+               f"(lowest same-person similarity {fmt(same)}, highest other {fmt(other)}).")
   return {"verdict": text}
 
 
@@ -548,8 +430,8 @@ def embed_photos_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
   if "separated" in report:
     items += [pages.Number(f"{kind} similarity, {end}", f"{kind.replace('-', '_')}_{end}")
               for kind in ("same-person", "different-person") for end in ("min", "max")]
-  items += _figure(workdir, "faces.png", "The aligned faces the matcher saw.", shows_people=True)
-  items += _figure(workdir, "similarity.png", "Cosine similarity of every pair of photos, "
+  items += figure(workdir, "faces.png", "The aligned faces the matcher saw.", shows_people=True)
+  items += figure(workdir, "similarity.png", "Cosine similarity of every pair of photos, "
                    "grouped by person: same-person blocks on the diagonal.")
   return pages.Page(f"Photos embedded by {report['matcher']}", report, ["verdict"],
                     [pages.Section("What the matcher saw", items)])
@@ -576,7 +458,7 @@ def sample_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
       pages.Section("The samples", [
           shown, pages.Number("resolution", "resolution", note="pixels"),
           pages.Text(f"Drawn by: python -m attack.sample --config.generator="
-                     f"{_literal(report['spec'])} --config.seed={{seed}} "
+                     f"{literal(report['spec'])} --config.seed={{seed}} "
                      "--config.chunk_size={chunk_size}")])])
 
 
@@ -591,9 +473,9 @@ def main_job_report(workdir: str, config: Any, attacks: Mapping[str, Mapping[str
              for name, summary in attacks.items()}
   target, control = (entries[name]["metrics"] for name in ("attack", "attack_control"))
   text = (f"The attack on the target generator, trained on the members, reaches "
-          f"{_auc_words(target)}; on the control generator, trained on other people, "
-          f"{_auc_words(control)}.")
-  if _above(target["auc_interval"][0], control["auc_interval"][1]):
+          f"{auc_words(target)}; on the control generator, trained on other people, "
+          f"{auc_words(control)}.")
+  if above(target["auc_interval"][0], control["auc_interval"][1]):
     text += " The target's interval lies above the control's: the generator leaks its members."
   else:
     text += (" The two intervals overlap: at this size the attack does not tell the generator "
@@ -606,12 +488,12 @@ def main_job_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
   sections = []
   for name, entry in report["attacks"].items():
     key = f"attacks.{name}.metrics"
-    items: list[pages.Item] = [_auc_number(key, entry["primary"]),
-                               _tpr_table(key, entry["metrics"], entry["primary"])]
+    items: list[pages.Item] = [auc_number(key, entry["primary"]),
+                               tpr_table(key, entry["metrics"], entry["primary"])]
     items.append(pages.Link(f"The whole attack: ROC, every variant, the people ranked, the "
-                            f"matches", f"{name}/{PAGE_FILE}"))
+                            "matches", f"{name}/{PAGE_FILE}"))
     sections.append(pages.Section(entry["title"], items))
-  sections.append(pages.Section("The data", _figure(
+  sections.append(pages.Section("The data", figure(
       workdir, "data_overview.png", "Member identities in rows: their training photos, then "
       "their reference photos (the attack's only view of them).", shows_people=True)))
   return pages.Page("The main job: does the generator leak who it was trained on?", report,

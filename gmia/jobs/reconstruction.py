@@ -25,7 +25,7 @@ import numpy as np
 
 from gmia import files, fingerprint, kernels, metrics, parallel, sources, viz
 from gmia.attacks import people
-from gmia.jobs import page_builders
+from gmia.jobs import page_builders, page_parts
 from gmia.jobs.inputs import check_inputs
 from gmia.data import folders, photos as photo_files
 from gmia.inversion import latent, latent_encoder_training
@@ -194,7 +194,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          "projection": config.projection.to_dict()},
                overwrite=config.overwrite, outputs=(REPORT_FILE, "scores.csv", "roc.png",
                                                     "reconstructions.png",
-                                                    page_builders.PAGE_FILE))
+                                                    page_parts.PAGE_FILE))
   found = _distances(source, config.latent_encoder_workdir, config, targets)
   reference = (_distances(reference, config.reference_latent_encoder_workdir, config, targets)
                if reference is not None else None)
@@ -215,8 +215,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            found["reconstructions"][rows],
                            ["member" if labels[i] else "non-member" for i in rows])
   summary.update(page_builders.reconstruction_extras(summary))
-  summary["provenance"] = page_builders.provenance(workdir, config, summary["seconds"])
+  summary["provenance"] = page_parts.provenance(workdir, config, summary["seconds"])
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
-  page_builders.write_page(workdir, page_builders.reconstruction_page, summary,
+  page_parts.write_page(workdir, page_builders.reconstruction_page, summary,
                            config.report_photos)
   return summary

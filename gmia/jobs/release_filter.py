@@ -18,7 +18,7 @@ import numpy as np
 from gmia import files, fingerprint, kernels, viz
 from gmia.attacks import identity_membership as im
 from gmia.attacks import people as people_lib
-from gmia.jobs import membership, page_builders
+from gmia.jobs import membership, page_builders, page_parts
 from gmia.jobs.inputs import check_inputs
 from gmia.data import run_data
 from gmia.data.split import IdentitySplit
@@ -67,7 +67,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_inputs(workdir, {**membership.attack_inputs(config, job),
                          "threshold": config.threshold},
                overwrite=config.overwrite, outputs=("kept.npz", "dropped.png", REPORT_FILE,
-                                                    page_builders.PAGE_FILE))
+                                                    page_parts.PAGE_FILE))
   refs = job.people.refs
   threshold = config.threshold
   if threshold < 0:
@@ -112,8 +112,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "config": config.to_dict(),
   }
   result.update(page_builders.release_filter_extras(result))
-  result["provenance"] = page_builders.provenance(workdir, config, time.perf_counter() - started)
+  result["provenance"] = page_parts.provenance(workdir, config, time.perf_counter() - started)
   files.write_json(os.path.join(workdir, REPORT_FILE), result)
-  page_builders.write_page(workdir, page_builders.release_filter_page, result,
+  page_parts.write_page(workdir, page_builders.release_filter_page, result,
                            config.report_photos)
   return result

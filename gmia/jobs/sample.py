@@ -20,7 +20,7 @@ import numpy as np
 
 from gmia import files, parallel, viz
 from gmia.attacks.samples import DEFAULT_CHUNK, draw
-from gmia.jobs import page_builders
+from gmia.jobs import page_builders, page_parts
 from gmia.sources import config_fields as source_fields, open_source
 
 REPORT_FILE = "samples.json"
@@ -83,9 +83,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {"generator": source.fingerprint, "spec": source.spec, "seed": config.seed,
              "chunk_size": chunk, "indices": indices.tolist(), "resolution": source.resolution}
   summary.update(page_builders.sample_extras(summary))
-  summary["provenance"] = page_builders.provenance(
+  summary["provenance"] = page_parts.provenance(
       workdir, config, time.perf_counter() - started, {"generator": source.fingerprint})
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
-  page_builders.write_page(workdir, page_builders.sample_page, summary,
+  page_parts.write_page(workdir, page_builders.sample_page, summary,
                            config.report_photos)
   return summary

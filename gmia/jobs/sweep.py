@@ -35,7 +35,7 @@ import numpy as np
 
 from gmia import files, fingerprint, viz
 from gmia.attacks import calibration, exposure
-from gmia.jobs import membership, page_builders, shadows as shadows_lib
+from gmia.jobs import membership, page_builders, page_parts, shadows as shadows_lib
 from gmia.jobs.stages import run_stage
 from gmia.runs import load_run
 from gmia.data import run_data
@@ -206,12 +206,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # The files also say where the result came from, and when: a cached rerun returns the same
   # summary but not the same date.
   inputs = {"split": fingerprint.tree_digest(base.to_json())}
-  report = {**summary, "provenance": page_builders.provenance(workdir, config,
+  report = {**summary, "provenance": page_parts.provenance(workdir, config,
                                                               summary["total_seconds"], inputs)}
   files.write_json(os.path.join(workdir, SWEEP_FILE), report)
   files.write_atomic(os.path.join(workdir, "sweep.md"), markdown_table(summary))
   save_sweep_figure(os.path.join(workdir, "sweep.png"), summary)
-  page_builders.write_page(workdir, page_builders.sweep_page, report,
+  page_parts.write_page(workdir, page_builders.sweep_page, report,
                            config.attack.report_photos)
   return summary
 

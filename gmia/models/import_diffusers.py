@@ -36,7 +36,7 @@ import safetensors
 import safetensors.numpy
 from flax import traverse_util
 
-from gmia.diffusion import schedule as diffusion_schedule
+from gmia.models import noise_schedule
 from gmia.models import nvidia_pickle
 from gmia.models.unet import UNet
 
@@ -194,7 +194,7 @@ def load_unet(path: str) -> tuple[UNet, dict[str, Any], dict[str, Any]]:
 
   `unet.apply(variables, x, t)`: images f32[B, H, W, C] and timesteps i32[B] -> the network's
   output f32[B, H, W, C] (diffusers' `UNet2DModel(x, t).sample`, NHWC).
-  info: {"schedule": gmia.diffusion.schedule.Schedule (the scheduler's settings, DDPM's defaults
+  info: {"schedule": gmia.models.noise_schedule.Schedule (the scheduler's settings, DDPM's defaults
   without one), "resolution": config.json's sample_size (or None), "channels", "config": the
   U-Net's config.json, "scheduler_config": the path read or None, "weights": the weights file}.
   """
@@ -212,9 +212,9 @@ def load_unet(path: str) -> tuple[UNet, dict[str, Any], dict[str, Any]]:
   expected = traverse_util.flatten_dict(abstract["params"])
   params = params_from_weights(weights, expected, weights_path)
   if scheduler_path is None:
-    schedule = diffusion_schedule.Schedule(diffusion_schedule.make_betas("linear"))
+    schedule = noise_schedule.Schedule(noise_schedule.make_betas("linear"))
   else:
-    schedule = diffusion_schedule.from_scheduler_config(_read_json(scheduler_path),
+    schedule = noise_schedule.from_scheduler_config(_read_json(scheduler_path),
                                                         scheduler_path)
   sample_size = config.get("sample_size")
   info = {"schedule": schedule,

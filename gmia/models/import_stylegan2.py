@@ -268,10 +268,13 @@ def _plain(value: Any) -> Any:
 
 def _network(path: str, name: str) -> tuple[TorchModule, dict]:
   data = nvidia_pickle.read_pickle(path)
-  if not isinstance(data, dict) or not isinstance(data.get(name), TorchModule):
+  if not isinstance(data, dict) or name not in data:
     keys = sorted(data) if isinstance(data, dict) else type(data).__name__
     raise ValueError(f"{path}: no network {name!r} (found {keys}); expected a stylegan2-ada-"
                      "pytorch snapshot with G, D and G_ema")
+  if not isinstance(data[name], TorchModule):
+    raise ValueError(f"{path}: its {name!r} entry is a {type(data[name]).__name__}, not a "
+                     "network of stylegan2-ada-pytorch")
   return data[name], data
 
 

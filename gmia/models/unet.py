@@ -373,3 +373,20 @@ class TimeEmbedding(nn.Module):
     layers = _Layers(self.dtype)
     return layers.dense(self.features, "linear_2")(nn.silu(layers.dense(self.features,
                                                                         "linear_1")(x)))
+
+
+def from_config(config: Any) -> UNet:
+  """The U-Net a gmia diffusion run's config describes (`config.model`), checked against
+  `config.data.resolution`."""
+  m = config.model
+  unet = UNet(block_out_channels=tuple(m.block_out_channels),
+              down_block_types=tuple(m.down_block_types), up_block_types=tuple(m.up_block_types),
+              layers_per_block=m.layers_per_block, attention_head_dim=m.attention_head_dim,
+              norm_num_groups=m.norm_num_groups, flip_sin_to_cos=m.flip_sin_to_cos,
+              freq_shift=m.freq_shift, dropout=m.dropout, dtype=jnp.dtype(m.dtype))
+  unet.check()
+  factor = 2 ** (len(m.block_out_channels) - 1)
+  if config.data.resolution % factor:
+    raise ValueError(f"data.resolution {config.data.resolution} must be divisible by {factor} "
+                     f"(the {len(m.block_out_channels) - 1} downsamplings of the U-Net)")
+  return unet

@@ -12,9 +12,11 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-KINDS = ("gmia", "stylegan2_pkl", "onnx", "images")
+from gmia.runs import load_run
+
+KINDS = ("gmia", "stylegan2_pkl", "diffusers", "onnx", "images")
 # What a source can do besides handing out samples by index.
-LATENTS, GRADIENTS, STYLEGAN = "latents", "gradients", "stylegan"
+LATENTS, GRADIENTS, STYLEGAN, DENOISER = "latents", "gradients", "stylegan", "denoiser"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -25,11 +27,14 @@ class Source:
   sample(indices i64[C], mesh) -> f32[C, R, R, 3] in [-1, 1], sample i a pure function of
     (seed, i), split over the mesh's data axis.
   num_available: how many samples there are (images: the files; None: unlimited).
-  supports: of LATENTS (samples come from latents, z_i), GRADIENTS (differentiable in z) and
-    STYLEGAN (a gmia StyleGAN2 module: projection into W / W+, latent encoders).
+  supports: of LATENTS (samples come from latents, z_i), GRADIENTS (differentiable in z),
+    STYLEGAN (a gmia StyleGAN2 module: projection into W / W+, latent encoders) and DENOISER (a
+    diffusion model's denoising network: the gray-box attack).
   fingerprint: what the source is (kind, checkpoint step, a hash of its parameters or file).
-  stylegan: (generator, g_vars) for STYLEGAN sources.
-  split_path, data: a gmia run's split.json and data config (the people it was trained on).
+  stylegan: (generator, g_vars) for STYLEGAN sources; denoiser: (unet, variables, noise
+    schedule) for DENOISER sources.
+  split_path, data, train_group: a gmia run's split.json, data config and the split's group it
+    was trained on (its training photos: those of that group).
   """
   spec: str
   kind: str
@@ -39,19 +44,23 @@ class Source:
   supports: frozenset[str]
   fingerprint: dict[str, Any]
   stylegan: tuple[Any, Any] | None = None
+  denoiser: tuple[Any, Any, Any] | None = None
   split_path: str | None = None
   data: ml_collections.ConfigDict | None = None
+  train_group: str | None = None
 
 
 def config_fields() -> dict[str, Any]:
   """The config fields that choose a generator and how it samples."""
   return {
-      "generator": "",            # KIND:PATH (gmia:, stylegan2_pkl:, onnx:, images:).
+      "generator": "",            # KIND:PATH (gmia:, stylegan2_pkl:, diffusers:, onnx:, images:).
       "seed": 0,                  # Sample i comes from (seed, i).
       "truncation_psi": 1.0,      # StyleGAN sources.
       "class_idx": -1,            # Conditional stylegan2_pkl: the class sampled.
       "generator_range": "auto",  # onnx: output range "-1,1", "0,1", "0,255"; auto: from the
                                   # graph's last operator (Tanh, Sigmoid).
+      "diffusion_sampler": "ddim",  # Diffusion models: "ddim" (deterministic) or "ddpm".
+      "diffusion_steps": 50,        # Denoising steps of a sample.
   }
 
 
@@ -70,9 +79,19 @@ def parse(spec: str) -> tuple[str, str]:
 def open_source(config: ml_collections.ConfigDict) -> Source:
   """The generator `config.generator` names, sampling as the config says."""
   kind, path = parse(config.generator)
-  if kind in ("gmia", "stylegan2_pkl"):
+  if kind == "gmia":
+    run = load_run(path, ("gan", "diffusion"))
+    if run.kind == "diffusion":
+      from gmia.sources import diffusion
+      return diffusion.from_run(run, config)
     from gmia.sources import stylegan
-    return stylegan.open_stylegan(kind, path, config)
+    return stylegan.from_run(run, config)
+  if kind == "stylegan2_pkl":
+    from gmia.sources import stylegan
+    return stylegan.open_pickle(path, config)
+  if kind == "diffusers":
+    from gmia.sources import diffusion
+    return diffusion.open_diffusers(path, config)
   if kind == "onnx":
     from gmia.sources import onnx_generator
     return onnx_generator.open_onnx(path, config)
@@ -85,7 +104,8 @@ def require(source: Source, capability: str, attack: str) -> None:
   if capability not in source.supports:
     needs = {STYLEGAN: "a StyleGAN2 generator (gmia: or stylegan2_pkl:)",
              LATENTS: "a generator with latents (gmia:, stylegan2_pkl: or onnx:)",
-             GRADIENTS: "a differentiable generator (gmia:, stylegan2_pkl: or onnx:)"}[capability]
+             GRADIENTS: "a differentiable generator (gmia:, stylegan2_pkl: or onnx:)",
+             DENOISER: "a diffusion model (gmia: or diffusers:)"}[capability]
     raise ValueError(f"{attack} needs {needs}; {source.spec} is a {source.kind} source, which "
                      f"supports {sorted(source.supports) or 'sampling only'}")
 

@@ -1,4 +1,5 @@
-"""The one training loop of gmia: trainers describe a `Task`, `run` trains it."""
+"""The one training loop of gmia: trainers describe a `Task`, `run` trains it; the weights' moving
+average both generators keep (`ema`)."""
 
 from gmia.training.loop import Phase, Result, Task, run
 from gmia.training.loop import EVAL_FILE
