@@ -1,0 +1,42 @@
+"""The privacy job end to end at toy size: a non-private and a DP point trained on the members and
+the included canaries, each attacked, the canaries' empirical epsilons recomputed from the
+attack's scores, and the release filter's curve."""
+
+import csv
+
+import numpy as np
+
+from attack.configs import privacy_tiny
+from gmia.data.split import IdentitySplit
+from gmia.jobs import privacy
+from gmia.privacy import auditing
+from gmia.runs import load_run
+
+
+def test_privacy_job_at_toy_size(toy_main_job, tmp_path):
+  main, data_dir, _ = toy_main_job
+  config = privacy_tiny.get_config()
+  config.data.data_dir = str(data_dir)
+  config.face_encoder_workdir = str(main / "face_encoder")
+  summary = privacy.run(config, str(tmp_path))
+  names = [p["name"] for p in summary["points"]]
+  assert names == ["eps_inf", "eps_50"]
+  # The DP point carries its guarantee; epsilon recomputes from its plan.
+  plan = load_run(str(tmp_path / "points" / "eps_50" / "gan"), "gan").meta["privacy"]
+  assert summary["points"][1]["privacy"] == plan and plan["epsilon"] <= 50.0
+  assert summary["points"][0]["privacy"] is None
+  canaries = privacy.choose_canaries(IdentitySplit.load(str(tmp_path / "split.json")), config)
+  for point in summary["points"]:
+    with open(tmp_path / "points" / point["name"] / "attack" / "scores.csv") as handle:
+      rows = {row["identity"]: row for row in csv.DictReader(handle)}
+    # Included canaries are members of the attack, excluded ones non-members.
+    groups = [rows[str(c)]["group"] for c in canaries[0].tolist()]
+    assert groups == ["member" if i else "population" for i in canaries[1].tolist()]
+    scores = np.array([float(rows[str(c)]["score_best"]) for c in canaries[0].tolist()])
+    delta = plan["delta"]
+    expected = auditing.threshold_epsilon(scores, canaries[1], delta=delta)
+    assert point["audit"]["threshold"]["epsilon"] == expected.epsilon
+  (row,) = summary["filter"]
+  assert 0 < row["fraction_kept"] <= 1 and "best" in row["metrics"]
+  for name in ("privacy.md", "privacy.png", "privacy_samples.png", "filter.png"):
+    assert (tmp_path / name).exists(), name
