@@ -26,7 +26,7 @@ def from_run(run: Run, config: ml_collections.ConfigDict) -> Source:
                  {"kind": "gmia", "step": run.step,
                   "digest": fingerprint.tree_digest(run.variables)}, config,
                  split_path=split_path if os.path.exists(split_path) else None,
-                 data=run.config.data, train_group=run.config.train_group)
+                 data=run.config.get("data"), train_group=run.config.get("train_group"))
 
 
 def open_pickle(path: str, config: ml_collections.ConfigDict) -> Source:
