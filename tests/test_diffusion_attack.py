@@ -100,7 +100,9 @@ def test_near_copies_against_brute_force():
   flat = lambda x: x.reshape(len(x), -1).astype(np.float64) / 127.5 - 1.0
   distances = np.sqrt(((flat(samples)[:, None] - flat(photos)[None]) ** 2).sum(-1))
   ordered = np.sort(distances, axis=1)[:, :10]
-  np.testing.assert_allclose(ratios, ordered[:, 0] / ordered.mean(axis=1), rtol=1e-4)
+  # The kernel's float32 |a|^2 + |b|^2 - 2 a.b loses digits on a near-copy's short distance
+  # (2e-4 relative here, on a ratio compared with 1/3).
+  np.testing.assert_allclose(ratios, ordered[:, 0] / ordered.mean(axis=1), rtol=1e-3)
   np.testing.assert_array_equal(nearest[:5], np.arange(5))
   assert copies.count_copies(ratios) == 5
   with pytest.raises(ValueError, match="images of one shape"):
