@@ -3,12 +3,14 @@ the included canaries, each attacked, the canaries' empirical epsilons recompute
 attack's scores, and the release filter's curve."""
 
 import csv
+import json
 
+import markupsafe
 import numpy as np
 
 from attack.configs import privacy_tiny
 from gmia.data.split import IdentitySplit
-from gmia.jobs import privacy
+from gmia.jobs import pages, privacy
 from gmia.privacy import auditing
 from gmia.runs import load_run
 
@@ -36,7 +38,18 @@ def test_privacy_job_at_toy_size(toy_main_job, tmp_path):
     delta = plan["delta"]
     expected = auditing.threshold_epsilon(scores, canaries[1], delta=delta)
     assert point["audit"]["threshold"]["epsilon"] == expected.epsilon
-  (row,) = summary["filter"]
-  assert 0 < row["fraction_kept"] <= 1 and "best" in row["metrics"]
+  # Threshold 1 keeps every sample, and the attack on them is the non-private point's; the
+  # toy encoder calls most samples copies at 0.9, too few left to attack.
+  everything, strict = summary["filter"]
+  assert everything["fraction_kept"] == 1
+  assert everything["metrics"]["best"]["auc"] == summary["points"][0]["metrics"]["best"]["auc"]
+  assert strict["kept"] < config.attack.topk and strict["metrics"] is None
   for name in ("privacy.md", "privacy.png", "privacy_samples.png", "filter.png"):
     assert (tmp_path / name).exists(), name
+  # The page says what privacy.json says: every point's AUC, and the verdict.
+  page = (tmp_path / "report.html").read_text()
+  report = json.loads((tmp_path / "privacy.json").read_text())
+  assert str(markupsafe.escape(report["verdict"])) in page  # As the page's template escapes.
+  for row, point in zip(report["rows"], summary["points"]):
+    assert row["auc"] == point["metrics"]["best"]["auc"]
+    assert pages.format_number(row["auc"]) in page

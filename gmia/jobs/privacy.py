@@ -31,14 +31,15 @@ import os
 import matplotlib.pyplot as plt
 import ml_collections
 import numpy as np
+from PIL import Image
 
-from gmia import files, parallel, viz
+from gmia import files, fingerprint, parallel, viz
 from gmia.attacks import calibration
 from gmia.attacks.samples import draw
 from gmia.data import run_data
 from gmia.data.split import GROUPS, IdentitySplit
 from gmia.gan import trainer as gan_trainer
-from gmia.jobs import membership, release_filter
+from gmia.jobs import membership, page_parts, pages, release_filter
 from gmia.jobs.stages import run_stage
 from gmia.privacy import auditing
 from gmia.runs import load_run
@@ -149,10 +150,74 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       workdir, "points", point_name(0.0), "gan"), trained_split) if 0.0 in config.epsilons else []
   summary = {"points": points, "filter": curve, "variants": list(config.variants),
              "config": config.to_dict()}
+  summary.update(privacy_extras(summary))
+  seconds = sum(sum(point["seconds"].values()) for point in points)
+  summary["provenance"] = page_parts.provenance(
+      workdir, config, seconds, {"split": fingerprint.tree_digest(split.to_json()),
+                                 "canaries": canaries.tolist(), "included": included.tolist()})
   files.write_json(os.path.join(workdir, REPORT_FILE), summary)
   files.write_atomic(os.path.join(workdir, "privacy.md"), markdown_table(summary))
   save_figures(workdir, summary, np.stack(samples), [p["name"] for p in points])
+  page_parts.write_page(workdir, privacy_page, summary, config.attack.report_photos)
   return summary
+
+
+def privacy_extras(summary: dict) -> dict:
+  """The page's verdict in words and its tables as flat rows (a non-private point has no
+  privacy plan)."""
+  summary = files.strict_json(summary)
+  variant = summary["variants"][0]
+  rows, sentences = [], []
+  for point in summary["points"]:
+    plan, quality = point["privacy"] or {}, point["sample_quality"] or {}
+    metrics = point["metrics"][variant]
+    rows.append({"epsilon": plan.get("epsilon"), "target_epsilon": point["target_epsilon"],
+                 "noise_multiplier": plan.get("noise_multiplier"), "steps": plan.get("steps"),
+                 "auc": metrics["auc"], "auc_interval": metrics["auc_interval"],
+                 "one_run_epsilon": point["audit"]["one_run"]["epsilon"],
+                 "threshold_epsilon": point["audit"]["threshold"]["epsilon"],
+                 "frechet_distance": quality.get("frechet_distance"),
+                 "near_copies": quality.get("near_copies"),
+                 "minutes": sum(point["seconds"].values()) / 60})
+    low, high = metrics["auc_interval"]
+    where = page_parts.chance(low, high) + (
+        ", inside the null band [0.4, 0.6]" if low is not None and 0.4 <= low and high <= 0.6
+        else "")
+    name = (f"at epsilon {plan['epsilon']:.3g}" if plan else "without privacy")
+    sentences.append(f"{name}, the {variant} attack's AUC is {page_parts.fmt(metrics['auc'])} "
+                     f"[{page_parts.fmt(low)}, {page_parts.fmt(high)}], {where}")
+  exceeded = [row for row in rows if row["epsilon"] is not None and max(
+      row["one_run_epsilon"] or 0, row["threshold_epsilon"] or 0) > row["epsilon"]]
+  joined = "; ".join(sentences)
+  verdict = (joined[:1].upper() + joined[1:] + ". " + (
+      "The canaries' empirical epsilon exceeds the accountant's at "
+      f"{len(exceeded)} point(s): the private training does not give its guarantee."
+      if exceeded else "No canary bound exceeds the accountant's epsilon."))
+  filter_rows = [{"threshold": row["threshold"], "fraction_kept": row["fraction_kept"],
+                  "auc": row["metrics"][variant]["auc"] if row["metrics"] else None}
+                 for row in summary["filter"]]
+  return {"verdict": verdict, "rows": rows, "filter_rows": filter_rows}
+
+
+def privacy_page(report: dict, workdir: str) -> pages.Page:
+  columns = {"epsilon (target)": "target_epsilon", "epsilon (accountant)": "epsilon",
+             "noise multiplier": "noise_multiplier", "steps": "steps", "AUC": "auc",
+             "interval": "auc_interval", "one-run epsilon >=": "one_run_epsilon",
+             "threshold epsilon >=": "threshold_epsilon", "Frechet distance": "frechet_distance",
+             "near-copies": "near_copies", "minutes": "minutes"}
+  sections = [pages.Section("Leakage and quality against epsilon", [
+      *page_parts.figure(workdir, "privacy.png", "Attack AUC (with its interval) and the "
+                         "Frechet distance to the training photos against epsilon"),
+      pages.Table("rows", columns, caption=f"The {report['variants'][0]} attack at every point; "
+                  "empirical epsilons are 95% lower bounds from the canaries"),
+      *page_parts.figure(workdir, "privacy_samples.png", "Samples at each epsilon, a row each")])]
+  if report["filter"]:
+    sections.append(pages.Section("The release filter as a defence", [
+        *page_parts.figure(workdir, "filter.png", "Attack AUC on what the filter keeps"),
+        pages.Table("filter_rows", {"threshold": "threshold", "fraction kept": "fraction_kept",
+                                    "AUC": "auc"})]))
+  return pages.Page("Defences: leakage against person-level differential privacy", report,
+                    ["verdict"], sections)
 
 
 def _point(config, epsilon: float, gan_dir: str, attack_dir: str, canaries: np.ndarray,
@@ -169,30 +234,53 @@ def _point(config, epsilon: float, gan_dir: str, attack_dir: str, canaries: np.n
 
 def _filter_curve(config, workdir: str, attack_config: ml_collections.ConfigDict, gan_dir: str,
                   trained_split: IdentitySplit) -> list[dict]:
-  """The attack on what the release filter keeps of the non-private generator, per threshold."""
+  """The attack on what the release filter keeps of the non-private generator, per threshold
+  (metrics None where it keeps fewer samples than the attack's topk)."""
   split_path = os.path.join(workdir, "points", point_name(0.0), run_data.SPLIT_FILE)
+  # What the filter keeps is a folder of images with no split: the attack on it reads the same
+  # people's reference photos as identity folders.
+  people_dir = os.path.join(workdir, "filter", "people")
+  run_stage(people_dir, lambda: _export_people(config, trained_split, people_dir),
+            "filter people")
   rows = []
   for threshold in config.filter_thresholds:
     directory = os.path.join(workdir, "filter", f"t_{threshold:g}")
     kept_dir, attack_dir = os.path.join(directory, "filter"), os.path.join(directory, "attack")
-    filtered = copy.deepcopy(attack_config)
-    filtered.update(generator="gmia:" + gan_dir, split_path=split_path, threshold=threshold,
-                    num_samples=config.attack.num_samples)
     filter_config = release_filter.default_config()
-    filter_config.update({k: v for k, v in filtered.items() if k in filter_config})
+    filter_config.update({k: v for k, v in attack_config.items() if k in filter_config})
+    filter_config.update(generator="gmia:" + gan_dir, split_path=split_path, threshold=threshold,
+                         num_samples=config.attack.num_samples)
     run_stage(kept_dir, lambda: release_filter.run(filter_config, kept_dir),
               f"filter {threshold:g}")
     result = files.read_json(os.path.join(kept_dir, release_filter.REPORT_FILE))
+    row = {"threshold": threshold, "kept": result["kept"],
+           "fraction_kept": result["kept"] / result["num_samples"], "metrics": None}
+    if result["kept"] < max(attack_config.topk, 1):
+      # Too few samples left to score a person's top-k: the filter leaves nothing to attack.
+      rows.append(row)
+      continue
     attack = copy.deepcopy(attack_config)
     attack.update(generator="images:" + os.path.join(kept_dir, "kept.npz"),
-                  split_path=split_path, num_samples=result["kept"],
+                  members_dir=os.path.join(people_dir, "members"),
+                  population_dir=os.path.join(people_dir, "non_members"),
+                  num_samples=result["kept"],
                   title=f"what the filter keeps at {threshold:g}")
     run_stage(attack_dir, lambda: membership.run(attack, attack_dir), f"filtered {threshold:g}")
-    report = files.read_json(os.path.join(attack_dir, membership.REPORT_FILE))
-    rows.append({"threshold": threshold, "kept": result["kept"],
-                 "fraction_kept": result["kept"] / result["num_samples"],
-                 "metrics": report["metrics"]})
+    row["metrics"] = files.read_json(os.path.join(attack_dir, membership.REPORT_FILE))["metrics"]
+    rows.append(row)
   return rows
+
+
+def _export_people(config, split: IdentitySplit, directory: str) -> None:
+  """The reference photos of the split's members and non-members as identity folders
+  (directory/<group>/<identity>/<photo id>.png, lossless)."""
+  arrays = run_data.load_dataset(config.data)
+  for group in ("members", "non_members"):
+    chosen = arrays.select(split.reference_photos(group))
+    for image, identity, photo in zip(chosen.images, chosen.identity, chosen.photo_id):
+      folder = os.path.join(directory, group, str(identity))
+      os.makedirs(folder, exist_ok=True)
+      Image.fromarray(image).save(os.path.join(folder, f"{photo}.png"))
 
 
 def markdown_table(summary: dict) -> str:
@@ -222,7 +310,8 @@ def markdown_table(summary: dict) -> str:
         f"AUC {v}" for v in variants) + " |", "|---|---|" + "---|" * len(variants)]
     for row in summary["filter"]:
       lines.append(f"| {row['threshold']:g} | {row['fraction_kept']:.1%} | " + " | ".join(
-          calibration.auc_text(row["metrics"][v]).removeprefix("AUC ") for v in variants) + " |")
+          calibration.auc_text(row["metrics"][v]).removeprefix("AUC ") if row["metrics"]
+          else "too few samples kept" for v in variants) + " |")
   first = summary["points"][0]["metrics"][variants[0]]
   lines.append(f"\n{first['num_positives']} members (with the included canaries) vs "
                f"{first['num_negatives']} non-members; the empirical epsilons are lower bounds "
@@ -258,8 +347,9 @@ def save_figures(workdir: str, summary: dict, samples: np.ndarray, names: list[s
                 upscale=max(1, 64 // samples.shape[2]))
   if summary["filter"]:
     figure, axes = plt.subplots(figsize=(5, 4))
-    kept = [row["fraction_kept"] for row in summary["filter"]]
-    axes.plot(kept, [row["metrics"][variant]["auc"] for row in summary["filter"]], marker="o")
+    attacked = [row for row in summary["filter"] if row["metrics"]]
+    axes.plot([row["fraction_kept"] for row in attacked],
+              [row["metrics"][variant]["auc"] for row in attacked], marker="o")
     axes.set_xlabel("fraction of samples the filter keeps")
     axes.set_ylabel(f"attack AUC on what it keeps ({variant})")
     axes.grid(alpha=0.3)
