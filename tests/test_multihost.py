@@ -212,8 +212,9 @@ def test_the_attack_on_two_processes_reports_what_one_does(models, tmp_path):
   for mine, theirs in zip(job_rows, alone_rows):
     for column, value in mine.items():
       if column.startswith("score_") or column.startswith("p_value"):
-        assert math.isclose(float(value), float(theirs[column]), rel_tol=1e-5,
-                            abs_tol=1e-5), column
+        tolerance = 1e-4 if column == "score_density" else 1e-5
+        assert math.isclose(float(value), float(theirs[column]), rel_tol=tolerance,
+                            abs_tol=tolerance), column
       else:
         assert value == theirs[column], column
   assert json.loads((tmp_path / "job" / "report.json").read_text())["metrics"] == alone["metrics"]

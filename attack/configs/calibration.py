@@ -16,5 +16,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.untrained_steps = 1
   config.reference_people = 25  # reference_b: encoder identities, as many as the control has.
   config.seed = 1
-  config.shadows = shadows.default_config()  # num_shadows 0: no likelihood-ratio variants.
+  config.shadows = shadows.default_config()  # 4 shadows; num_shadows 0: no likelihood ratios.
   return config
