@@ -128,7 +128,7 @@ def _small_samples(samples: int) -> Callable:
 def _calibration(config, args):
   config.main = main_job_tiny.get_config()
   config.reference_people = 2
-  config.shadows.update(num_shadows=2, people_per_shadow=2)
+  config.shadows.num_shadows = 0  # tests/test_main_job.py runs the job with shadows.
   return config
 
 
@@ -214,6 +214,13 @@ def _diffusion(config, args):
   return tiny
 
 
+def _privacy(config, args):
+  # One private point, no filter: tests/test_privacy_job.py runs the whole job at toy size.
+  tiny = privacy_tiny.get_config()
+  tiny.update(epsilons=(50.0,), filter_thresholds=())
+  return tiny
+
+
 def _unchanged(config, args):
   return config
 
@@ -246,7 +253,7 @@ TOY: dict[tuple[str, str | None], Callable] = {
     ("train.train_gan", "train/configs/gan_tiny.py"): _gan,
     ("train.train_gan", "train/configs/gan_dp_cpu_demo.py"): _gan_dp,
     ("train.train_diffusion", "train/configs/diffusion_cpu_demo.py"): _diffusion,
-    ("attack.privacy", None): lambda config, args: privacy_tiny.get_config(),
+    ("attack.privacy", None): _privacy,
 }
 
 # What a block must leave behind where its commands' exit status does not tell (BUILD's loop
