@@ -1,5 +1,5 @@
 """Latent projection: schedules and noise penalty against numpy, recovery of a known latent,
-batch independence, and 1 device = 8 devices."""
+batch independence, 1 device = 8 devices, and the L-BFGS option."""
 
 import textwrap
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gmia.inversion import latent
-from gmia.models import iresnet, stylegan
+from gmia.models import iresnet
 from tests.multidevice import run_with_devices
 
 RESOLUTION = 16
@@ -138,10 +138,35 @@ def test_encoder_losses_alone_pull_towards_the_target(tiny):
   assert np.all(out["pixel_mse"] < 0.5 * out["start_mse"]), (out["pixel_mse"], out["start_mse"])
 
 
+def test_lbfgs_projection_lowers_the_error_within_its_budget(tiny):
+  """L-BFGS with optimised noise maps, 2 targets 1 at a time: each ends below its start's
+  pixel error, within num_steps evaluations, its loss never rising, its noise maps normalised."""
+  generator, g_vars, _, targets = tiny
+  settings = latent.ProjectionSettings(num_steps=40, optimizer="lbfgs", noise_mode="const",
+                                       w_avg_samples=256, regularize_noise_weight=100.0,
+                                       lbfgs_memory=5, lbfgs_batch=1)
+  out = latent.make_projector(generator, settings)(g_vars, None, targets[:2],
+                                                   latent.target_keys(0, range(2)))
+  assert np.all(out["pixel_mse"] < out["start_mse"]), (out["pixel_mse"], out["start_mse"])
+  evaluations = np.asarray(out["evaluations"])
+  assert np.all((evaluations > 1) & (evaluations <= settings.num_steps)), evaluations
+  assert out["loss"].shape == (2, settings.num_steps)
+  assert np.all(np.diff(np.asarray(out["loss"]), axis=1) <= 0)
+  for noise in jax.tree.leaves(out["noise"]):
+    np.testing.assert_allclose(noise.mean(axis=(1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.square(noise).mean(axis=(1, 2)), 1.0, rtol=1e-4)
+
+
 def test_bad_inputs_are_named(tiny):
   generator, g_vars, _, targets = tiny
   with pytest.raises(ValueError, match="noise_mode"):
     latent.ProjectionSettings(noise_mode="random")
+  with pytest.raises(ValueError, match="optimizer"):
+    latent.ProjectionSettings(optimizer="sgd")
+  with pytest.raises(ValueError, match="lbfgs_batch"):
+    latent.ProjectionSettings(optimizer="lbfgs", lbfgs_batch=0)
+  with pytest.raises(ValueError, match="memory"):
+    latent.ProjectionSettings(optimizer="lbfgs", lbfgs_memory=0)
   with pytest.raises(ValueError, match="needs an encoder"):
     latent.make_projector(generator, latent.ProjectionSettings(identity_weight=1.0))
   project = latent.make_projector(generator, W_PLUS)
