@@ -334,7 +334,7 @@ def save_figures(workdir: str, summary: dict, samples: np.ndarray, names: list[s
   leak.set_ylim(0, 1)
   fid.plot(x, [(p["sample_quality"] or {}).get("frechet_distance", np.nan) for p in points],
            marker="o")
-  fid.set_ylabel("Frechet distance to the training photos (face encoder)")
+  fid.set_ylabel("Frechet distance to the training photos\n(face encoder's space)")
   for axes in (leak, fid):
     axes.set_xticks(x, labels)
     axes.set_xlabel("epsilon (person-level DP)")
