@@ -192,7 +192,7 @@ def test_clear_errors(tiny_run, data_dir, tmp_path):
     load_run(str(tmp_path / "x"), "diffusion")
 
 
-@pytest.mark.parametrize("name", ["diffusion_cpu_demo", "diffusion_64"])
+@pytest.mark.parametrize("name", ["diffusion_cpu_demo", "diffusion_64", "diffusion_dp_cpu_demo"])
 def test_configs_build(name):
   """Every config's U-Net and state build (abstractly: no compile)."""
   config = __import__(f"train.configs.{name}", fromlist=["get_config"]).get_config()

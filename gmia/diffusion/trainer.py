@@ -10,6 +10,12 @@ and an EMA of the weights (what is sampled and attacked) whose decay is min(ema_
 (1 + step) / (10 + step)), diffusers' EMAModel's, so a short run's average is not dominated by
 its initialisation.
 
+With `config.privacy.enabled` the run is person-level DP-SGD, as the GAN's: its steps sample
+people (gmia.privacy.sampling), each person's gradient is clipped and the sum noised
+(gmia.privacy.clipping), and its privacy plan (gmia.privacy.runs) is made before training, refused
+when over budget and saved in every checkpoint's metadata as `privacy`; everything sampled from
+the weights is post-processing.
+
 A step's batch and randomness (timesteps, noise, dropout) are functions of (seed, step), drawn
 over the global batch, so a killed run resumes bit for bit and any device or process count
 trains the same. Checkpoints hold plain dicts (step, params, ema, opt_state) and the config, so
@@ -28,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 
 from gmia import parallel, training, viz
 from gmia.data import run_data
@@ -37,8 +44,12 @@ from gmia.models import noise_schedule
 from gmia.training import ema
 from gmia.models import unet as unet_lib
 from gmia.models.unet import UNet
+from gmia.privacy import accounting, clipping
+from gmia.privacy import runs as privacy_runs
 
 KIND = "diffusion"
+# fold_in data for the DP noise key of a step, apart from the split(key) of its other draws.
+_NOISE_STREAM = 2**31 - 1
 SAMPLES_DIR = "samples"
 State = dict[str, Any]
 
@@ -77,6 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 1000
   config.grid_size = 16          # EMA samples in the PNG grid written at every checkpoint.
   config.grid_steps = 50         # DDIM steps of those samples.
+  config.privacy = accounting.default_config()
   return config
 
 
@@ -102,41 +114,94 @@ def ema_decay(step: jax.Array, decay: float) -> jax.Array:
   return jnp.minimum(decay, (1 + step) / (10 + step))
 
 
-def make_train_step(config: ml_collections.ConfigDict, unet: UNet, mesh: jax.sharding.Mesh):
+def diffuse(abar: jax.Array, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+  """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for photos x0 [N, R, R, 3] at timesteps t [N]."""
+  a = abar[t].astype(x0.dtype)[:, None, None, None]
+  return jnp.sqrt(a) * x0 + jnp.sqrt(1 - a) * noise
+
+
+def make_train_step(config: ml_collections.ConfigDict, unet: UNet, mesh: jax.sharding.Mesh,
+                    noise_multiplier: float | None = None):
   """`train_step(state, images) -> (state, metrics)`, to be jitted (the loop does).
 
   images: f32[batch_size, R, R, 3] in [-1, 1], sharded over `data`. Timesteps, noise and
   dropout come from fold_in(key(seed), step), drawn for the global batch.
+
+  With config.privacy.enabled the step is person-level DP-SGD: `images` is the step's people
+  (gmia.privacy.sampling), {"images": f32[S, K, R, R, 3], "mask": f32[S, K]} sharded over
+  `data`, the timesteps and noise are drawn for its S * K photo places as for a batch of that
+  size, each person's gradient of their photos' loss (summed, / K) is clipped, and the sum gets
+  Gaussian noise of `noise_multiplier` (the run's privacy plan; gmia.privacy.clipping). Its
+  metrics are the noisy gradient's norm and the EMA decay: the loss reads the photos.
   """
-  parallel.check_divisible(config.batch_size, mesh)
+  private = config.privacy.enabled
+  if private and (noise_multiplier is None or noise_multiplier < 0):
+    raise ValueError(f"a private step needs a non-negative noise multiplier (from "
+                     f"gmia.privacy.accounting.plan), got {noise_multiplier}")
+  if not private:
+    parallel.check_divisible(config.batch_size, mesh)
   abar = jnp.asarray(noise_schedule.from_config(config.schedule).alphas_cumprod)
   num_timesteps = config.schedule.num_train_timesteps
+  max_photos = config.privacy.max_photos_per_person
   tx = make_optimizer(config)
   data = parallel.data_sharding(mesh)
+
+  def draws(k_t: jax.Array, k_noise: jax.Array, shape: tuple[int, ...], dtype
+            ) -> tuple[jax.Array, jax.Array]:
+    """Timesteps i32[N] and noise [*shape] for N = shape[0] photos, sharded over `data`."""
+    t = jax.random.randint(k_t, shape[:1], 0, num_timesteps)
+    noise = jax.random.normal(k_noise, shape, dtype)
+    return (jax.lax.with_sharding_constraint(t, data),
+            jax.lax.with_sharding_constraint(noise, data))
+
+  def photo_losses(params, x0, t, noise, dropout_key):
+    """The simple loss of each photo: mean squared error of the predicted noise, f32[N]."""
+    predicted = unet.apply({"params": params}, diffuse(abar, x0, t, noise), t, train=True,
+                           rngs={"dropout": dropout_key})
+    return jnp.mean(jnp.square(predicted - noise), axis=(1, 2, 3))
+
+  def update(state: State, grads) -> tuple[State, jax.Array]:
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    decay = ema_decay(state["step"], config.ema_decay)
+    dtype = jax.tree.leaves(params)[0].dtype
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+            "ema": ema.ema_update(state["ema"], params, decay.astype(dtype))}, decay
 
   def train_step(state: State, images: jax.Array) -> tuple[State, dict[str, jax.Array]]:
     key = jax.random.fold_in(jax.random.key(config.seed), state["step"])
     k_t, k_noise, k_dropout = jax.random.split(key, 3)
     x0 = images.astype(unet.dtype)
-    t = jax.lax.with_sharding_constraint(
-        jax.random.randint(k_t, (len(x0),), 0, num_timesteps), data)
-    noise = jax.lax.with_sharding_constraint(jax.random.normal(k_noise, x0.shape, x0.dtype), data)
-    a = abar[t].astype(x0.dtype)[:, None, None, None]
-    x_t = jnp.sqrt(a) * x0 + jnp.sqrt(1 - a) * noise
-
-    def loss_fn(params):
-      predicted = unet.apply({"params": params}, x_t, t, train=True, rngs={"dropout": k_dropout})
-      return jnp.mean(jnp.square(predicted - noise))
-
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    decay = ema_decay(state["step"], config.ema_decay)
-    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-                 "ema": ema.ema_update(state["ema"], params, decay.astype(x0.dtype))}
+    t, noise = draws(k_t, k_noise, x0.shape, x0.dtype)
+    loss, grads = jax.value_and_grad(
+        lambda p: jnp.mean(photo_losses(p, x0, t, noise, k_dropout)))(state["params"])
+    new_state, decay = update(state, grads)
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "ema_decay": decay}
 
-  return train_step
+  def person_loss(params, images, mask, t, noise, dropout_key_data):
+    """One person's part of the loss: their photos' (mask [K] of the real ones) summed, / K.
+    Summed over P people of K photos and divided by P, it is the mean over P * K photos."""
+    losses = photo_losses(params, images, t, noise, jax.random.wrap_key_data(dropout_key_data))
+    return jnp.sum(mask * losses) / max_photos
+
+  def private_train_step(state: State, people: dict) -> tuple[State, dict[str, jax.Array]]:
+    key = jax.random.fold_in(jax.random.key(config.seed), state["step"])
+    k_t, k_noise, k_dropout = jax.random.split(key, 3)
+    images = people["images"].astype(unet.dtype)
+    slots, photos = people["mask"].shape
+    flat = images.reshape(slots * photos, *images.shape[2:])
+    t, noise = draws(k_t, k_noise, flat.shape, flat.dtype)
+    rows = (images, people["mask"].astype(unet.dtype), t.reshape(slots, photos),
+            noise.reshape(images.shape),
+            jax.random.key_data(jax.random.split(k_dropout, slots)))
+    grads = clipping.noisy_mean_gradient(
+        person_loss, state["params"], rows, mesh=mesh, clip_norm=config.privacy.clip_norm,
+        noise_multiplier=noise_multiplier, people_per_step=config.privacy.people_per_step,
+        key=jax.random.fold_in(key, _NOISE_STREAM))
+    new_state, decay = update(state, grads)
+    return new_state, {"noisy_grad_norm": optax.tree.norm(grads), "ema_decay": decay}
+
+  return private_train_step if private else train_step
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
@@ -152,10 +217,22 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
   if not len(train_photos):
     raise ValueError(f"the identity split has no identities in group {config.train_group!r} "
                      "with training photos: the model has nobody to learn")
-  batches = Batches(arrays.select(train_photos).images, global_batch_size=config.batch_size,
-                    seed=config.seed, mirror=config.mirror)
   mesh = parallel.make_mesh()
-  train_step = make_train_step(config, unet, mesh)
+  photos = arrays.select(train_photos)
+  meta = {"split": split.to_json()}
+  if config.privacy.enabled:
+    meta["privacy"] = privacy_runs.run_plan(config.privacy, workdir,
+                                            people=len(np.unique(photos.identity)),
+                                            steps=config.num_steps)
+    logging.info("privacy plan: %s", meta["privacy"])
+    batches = privacy_runs.person_batches(config, photos, mesh.size)
+    train_step = make_train_step(config, unet, mesh, meta["privacy"]["noise_multiplier"])
+    step_fn = lambda state, batch, _: train_step(state, batch)
+  else:
+    batches = Batches(photos.images, global_batch_size=config.batch_size, seed=config.seed,
+                      mirror=config.mirror)
+    train_step = make_train_step(config, unet, mesh)
+    step_fn = lambda state, batch, _: train_step(state, batch["images"])
   generate = sampling.make_generate(
       unet, noise_schedule.from_config(config.schedule), sampler="ddim",
       num_steps=config.grid_steps, resolution=config.data.resolution)
@@ -169,10 +246,8 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
 
   return training.Task(
       kind=KIND, init=lambda _: init_state(config, unet),
-      phases=[training.Phase("train", config.num_steps,
-                             lambda state, batch, _: train_step(state, batch["images"]),
-                             batches.at)],
-      meta={"split": split.to_json()}, on_checkpoint=save_grid,
+      phases=[training.Phase("train", config.num_steps, step_fn, batches.at)],
+      meta=meta, on_checkpoint=save_grid,
       resumable=frozenset({"num_steps", "grid_size", "grid_steps"}),
       items_per_step=config.batch_size)
 

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
 
 from gmia import parallel
 from gmia.gan import losses
@@ -248,24 +248,10 @@ def make_train_step(config: ml_collections.ConfigDict, models: GanModels, mesh: 
     return jnp.mean(jax.nn.softplus(fake_logits)), fake_logits
 
   def private_grads(person_loss, d_params, people, clip_norm, key):
-    """The noisy mean over the expected people of their clipped gradients of `person_loss`.
-
-    Each device clips and sums the people it holds and the sums are psummed: under plain SPMD,
-    XLA partitioned the per-person weight gradients (grouped convolutions) into an invalid
-    program on 8 devices. The gradients are taken at a device-varying copy of D's parameters:
-    at the replicated ones, shard_map's autodiff would psum each person's gradient with the
-    other devices' people before the clipping."""
-    def local_sum(d_params, images, mask):
-      d_params = jax.lax.pcast(d_params, parallel.DATA_AXIS, to="varying")
-      per_person = jax.vmap(jax.grad(person_loss), in_axes=(None, 0, 0))(d_params, images, mask)
-      return jax.lax.psum(clipping.clipped_sum(per_person, clip_norm), parallel.DATA_AXIS)
-
-    data = P(parallel.DATA_AXIS)
-    summed = jax.shard_map(local_sum, mesh=mesh, in_specs=(P(), data, data), out_specs=P())(
-        d_params, people["images"], people["mask"])
-    noisy = clipping.add_noise(summed, clip_norm=clip_norm, noise_multiplier=noise_multiplier,
-                               key=key)
-    return jax.tree.map(lambda g: g / config.privacy.people_per_step, noisy)
+    return clipping.noisy_mean_gradient(
+        person_loss, d_params, (people["images"], people["mask"]), mesh=mesh, clip_norm=clip_norm,
+        noise_multiplier=noise_multiplier, people_per_step=config.privacy.people_per_step,
+        key=key)
 
   def d_phases(state, d_params, d_opt, fakes, reals):
     """D main and (every d_reg_interval steps) D R1: (d_params, d_opt, non-finite gradient

@@ -25,14 +25,12 @@ import numpy as np
 from absl import logging
 
 from gmia import parallel, training, viz
-from gmia.checkpoint import Checkpointer, CorruptCheckpointError
 from gmia.data import run_data
-from gmia.data.arrays import FaceArrays
 from gmia.data.pipeline import Batches
 from gmia.gan import sampling, train_step
 from gmia.models import stylegan
 from gmia.privacy import accounting
-from gmia.privacy import sampling as people_sampling
+from gmia.privacy import runs as privacy_runs
 
 KIND = "gan"
 SAMPLES_DIR = "samples"
@@ -79,52 +77,16 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _saved_noise_multiplier(workdir: str) -> float | None:
-  """The noise multiplier of the DP run whose checkpoints `workdir` holds (None: none yet, or a
-  run without privacy, which the loop refuses to continue privately)."""
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    return None
-  checkpointer = Checkpointer(workdir, read_only=True)
-  try:
-    for step in reversed(checkpointer.all_steps()):
-      try:
-        privacy = checkpointer.restore_meta(step).get("privacy")
-      except CorruptCheckpointError:
-        continue  # The loop sets it aside; an older step of the run has the same plan.
-      return None if privacy is None else float(privacy["noise_multiplier"])
-  finally:
-    checkpointer.close()
-  return None
-
-
 def privacy_plan(config: ml_collections.ConfigDict, workdir: str, people: int) -> dict[str, Any]:
-  """The run's privacy metadata (gmia.privacy.accounting.plan) for `people` identities: every
+  """The run's privacy metadata (gmia.privacy.runs.run_plan) for `people` identities: every
   step samples once and releases D's main update, and the steps with a lazy R1 update (one in
   d_reg_interval, from step 0) release again from the same sample. ValueError when over budget."""
   steps = config.num_steps
   r1_steps = -(-steps // config.loss.d_reg_interval) if train_step.private_r1(config) else 0
-  saved = _saved_noise_multiplier(workdir)
-  try:
-    plan = accounting.plan(config.privacy, people=people, steps=steps, r1_steps=r1_steps,
-                           noise_multiplier=saved)
-  except ValueError as error:
-    if saved is None:
-      raise
-    raise ValueError(f"{workdir} was trained at noise multiplier {saved:.6g}, which a resumed "
-                     f"run keeps: {error}") from None
+  plan = privacy_runs.run_plan(config.privacy, workdir, people=people, steps=steps,
+                               r1_steps=r1_steps)
   plan["r1_clip_norm"] = float(train_step.r1_clip_norm(config))
   return plan
-
-
-def _private_batches(config: ml_collections.ConfigDict, photos: FaceArrays,
-                     num_devices: int) -> people_sampling.PersonBatches:
-  """People batches with slots for the most people a step keeps, rounded up to the devices."""
-  people = len(np.unique(photos.identity))
-  most = accounting.max_people(config.privacy, people) or people
-  return people_sampling.PersonBatches(
-      photos.images, photos.identity, people_per_step=config.privacy.people_per_step,
-      max_people=most, max_photos=config.privacy.max_photos_per_person,
-      slots=-(-most // num_devices) * num_devices, seed=config.seed, mirror=config.mirror)
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
@@ -146,7 +108,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> training.Task:
   if config.privacy.enabled:
     meta["privacy"] = privacy_plan(config, workdir, len(np.unique(photos.identity)))
     logging.info("privacy plan: %s", meta["privacy"])
-    batches = _private_batches(config, photos, mesh.size)
+    batches = privacy_runs.person_batches(config, photos, mesh.size)
     gan_step = train_step.make_train_step(config, models, mesh,
                                           meta["privacy"]["noise_multiplier"])
     step_fn = lambda state, batch, _: gan_step(state, batch)
