@@ -217,7 +217,7 @@ def _diffusion(config, args):
 def _privacy(config, args):
   # One private point, no filter: tests/test_privacy_job.py runs the whole job at toy size.
   tiny = privacy_tiny.get_config()
-  tiny.update(epsilons=(50.0,), filter_thresholds=())
+  tiny.update(epsilons=(50.0,), filter_thresholds=(), family=config.family)
   return tiny
 
 

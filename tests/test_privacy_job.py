@@ -7,6 +7,7 @@ import json
 
 import markupsafe
 import numpy as np
+import pytest
 
 from attack.configs import privacy_tiny
 from gmia.data.split import IdentitySplit
@@ -53,3 +54,26 @@ def test_privacy_job_at_toy_size(toy_main_job, tmp_path):
   for row, point in zip(report["rows"], summary["points"]):
     assert row["auc"] == point["metrics"]["best"]["auc"]
     assert pages.format_number(row["auc"]) in page
+
+
+def test_privacy_job_trains_diffusion_targets(toy_main_job, tmp_path):
+  """config.family = "diffusion": the points are DDPMs trained with their own privacy block,
+  attacked like the GAN's, and the canary audit reads the diffusion run's plan."""
+  main, data_dir, _ = toy_main_job
+  config = privacy_tiny.get_config()
+  config.update(family="diffusion", epsilons=(50.0,), filter_thresholds=())
+  config.data.data_dir = str(data_dir)
+  config.face_encoder_workdir = str(main / "face_encoder")
+  summary = privacy.run(config, str(tmp_path))
+  generator_dir = str(tmp_path / "points" / "eps_50" / "diffusion")
+  run = load_run(generator_dir, "diffusion")
+  assert not (tmp_path / "points" / "eps_50" / "gan").exists()
+  plan = run.meta["privacy"]
+  assert summary["points"][0]["privacy"] == plan and plan["epsilon"] <= 50.0
+  assert plan["steps"] == config.diffusion.num_steps and plan["r1_steps"] == 0
+  report = json.loads((tmp_path / "points" / "eps_50" / "attack" / "report.json").read_text())
+  assert report["generator"] == "gmia:" + generator_dir
+  assert summary["filter"] == []
+  config.family = "vae"
+  with pytest.raises(ValueError, match="unknown generator family 'vae'"):
+    privacy.run(config, str(tmp_path / "vae"))

@@ -9,7 +9,7 @@ The models train for a few steps only, so the numbers mean nothing here.
 import ml_collections
 
 from attack.configs import main_job_tiny, privacy
-from train.configs import gan_dp_tiny
+from train.configs import diffusion_dp_tiny, gan_dp_tiny
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data, config.attack = tiny.data, tiny.attack
   config.gan = gan_dp_tiny.get_config()
   config.gan.update(num_steps=2, checkpoint_every=2, log_every=1)
+  config.diffusion = diffusion_dp_tiny.get_config()
+  config.diffusion.update(num_steps=2, checkpoint_every=2, log_every=1, grid_size=2)
+  config.attack.diffusion_steps = 2
   config.epsilons = (0.0, 50.0)
   config.filter_thresholds = (1.0, 0.9)  # Keeps every sample; keeps too few to attack.
   return config

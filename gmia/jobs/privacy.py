@@ -2,8 +2,9 @@
 epsilons, the identity attack on each, an empirical epsilon from identity canaries, and the release
 filter as a defence.
 
-Every point trains the same generator recipe (`config.gan`, gmia.gan with its `privacy` block) on
-the split's members plus canaries: the people of `canary_group` (the split's shadow identities,
+Every point trains the same generator recipe (`config.family`: `config.gan`, gmia.gan, or
+`config.diffusion`, gmia.diffusion, each with its `privacy` block) on the split's members plus
+canaries: the people of `canary_group` (the split's shadow identities,
 whom neither the face encoder nor any target ever includes), each included independently with
 probability 1/2 (seeded once, the same for every point). epsilon 0 stands for "no privacy": the
 same recipe with DP off. Each generator is attacked with the same attack and matcher; included
@@ -17,7 +18,7 @@ threshold, the attack on what the filter keeps, against the fraction of samples 
 
 Workdir (every training and attack a stage, gmia.jobs.stages: a killed run resumes):
   split.json, canaries.json     the base split and which canaries each point trains on;
-  points/eps_<e>/               split.json, gan/, attack/;
+  points/eps_<e>/               split.json, gan/ or diffusion/ (the family's), attack/;
   filter/t_<threshold>/         filter/ (the kept samples), attack/;
   privacy.json, privacy.md, privacy.png (AUC and Frechet distance against epsilon),
   privacy_samples.png (a row of samples per epsilon), filter.png (AUC against samples kept).
@@ -38,8 +39,7 @@ from gmia.attacks import calibration
 from gmia.attacks.samples import draw
 from gmia.data import run_data
 from gmia.data.split import GROUPS, IdentitySplit
-from gmia.gan import trainer as gan_trainer
-from gmia.jobs import membership, page_parts, pages, release_filter
+from gmia.jobs import generators, membership, page_parts, pages, release_filter
 from gmia.jobs.stages import run_stage
 from gmia.privacy import auditing
 from gmia.runs import load_run
@@ -110,6 +110,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not config.epsilons or min(config.epsilons) < 0:
     raise ValueError(f"config.epsilons must list epsilons >= 0 (0: no privacy), got "
                      f"{config.epsilons}")
+  family = generators.check(config.family)
   os.makedirs(workdir, exist_ok=True)
   arrays, split = run_data.load_for_run(config.data, workdir)
   canaries, included = choose_canaries(split, config)
@@ -125,29 +126,31 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     split_path = os.path.join(directory, run_data.SPLIT_FILE)
     if not os.path.exists(split_path):
       trained_split.save(split_path)
-    gan = copy.deepcopy(config.gan)
-    gan.data = copy.deepcopy(config.data)
-    gan.data.split.path = split_path
-    gan.train_group = "members"
-    gan.privacy.enabled = bool(epsilon)
+    recipe = copy.deepcopy(config[family])
+    recipe.data = copy.deepcopy(config.data)
+    recipe.data.split.path = split_path
+    recipe.train_group = "members"
+    recipe.privacy.enabled = bool(epsilon)
     if epsilon:
-      gan.privacy.target_epsilon = float(epsilon)
-    gan_dir, attack_dir = os.path.join(directory, "gan"), os.path.join(directory, "attack")
-    seconds = {"gan": run_stage(gan_dir, lambda: gan_trainer.train_and_evaluate(gan, gan_dir),
-                                f"{point_name(epsilon)} gan")}
+      recipe.privacy.target_epsilon = float(epsilon)
+    generator_dir = os.path.join(directory, family)
+    attack_dir = os.path.join(directory, "attack")
+    seconds = {family: run_stage(
+        generator_dir, lambda: generators.train(family, recipe, generator_dir),
+        f"{point_name(epsilon)} {family}")}
     attack = copy.deepcopy(attack_config)
-    attack.update(generator="gmia:" + gan_dir, split_path=split_path,
+    attack.update(generator="gmia:" + generator_dir, split_path=split_path,
                   title=f"generator at epsilon {epsilon:g}" if epsilon else "generator, no DP")
     seconds["attack"] = run_stage(attack_dir, lambda: membership.run(attack, attack_dir),
                                   f"{point_name(epsilon)} attack")
-    points.append(_point(config, epsilon, gan_dir, attack_dir, canaries, included, variant,
-                         seconds))
+    points.append(_point(config, epsilon, generator_dir, attack_dir, canaries, included,
+                         variant, seconds))
     samples.append(draw(open_source(attack), np.arange(SAMPLES_PER_ROW), parallel.make_mesh(),
                         SAMPLES_PER_ROW))
     print(f"[{point_name(epsilon)}] {variant} {calibration.auc_text(points[-1]['metrics'][variant])}"
           f", one-run epsilon >= {points[-1]['audit']['one_run']['epsilon']:.2f}", flush=True)
   curve = _filter_curve(config, workdir, attack_config, os.path.join(
-      workdir, "points", point_name(0.0), "gan"), trained_split) if 0.0 in config.epsilons else []
+      workdir, "points", point_name(0.0), family), trained_split) if 0.0 in config.epsilons else []
   summary = {"points": points, "filter": curve, "variants": list(config.variants),
              "config": config.to_dict()}
   summary.update(privacy_extras(summary))
@@ -220,20 +223,20 @@ def privacy_page(report: dict, workdir: str) -> pages.Page:
                     ["verdict"], sections)
 
 
-def _point(config, epsilon: float, gan_dir: str, attack_dir: str, canaries: np.ndarray,
+def _point(config, epsilon: float, generator_dir: str, attack_dir: str, canaries: np.ndarray,
            included: np.ndarray, variant: str, seconds: dict) -> dict:
   """One point's row: its privacy plan, every variant's AUC, the canary audit, quality."""
   report = files.read_json(os.path.join(attack_dir, membership.REPORT_FILE))
   scores = calibration.read_scores(attack_dir)
-  plan = load_run(gan_dir, "gan").meta.get("privacy")
-  delta = plan["delta"] if plan else config.gan.privacy.delta
+  plan = load_run(generator_dir, config.family).meta.get("privacy")
+  delta = plan["delta"] if plan else config[config.family].privacy.delta
   return {"name": point_name(epsilon), "target_epsilon": epsilon or None, "privacy": plan,
           "metrics": report["metrics"], "audit": _audit(scores, canaries, included, variant, delta),
           "sample_quality": report["sample_quality"], "seconds": seconds}
 
 
-def _filter_curve(config, workdir: str, attack_config: ml_collections.ConfigDict, gan_dir: str,
-                  trained_split: IdentitySplit) -> list[dict]:
+def _filter_curve(config, workdir: str, attack_config: ml_collections.ConfigDict,
+                  generator_dir: str, trained_split: IdentitySplit) -> list[dict]:
   """The attack on what the release filter keeps of the non-private generator, per threshold
   (metrics None where it keeps fewer samples than the attack's topk)."""
   split_path = os.path.join(workdir, "points", point_name(0.0), run_data.SPLIT_FILE)
@@ -248,7 +251,8 @@ def _filter_curve(config, workdir: str, attack_config: ml_collections.ConfigDict
     kept_dir, attack_dir = os.path.join(directory, "filter"), os.path.join(directory, "attack")
     filter_config = release_filter.default_config()
     filter_config.update({k: v for k, v in attack_config.items() if k in filter_config})
-    filter_config.update(generator="gmia:" + gan_dir, split_path=split_path, threshold=threshold,
+    filter_config.update(generator="gmia:" + generator_dir, split_path=split_path,
+                         threshold=threshold,
                          num_samples=config.attack.num_samples)
     run_stage(kept_dir, lambda: release_filter.run(filter_config, kept_dir),
               f"filter {threshold:g}")
