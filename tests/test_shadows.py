@@ -75,8 +75,8 @@ def test_shadows_train_and_attack_as_stages_that_resume(models, tmp_path, monkey
     return original(config, workdir)
 
   monkeypatch.setattr(gan_trainer, "train_and_evaluate", killed_after_one)
-  arguments = dict(split=split, split_path=split_path, data=data, gan=gan, attack=attack,
-                   shadows=settings)
+  arguments = dict(split=split, split_path=split_path, data=data, family="gan", generator=gan,
+                   attack=attack, shadows=settings)
   with pytest.raises(KeyboardInterrupt):
     shadows.train_and_attack(str(tmp_path), **arguments)
   trainings.clear()

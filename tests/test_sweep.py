@@ -11,6 +11,7 @@ from attack.configs import sweep_tiny
 from gmia.jobs import membership, sweep
 from gmia.face_encoder import trainer as encoder_trainer
 from gmia.gan import trainer as gan_trainer
+from gmia.runs import load_run
 
 
 def _rows(path):
@@ -90,3 +91,41 @@ def test_sweep_resumes_after_a_kill_and_reports_what_its_attacks_scored(tmp_path
   again = sweep.run(config, str(workdir))
   assert counted["train"] == 0 and counted["attack"] == 0
   assert json.dumps(again, sort_keys=True) == json.dumps(summary, sort_keys=True)
+
+
+def test_sweep_over_generator_families(toy_main_job, tmp_path, counted):
+  """A GAN and a DDPM point on the same people: each trained by its family's trainer, attacked
+  against its own family's control, and the tables name the family."""
+  main, data_dir, _ = toy_main_job
+  config = sweep_tiny.get_config()
+  config.data.data_dir = str(data_dir)
+  config.face_encoder_workdir = str(main / "face_encoder")
+  config.grid.update(families=("gan", "diffusion"), photos=(3,), overrepresented=0)
+  config.variants = ("best",)
+  workdir = tmp_path / "sweep"
+  summary = sweep.run(config, str(workdir))
+  assert [p["name"] for p in summary["points"]] == ["m3_p3_s2", "m3_p3_s2_diffusion"]
+  assert [p["family"] for p in summary["points"]] == ["gan", "diffusion"]
+  assert counted["train"] == 2  # The GAN control and target (the DDPMs: their own trainer).
+  assert load_run(str(workdir / "points" / "m3_p3_s2_diffusion" / "diffusion")).kind == (
+      "diffusion")
+  assert load_run(str(workdir / "diffusion_control")).kind == "diffusion"
+  for point in summary["points"]:
+    scores = _rows(workdir / "points" / point["name"] / "attack" / "scores.csv")
+    member = np.array([r["group"] == "member" for r in scores])
+    best = np.array([float(r["score_best"]) for r in scores])
+    assert point["metrics"]["best"]["auc"] == pytest.approx(_mann_whitney(best[member],
+                                                                          best[~member]))
+    control = _rows(workdir / "control" / point["control_name"] / "scores.csv")
+    best = np.array([float(r["score_best"]) for r in control])
+    member = np.array([r["group"] == "member" for r in control])
+    assert point["control"]["best"]["auc"] == pytest.approx(_mann_whitney(best[member],
+                                                                          best[~member]))
+  assert summary["points"][1]["control_name"] == "members_3_diffusion"
+  table = (workdir / "sweep.md").read_text()
+  assert "| family |" in table and "\n| diffusion | 3 |" in table
+  # A control of a family the grid does not hold is refused.
+  config.grid.families = ("gan",)
+  config.control_workdir = str(workdir / "diffusion_control")
+  with pytest.raises(ValueError, match="holds a diffusion run; the grid's families are"):
+    sweep.run(config, str(tmp_path / "other"))

@@ -18,6 +18,7 @@ import ml_collections
 
 from attack.configs import main_job
 from gmia.jobs import shadows
+from train.configs import diffusion_cpu_demo
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -26,13 +27,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = main.data          # 1,000 identities x 40 photos; 100 non-members, 25 shadow.
   config.face_encoder = main.face_encoder
   config.gan = main.gan
+  config.diffusion = diffusion_cpu_demo.get_config()  # The DDPM of the grid's "diffusion" family.
   config.attack = main.attack
   config.face_encoder_workdir = ""  # A trained encoder to reuse (it must never have seen a target).
   config.control_workdir = ""      # A trained control generator to reuse (the same).
   config.grid = ml_collections.ConfigDict({
+      "families": ("gan",),        # Target generator families: "gan", "diffusion".
       "members": (10, 100),
       "photos": (5, 35),           # data.split.max_train_photos of each point.
-      "steps": (),                 # () : gan.num_steps.
+      "steps": (),                 # (): each family's num_steps.
       "overrepresented": 0,        # Members of every point trained on more photos ...
       "overrepresented_photos": -1,  # ... up to this many (-1: all but the reference photos).
   })

@@ -94,7 +94,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     shadow_attack.matcher.update(kind="gmia", path=os.path.join(main, "face_encoder"))
     seconds.update(shadows_lib.train_and_attack(
         os.path.join(workdir, "shadows"), split=split, split_path=split_path, data=data,
-        gan=config.main.gan, attack=shadow_attack, shadows=config.shadows))
+        family="gan", generator=config.main.gan, attack=shadow_attack, shadows=config.shadows))
 
   started = time.perf_counter()
   scores = {g: calibration.read_scores(attacks[g]) for g in GENERATORS}

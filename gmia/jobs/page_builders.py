@@ -247,8 +247,8 @@ def sweep_extras(report: Mapping[str, Any]) -> dict[str, Any]:
 
 def sweep_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
   points = report["points"]
-  columns = {"point": "name", "members": "members", "photos / member": "photos",
-             "training photos": "training_photos", "steps": "steps"}
+  columns = {"point": "name", "family": "family", "members": "members",
+             "photos / member": "photos", "training photos": "training_photos", "steps": "steps"}
   for variant in report["variants"]:
     columns[f"AUC {variant}"] = f"metrics.{variant}.auc"
     columns[f"interval {variant}"] = f"metrics.{variant}.auc_interval"
@@ -258,9 +258,10 @@ def sweep_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
   for point in points:
     links.append(pages.Link(f"{point['name']}: the attack on its target generator",
                             f"points/{point['name']}/attack/{PAGE_FILE}"))
-  for members in sorted({point["members"] for point in points}):
-    links.append(pages.Link(f"the control generator attacked with the {members}-member "
-                            "points' people", f"control/members_{members}/{PAGE_FILE}"))
+  for name, point in {point["control_name"]: point for point in points}.items():
+    links.append(pages.Link(f"the {point['family']} control generator attacked with the "
+                            f"{point['members']}-member points' people",
+                            f"control/{name}/{PAGE_FILE}"))
   return pages.Page("Leakage against the size of the training set", report, ["verdict"], [
       pages.Section("AUC by point", [
           *figure(workdir, "sweep.png", "AUC (with its interval) against training photos per "

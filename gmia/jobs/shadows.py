@@ -14,7 +14,8 @@ photos (the split's), so its scores.csv scores the same people.
 Workdir:
   shadows.json           the design: per shadow, its pool people and the tested people it saw;
   shadow_<k>/split.json  its training split (what its generator may train on);
-  shadow_<k>/gan/, shadow_<k>/attack/  stages (gmia.jobs.stages): a killed run resumes.
+  shadow_<k>/gan/ (or diffusion/: the target's family), shadow_<k>/attack/  stages
+                         (gmia.jobs.stages): a killed run resumes.
 A shadow generator whose workdir trained on other people than the design says is refused.
 """
 
@@ -31,8 +32,7 @@ from gmia import files
 from gmia.attacks.calibration import AttackScores, ShadowScores, read_scores
 from gmia.data import run_data
 from gmia.data.split import GROUPS, IdentitySplit
-from gmia.gan import trainer as gan_trainer
-from gmia.jobs import membership
+from gmia.jobs import generators, membership
 from gmia.jobs.stages import run_stage
 
 DESIGN_FILE = "shadows.json"
@@ -108,21 +108,21 @@ def _pinned_design(directory: str, plan: Design) -> None:
     files.write_json(path, plan.to_json())
 
 
-def _check_trained_on(gan_dir: str, expected: IdentitySplit) -> None:
+def _check_trained_on(generator_dir: str, expected: IdentitySplit) -> None:
   """Refuses a shadow generator whose workdir trained on another split than its design's."""
-  path = os.path.join(gan_dir, run_data.SPLIT_FILE)
+  path = os.path.join(generator_dir, run_data.SPLIT_FILE)
   if os.path.exists(path) and IdentitySplit.load(path).to_json() != expected.to_json():
-    raise ValueError(f"the shadow generator in {gan_dir} was trained on other people than its "
-                     "design says: remove it or use a fresh workdir")
+    raise ValueError(f"the shadow generator in {generator_dir} was trained on other people than "
+                     "its design says: remove it or use a fresh workdir")
 
 
 def train_and_attack(directory: str, *, split: IdentitySplit, split_path: str,
-                     data: ml_collections.ConfigDict, gan: ml_collections.ConfigDict,
-                     attack: ml_collections.ConfigDict,
+                     data: ml_collections.ConfigDict, family: str,
+                     generator: ml_collections.ConfigDict, attack: ml_collections.ConfigDict,
                      shadows: ml_collections.ConfigDict) -> dict[str, float]:
   """Trains and attacks the shadows of `split` (its file: split_path) in `directory`, each a
-  cached stage; `gan` and `attack` are the target's generator and attack configs (the attack's
-  matcher set). Returns {stage: wall seconds}."""
+  cached stage; `generator` (a trainer config of `family`, gmia.jobs.generators) and `attack`
+  are the target's (the attack's matcher set). Returns {stage: wall seconds}."""
   plan = design(split, shadows)
   os.makedirs(directory, exist_ok=True)
   _pinned_design(directory, plan)
@@ -133,16 +133,17 @@ def train_and_attack(directory: str, *, split: IdentitySplit, split_path: str,
     path = os.path.join(root, run_data.SPLIT_FILE)
     if not os.path.exists(path):
       trained_split.save(path)
-    gan_dir, attack_dir = os.path.join(root, "gan"), os.path.join(root, "attack")
-    _check_trained_on(gan_dir, trained_split)
-    gan_config = copy.deepcopy(gan)
-    gan_config.data = copy.deepcopy(data)
-    gan_config.data.split.path = path
-    gan_config.train_group = "members"
-    seconds[f"shadow_{k}_gan"] = run_stage(
-        gan_dir, lambda: gan_trainer.train_and_evaluate(gan_config, gan_dir), f"shadow {k} gan")
+    generator_dir, attack_dir = os.path.join(root, family), os.path.join(root, "attack")
+    _check_trained_on(generator_dir, trained_split)
+    trainer_config = copy.deepcopy(generator)
+    trainer_config.data = copy.deepcopy(data)
+    trainer_config.data.split.path = path
+    trainer_config.train_group = "members"
+    seconds[f"shadow_{k}_{family}"] = run_stage(
+        generator_dir, lambda: generators.train(family, trainer_config, generator_dir),
+        f"shadow {k} {family}")
     attack_config = copy.deepcopy(attack)
-    attack_config.update(generator="gmia:" + gan_dir, split_path=split_path,
+    attack_config.update(generator="gmia:" + generator_dir, split_path=split_path,
                          title=f"shadow generator {k}")
     seconds[f"shadow_{k}_attack"] = run_stage(
         attack_dir, lambda: membership.run(attack_config, attack_dir), f"shadow {k} attack")

@@ -1,10 +1,13 @@
 """Leakage against the size of the training set: target generators over a grid, one attack.
 
-Each point of the grid (members x training photos per member x training steps, optionally with
-a few over-represented members) trains its own target generator on its members' photos; the
+Each point of the grid (generator family x members x training photos per member x training
+steps, optionally with a few over-represented members) trains its own target generator (a
+StyleGAN2, `config.gan`, or a DDPM, `config.diffusion`: gmia.jobs.generators) on its members'
+photos; the
 identity membership attack (gmia.attacks.membership) scores every one with the same encoder,
-sample budget and seed. A control generator, trained on people who are no target of any point,
-is attacked with the references of every member count: its AUC is the band chance spans there.
+sample budget and seed. A control generator of each family, trained on people who are no target
+of any point, is attacked with the references of every member count: its AUC is the band chance
+spans there.
 
 Points come from the data config's own split fields: a point with M members and P photos is
 `data.split.members = M`, `data.split.max_train_photos = P`. The split's random order of
@@ -16,9 +19,12 @@ control on its shadow identities, so neither ever saw a target of any point.
 Workdir (every stage runs behind gmia.jobs.stages' marker recording its wall time: a killed sweep resumes
 at the stage it was in, and a finished one only redraws its tables):
   split.json                the base split;
-  face_encoder/, gan_control/  trained here unless config.face_encoder_workdir / control_workdir;
-  points/<name>/            split.json, gan/, attack/, exposure.csv, exposure.png;
-  control/members_<M>/      the control generator attacked with the M-member points' people;
+  face_encoder/, <family>_control/  trained here unless config.face_encoder_workdir /
+                            control_workdir (a control of its own family, reused for it);
+  points/<name>/            split.json, <family>/, attack/, exposure.csv, exposure.png;
+  control/members_<M>[_<family>]/  the family's control attacked with the M-member points' people;
+A GAN point's name and control folder carry no family suffix (the sweep's folders before it had a
+family axis).
   sweep.json, sweep.md, sweep.png, report.html (linking every point's attack page).
 """
 
@@ -35,34 +41,44 @@ import numpy as np
 
 from gmia import files, fingerprint, viz
 from gmia.attacks import calibration, exposure
-from gmia.jobs import membership, page_builders, page_parts, shadows as shadows_lib
+from gmia.jobs import generators, membership, page_builders, page_parts, shadows as shadows_lib
 from gmia.jobs.stages import run_stage
 from gmia.runs import load_run
 from gmia.data import run_data
 from gmia.data import split as split_lib
 from gmia.data.split import IdentitySplit
 from gmia.face_encoder import trainer as encoder_trainer
-from gmia.gan import trainer as gan_trainer
 
 SWEEP_FILE = "sweep.json"
 
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-  """One target generator: `members` people with up to `photos` training photos each, trained
-  for `steps`; `overrepresented` of the members with up to `overrepresented_photos` (-1: all)."""
+  """One target generator of `family`: `members` people with up to `photos` training photos
+  each, trained for `steps`; `overrepresented` of the members with up to
+  `overrepresented_photos` (-1: all)."""
 
   members: int
   photos: int
   steps: int
   overrepresented: int = 0
   overrepresented_photos: int = -1
+  family: str = "gan"
 
   @property
   def name(self) -> str:
     extra = (f"_over{self.overrepresented}x{self.overrepresented_text}"
              if self.overrepresented else "")
-    return f"m{self.members}_p{self.photos}_s{self.steps}{extra}"
+    return f"m{self.members}_p{self.photos}_s{self.steps}{extra}{self.family_suffix}"
+
+  @property
+  def family_suffix(self) -> str:
+    return "" if self.family == "gan" else f"_{self.family}"
+
+  @property
+  def control_name(self) -> str:
+    """The folder under control/ of the family's control attacked with this point's people."""
+    return f"members_{self.members}{self.family_suffix}"
 
   @property
   def overrepresented_text(self) -> str:
@@ -71,18 +87,23 @@ class Point:
 
 
 def grid_points(config: ml_collections.ConfigDict) -> list[Point]:
-  """The points of config.grid (members x photos x steps; no steps: config.gan.num_steps)."""
+  """The points of config.grid (families x members x photos x steps; no steps: each family's
+  num_steps)."""
   grid = config.grid
-  steps = tuple(grid.steps) or (config.gan.num_steps,)
-  values = {"members": tuple(grid.members), "photos": tuple(grid.photos), "steps": steps}
+  families = tuple(generators.check(f) for f in grid.families)
+  if not families or len(set(families)) < len(families):
+    raise ValueError(f"config.grid.families must list distinct families, got {families}")
+  values = {"members": tuple(grid.members), "photos": tuple(grid.photos),
+            "steps": tuple(grid.steps) or (1,)}
   for name, chosen in values.items():
     if not chosen or min(chosen) < 1:
       raise ValueError(f"config.grid.{name} must list positive counts, got {chosen}")
   if grid.overrepresented and grid.overrepresented > min(grid.members):
     raise ValueError(f"config.grid.overrepresented ({grid.overrepresented}) exceeds the fewest "
                      f"members of the grid ({min(grid.members)})")
-  return [Point(m, p, s, grid.overrepresented, grid.overrepresented_photos)
-          for m, p, s in itertools.product(*values.values())]
+  return [Point(m, p, s if grid.steps else config[f].num_steps, grid.overrepresented,
+                grid.overrepresented_photos, f)
+          for f in families for m, p, s in itertools.product(*values.values())]
 
 
 def point_split(config: ml_collections.ConfigDict, arrays, point: Point) -> IdentitySplit:
@@ -160,15 +181,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     seconds["face_encoder"] = run_stage(encoder_workdir, lambda: encoder_trainer.train_and_evaluate(
         _trainer_config(config.face_encoder, base_data), encoder_workdir))
-  control_workdir = config.control_workdir or os.path.join(workdir, "gan_control")
-  if config.control_workdir:
-    control_config = load_run(control_workdir, "gan").config
-    control_split = IdentitySplit.load(os.path.join(control_workdir, run_data.SPLIT_FILE))
-    _check_unseen(control_split.identities(control_config.train_group), targets,
-                  f"the control generator in {control_workdir}")
-  else:
-    seconds["gan_control"] = run_stage(control_workdir, lambda: gan_trainer.train_and_evaluate(
-        _trainer_config(config.gan, base_data, train_group="shadow"), control_workdir))
+  controls = {}
+  reused = load_run(config.control_workdir) if config.control_workdir else None
+  if reused is not None and reused.kind not in {point.family for point in points}:
+    raise ValueError(f"config.control_workdir={config.control_workdir} holds a {reused.kind} "
+                     f"run; the grid's families are {tuple(config.grid.families)}")
+  for family in dict.fromkeys(point.family for point in points):
+    if reused is not None and reused.kind == family:
+      controls[family] = config.control_workdir
+      control_split = IdentitySplit.load(os.path.join(config.control_workdir,
+                                                      run_data.SPLIT_FILE))
+      _check_unseen(control_split.identities(reused.config.train_group), targets,
+                    f"the control generator in {config.control_workdir}")
+      continue
+    controls[family] = os.path.join(workdir, f"{family}_control")
+    seconds[f"{family}_control"] = run_stage(controls[family], lambda: generators.train(
+        family, _trainer_config(config[family], base_data, train_group="shadow"),
+        controls[family]))
 
   population = calibration.Population(encoder_workdir, arrays)
   results = []
@@ -178,21 +207,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     split_path = _pinned(split, os.path.join(directory, run_data.SPLIT_FILE))
     data = copy.deepcopy(config.data)
     data.split.path = split_path
-    gan_dir, attack_dir = os.path.join(directory, "gan"), os.path.join(directory, "attack")
-    point_seconds = {"gan": run_stage(gan_dir, lambda: gan_trainer.train_and_evaluate(
-        _trainer_config(config.gan, data, train_group="members", num_steps=point.steps),
-        gan_dir))}
-    point_seconds["attack"] = _attack(config, gan_dir, encoder_workdir, split_path,
+    generator_dir = os.path.join(directory, point.family)
+    attack_dir = os.path.join(directory, "attack")
+    recipe = _trainer_config(config[point.family], data, num_steps=point.steps)
+    point_seconds = {point.family: run_stage(generator_dir, lambda: generators.train(
+        point.family, _trainer_config(recipe, data, train_group="members"), generator_dir))}
+    point_seconds["attack"] = _attack(config, generator_dir, encoder_workdir, split_path,
                                       f"target generator {point.name}", attack_dir)
     if config.shadows.num_shadows:
       point_seconds.update(shadows_lib.train_and_attack(
           os.path.join(directory, "shadows"), split=split, split_path=split_path, data=data,
-          gan=_trainer_config(config.gan, data, num_steps=point.steps),
-          attack=_attack_config(config, encoder_workdir), shadows=config.shadows))
-    control_dir = os.path.join(workdir, "control", f"members_{point.members}")
-    seconds[f"control_attack_{point.members}"] = _attack(
-        config, control_workdir, encoder_workdir, split_path,
-        f"control generator, people of {point.members}-member points", control_dir)
+          family=point.family, generator=recipe, attack=_attack_config(config, encoder_workdir),
+          shadows=config.shadows))
+    control_dir = os.path.join(workdir, "control", point.control_name)
+    seconds[f"control_attack_{point.control_name}"] = _attack(
+        config, controls[point.family], encoder_workdir, split_path,
+        f"{point.family} control generator, people of {point.members}-member points",
+        control_dir)
     results.append(_analyse(config, point, split, directory, attack_dir, control_dir,
                             population, point_seconds))
     first = results[-1]["metrics"][config.variants[0]]
@@ -236,7 +267,7 @@ def _analyse(config, point: Point, split: IdentitySplit, directory: str, attack_
       k: (np.round(v, 6) if v.dtype.kind == "f" else v).tolist() for k, v in table.items()})
   exposure.save_exposure_figure(os.path.join(directory, "exposure.png"), table,
                                 f"{point.name}: {config.variants[0]} score by photos in training")
-  return {**dataclasses.asdict(point), "name": point.name,
+  return {**dataclasses.asdict(point), "name": point.name, "control_name": point.control_name,
           "overrepresented_text": point.overrepresented_text,
           "training_photos": int(split.train_photos("members").size),
           "metrics": calibration.variant_reports(target_scores, target.is_member, **options),
@@ -247,7 +278,8 @@ def _analyse(config, point: Point, split: IdentitySplit, directory: str, attack_
 def markdown_table(summary: dict) -> str:
   """One row per point: its size, each variant's AUC with interval (target, then control)."""
   variants = summary["variants"]
-  header = ["members", "photos / member", "training photos", "steps"]
+  families = len({point["family"] for point in summary["points"]}) > 1
+  header = ["family"] * families + ["members", "photos / member", "training photos", "steps"]
   for variant in variants:
     header += [f"AUC {variant}", f"control {variant}"]
   header += ["TPR@1% " + variants[0], "minutes"]
@@ -256,7 +288,8 @@ def markdown_table(summary: dict) -> str:
     members = str(point["members"]) + (
         f" ({point['overrepresented']} with {point['overrepresented_text']})"
         if point["overrepresented"] else "")
-    cells = [members, str(point["photos"]), str(point["training_photos"]), str(point["steps"])]
+    cells = [point["family"]] * families + [members, str(point["photos"]),
+                                            str(point["training_photos"]), str(point["steps"])]
     for variant in variants:
       cells.append(calibration.auc_text(point["metrics"][variant]).removeprefix("AUC "))
       control = point["control"].get(variant)
@@ -273,23 +306,27 @@ def markdown_table(summary: dict) -> str:
 
 
 def save_sweep_figure(path: str, summary: dict) -> None:
-  """AUC (with interval) against photos per member, one line per member count (and steps), the
-  control's AUC interval as a band of the line's colour; one panel per variant."""
+  """AUC (with interval) against photos per member, one line per member count (and steps and
+  family), the control's AUC interval as a band of the line's colour; one panel per variant."""
   variants = summary["variants"]
   figure, panels = plt.subplots(1, len(variants), figsize=(5.2 * len(variants), 4.2),
                                 squeeze=False)
-  lines = sorted({(p["members"], p["steps"], p["overrepresented"]) for p in summary["points"]})
+  def line_of(point: dict) -> tuple:
+    return point["family"], point["members"], point["steps"], point["overrepresented"]
+
+  lines = sorted({line_of(p) for p in summary["points"]})
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for axes, variant in zip(panels[0], variants):
     for colour, key in zip(itertools.cycle(colours), lines):
-      points = sorted((p for p in summary["points"]
-                       if (p["members"], p["steps"], p["overrepresented"]) == key),
+      points = sorted((p for p in summary["points"] if line_of(p) == key),
                       key=lambda p: p["photos"])
       x = np.array([p["photos"] for p in points], np.float64)
       auc = np.array([p["metrics"][variant]["auc"] for p in points])
       interval = np.array([p["metrics"][variant]["auc_interval"] for p in points])
-      label = f"{key[0]} members" + (f", {key[1]} steps" if len({k[1] for k in lines}) > 1
-                                     else "") + (f", {key[2]} over-represented" if key[2] else "")
+      family, members, steps, over = key
+      label = ((f"{family}, " if len({k[0] for k in lines}) > 1 else "") + f"{members} members"
+               + (f", {steps} steps" if len({k[2] for k in lines}) > 1 else "")
+               + (f", {over} over-represented" if over else ""))
       axes.errorbar(x, auc, yerr=[auc - interval[:, 0], interval[:, 1] - auc], color=colour,
                     marker="o", capsize=3, label=label)
       control = points[0]["control"].get(variant)
