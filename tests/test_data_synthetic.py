@@ -1,5 +1,9 @@
 """The embedded synthetic face set: deterministic bytes, stable identities, tfds round trip."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -54,3 +58,26 @@ def test_bad_configs_are_named(kwargs, message):
 def test_unknown_dataset_lists_the_known_ones(tmp_path):
   with pytest.raises(ValueError, match="unknown dataset 'celeba_hq'.*synthetic_faces"):
     gmia.data.load("celeba_hq", data_dir=str(tmp_path))
+
+
+PREPARE = """
+import sys, numpy as np, gmia.data
+arrays = gmia.data.load("synthetic_faces", data_dir=sys.argv[1], resolution=32, identities=6,
+                        photos=3, seed=0)
+np.save(sys.argv[2], arrays.images)
+"""
+
+
+def test_jobs_preparing_one_data_set_at_once_take_turns(tmp_path):
+  """Four processes start preparing the same data set in one folder together: each one reads it
+  (without the lock, tfds's renames of their finished folders collide)."""
+  processes = [subprocess.Popen([sys.executable, "-c", PREPARE, str(tmp_path / "data"),
+                                 str(tmp_path / f"images_{i}.npy")], stderr=subprocess.PIPE,
+                                text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+               for i in range(4)]
+  for process in processes:
+    _, error = process.communicate(timeout=300)
+    assert process.returncode == 0, error.strip().splitlines()[-1:]
+  first = np.load(tmp_path / "images_0.npy")
+  for i in range(1, 4):
+    np.testing.assert_array_equal(np.load(tmp_path / f"images_{i}.npy"), first)

@@ -33,12 +33,13 @@ def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = Non
     make = lambda: folders.make_builder(name, manual_dir, data_dir, resolution=resolution)
   else:
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-  # One process of a multi-process job prepares the files; the others read them once it is done.
+  # One process of a multi-process job prepares the files; the others read them once it is
+  # done, every one with a builder made after (gmia.data.tfds_io.prepare).
   builder = make()
   if jax.process_index() == 0:
     tfds_io.prepare(builder)
   parallel.barrier(f"data {builder.info.full_name}")
-  return tfds_io.read_all(builder if jax.process_index() == 0 else make())
+  return tfds_io.read_all(make())
 
 
 __all__ = ["DATASETS", "FaceArrays", "load"]

@@ -7,7 +7,9 @@ TensorFlow; data are written as array_record for random access.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -29,11 +31,23 @@ def face_features(resolution: int) -> tfds.features.FeaturesDict:
 
 
 def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None) -> None:
-  """Builds the data set once; later calls find it in `data_dir` and return at once."""
+  """Builds the data set once; later calls find it in `data_dir` and return at once.
+
+  Jobs that start together on one machine take turns on a lock file beside the data set: the
+  first builds it, the others then find it built (two builds at once would race to rename their
+  finished folder into place, and the second would fail). A builder made before the data set was
+  built does not know its files: read with a fresh one.
+  """
   config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-  logging.info("preparing %s in %s", builder.info.full_name, builder.data_dir)
-  with contextlib.redirect_stdout(io.StringIO()):  # tfds prints two lines of its own.
-    builder.download_and_prepare(file_format=FILE_FORMAT, download_config=config)
+  lock_path = os.fspath(builder.data_dir).rstrip("/") + ".lock"
+  os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+  with open(lock_path, "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
+    if os.path.isdir(builder.data_dir):
+      return  # Built while this job waited, or before.
+    logging.info("preparing %s in %s", builder.info.full_name, builder.data_dir)
+    with contextlib.redirect_stdout(io.StringIO()):  # tfds prints two lines of its own.
+      builder.download_and_prepare(file_format=FILE_FORMAT, download_config=config)
 
 
 def read_all(builder: tfds.core.DatasetBuilder, split: str = "train") -> FaceArrays:
