@@ -126,3 +126,25 @@ def test_a_chunk_larger_than_the_run_generates_only_what_was_asked(models, tmp_p
   assert summary["num_samples"] == summary["usable_samples"] == 5
   with open(tmp_path / "samples.csv") as handle:
     assert [int(r["sample"]) for r in csv.DictReader(handle)] == [0, 1, 2, 3, 4]
+
+
+def test_power_against_samples_equals_shorter_runs(models, tmp_path):
+  """The AUCs at power_samples, read from one stream, are those of runs of that many samples;
+  a count that is no multiple of the chunk size is refused before any sample is drawn."""
+  config = _config(models)
+  config.power_samples = (16, 32)
+  summary = membership.run(config, str(tmp_path / "long"))
+  assert [row["num_samples"] for row in summary["power"]] == [16, 32, 48]
+  assert summary["power"][-1]["metrics"] == summary["metrics"]
+  assert (tmp_path / "long" / "power.png").exists()
+  for row in summary["power"][:2]:
+    shorter = _config(models)
+    shorter.num_samples = row["num_samples"]
+    alone = membership.run(shorter, str(tmp_path / f"n{row['num_samples']}"))
+    assert {v: alone["metrics"][v] for v in row["metrics"]} == row["metrics"]
+  odd = _config(models)
+  odd.power_samples = (20,)
+  with pytest.raises(ValueError, match=r"power_samples must be positive multiples of the chunk "
+                                       r"size 16 \(config.chunk_size\), got \[20\]"):
+    membership.run(odd, str(tmp_path / "odd"))
+  assert not (tmp_path / "odd" / "state").exists()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from absl import logging
@@ -290,6 +290,7 @@ def stream(embed_samples: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
            num_samples: int, chunk_size: int, refs: References, *, threshold: float, k: int,
            state_dir: str, fingerprint: Mapping,
            on_chunk: Callable[[int, Evidence], None] | None = None,
+           keep_at: Sequence[int] = (),
            mesh: Mesh | None = None) -> tuple[Evidence, SampleView]:
   """Runs `observe` over samples 0..num_samples-1 in chunks, saving state after each; resumes
   where it stopped, and a larger num_samples extends a finished run.
@@ -298,8 +299,10 @@ def stream(embed_samples: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
   ones among those samples (a sample without a usable face is left out): a pure function of the
   indices, so a resumed run sees the same samples whatever the chunks. `fingerprint` (JSON)
   identifies the attack: state saved under another fingerprint is refused rather than silently
-  mixed in. on_chunk(samples done, evidence) reports progress. Returns the final evidence and
-  the sample view of every usable sample.
+  mixed in. on_chunk(samples done, evidence) reports progress. The evidence after each count of
+  `keep_at` (gmia.attacks.power.counts: multiples of chunk_size) is kept as well
+  (`kept_evidence`). Returns the final
+  evidence and the sample view of every usable sample.
   """
   os.makedirs(os.path.join(state_dir, "views"), exist_ok=True)
   state_path = os.path.join(state_dir, "evidence.npz")
@@ -329,6 +332,8 @@ def stream(embed_samples: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     files.save_npz(state_path, {**evidence.to_arrays(),
                                 "samples_done": np.asarray(indices[-1] + 1),
                                 "fingerprint": np.asarray(fingerprint_json)})
+    if indices[-1] + 1 in keep_at:
+      files.save_npz(_kept_path(state_dir, int(indices[-1] + 1)), evidence.to_arrays())
     parallel.barrier(f"evidence of samples {begin}")  # Written (by process 0) before read.
     if on_chunk is not None:
       on_chunk(int(indices[-1] + 1), evidence)
@@ -342,6 +347,20 @@ def stream(embed_samples: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
                      "warning above says what the face detector saw and which setting to change)")
   return evidence, SampleView(*(np.concatenate([getattr(v, f.name) for v in views])
                                 for f in dataclasses.fields(SampleView)))
+
+
+def _kept_path(state_dir: str, num_samples: int) -> str:
+  return os.path.join(state_dir, "kept", f"evidence_{num_samples:010d}.npz")
+
+
+def kept_evidence(state_dir: str, num_samples: int) -> Evidence:
+  """The evidence `stream` kept after the first `num_samples` samples (its `keep_at`)."""
+  path = _kept_path(state_dir, num_samples)
+  if not os.path.exists(path):
+    raise ValueError(f"{state_dir} kept no evidence at {num_samples} samples (the count was not "
+                     "asked for while those samples were drawn): rerun in a fresh workdir")
+  with np.load(path) as saved:
+    return Evidence.from_arrays(saved)
 
 
 def _view_path(state_dir: str, begin: int) -> str:

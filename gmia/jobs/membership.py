@@ -7,7 +7,9 @@
      per-person evidence (resumable; a larger num_samples extends a finished run)
   -> report.json (every person ranked, with an empirical p-value against the population; with
      known members the ROC, AUC and TPR at low FPR), scores.csv, samples.csv, skipped.csv,
-     roc.png (with members), matches.png (each top person beside their nearest samples).
+     roc.png (with members), matches.png (each top person beside their nearest samples), and
+     with power_samples every variant's AUC at those sample counts too (gmia.attacks.power:
+     report.json's "power", power.png), from the same stream.
 
 The workdir records what it was computed from (gmia.jobs.inputs): a rerun with another
 generator, matcher, photos, seed or scoring setting is refused, or starts over with overwrite.
@@ -29,7 +31,7 @@ import numpy as np
 
 import gmia
 from gmia import files, metrics, parallel, quality, viz
-from gmia.attacks import copies, denoising
+from gmia.attacks import copies, denoising, power
 from gmia.attacks import identity_membership as im
 from gmia.attacks import people as people_lib
 from gmia.attacks import set_test
@@ -47,7 +49,7 @@ from gmia.workdir import exclusive
 REPORT_FILE = "report.json"
 STATE_VERSION = 2  # What the streamed state holds (2: per-photo best and kernel sums as well).
 OUTPUTS = ("state", REPORT_FILE, "scores.csv", "samples.csv", "skipped.csv", "roc.png",
-           "matches.png", page_parts.MATCHES_FILE, page_parts.PAGE_FILE)
+           "matches.png", power.FIGURE_FILE, page_parts.MATCHES_FILE, page_parts.PAGE_FILE)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -57,6 +59,9 @@ def default_config() -> ml_collections.ConfigDict:
       **embedder_lib.config_fields(),
       **people_lib.config_fields(),
       "num_samples": 10_000,
+      # Also report every variant's AUC after these first samples (multiples of chunk_size):
+      # the attack's power against the number of samples, from one stream.
+      "power_samples": (),
       "chunk_size": DEFAULT_CHUNK,  # Samples generated, embedded and reduced per step.
       "score": "best",           # Primary variant: best | topk_mean | count.
       "topk": 10,                # k of topk_mean.
@@ -131,14 +136,17 @@ def attack_inputs(config: ml_collections.ConfigDict, setup: Setup) -> dict[str, 
 
 def stream_evidence(config: ml_collections.ConfigDict, setup: Setup, refs: im.References,
                     threshold: float, state_dir: str) -> tuple[im.Evidence, im.SampleView]:
-  """Streams the generator's samples against `refs` with progress; resumable in `state_dir`."""
+  """Streams the generator's samples against `refs` with progress; resumable in `state_dir`,
+  keeping the evidence at config.power_samples."""
   progress = Progress(config.num_samples, every_steps=max(1, config.num_samples // 20),
                       items_name="samples")
   try:
     return im.stream(setup.samples.embed, config.num_samples, setup.chunk_size, refs,
                      threshold=threshold, k=config.topk, state_dir=state_dir,
                      fingerprint={"refs": refs.photo_id.tolist(), "state": STATE_VERSION},
-                     on_chunk=lambda done, _: progress.update(done, {}), mesh=setup.mesh)
+                     on_chunk=lambda done, _: progress.update(done, {}),
+                     keep_at=power.counts(config.power_samples, config.num_samples,
+                                          setup.chunk_size), mesh=setup.mesh)
   finally:
     progress.close()
 
@@ -156,6 +164,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f"the attack needs people to test and a population of people known not to "
                      f"be in the training data; it has {refs.num_identities} people, "
                      f"{int(refs.in_population.sum())} of them in the population")
+  power.counts(config.power_samples, config.num_samples, job.chunk_size)  # Checked up front.
   threshold = im.impostor_threshold(refs.embeddings, refs.identity, config.false_accept_rate,
                                     seed=config.seed)
   evidence, view = stream_evidence(config, job, refs, threshold, os.path.join(workdir, "state"))
@@ -184,12 +193,12 @@ def ranking(scores: np.ndarray, refs: im.References,
           for rank, i in enumerate(order)]
 
 
-def first_samples(job: Setup, count: int) -> tuple[np.ndarray, np.ndarray]:
-  """(unit embeddings f32[M, D], images u8[M, R, R, 3]) of the usable faces among samples
-  0 .. count-1, drawn again in the attack's chunks."""
-  parts = [job.samples.with_images(np.arange(begin, min(begin + job.chunk_size, count)))[1:]
+def first_samples(job: Setup, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(sample ids i64[M], unit embeddings f32[M, D], images u8[M, R, R, 3]) of the usable faces
+  among samples 0 .. count-1, drawn again in the attack's chunks."""
+  parts = [job.samples.with_images(np.arange(begin, min(begin + job.chunk_size, count)))
            for begin in range(0, count, job.chunk_size)]
-  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+  return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
 def denoising_scores(config: ml_collections.ConfigDict, job: Setup) -> np.ndarray:
@@ -237,7 +246,8 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, job: Setup,
                  evidence: im.Evidence, view: im.SampleView, threshold: float) -> dict:
   """scores.csv, samples.csv, skipped.csv, roc.png, matches.png; returns the summary."""
   refs = job.people.refs
-  embeddings, images = first_samples(job, min(config.quality_samples, config.num_samples))
+  sample_ids, embeddings, images = first_samples(
+      job, min(config.quality_samples, config.num_samples))
   density = im.density(evidence, refs, embeddings)
   variant_scores = {v: im.scores(evidence, v, density) for v in im.VARIANTS}
   if DENOISER in job.source.supports:
@@ -300,7 +310,24 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, job: Setup,
       "ranking": ranked,
       "population_scores": primary[refs.in_population].tolist(),
       "metrics": variant_reports,
+      "power": (power_curve(config, workdir, job, evidence, sample_ids, embeddings)
+                if with_roc else []),
   }
+
+
+def power_curve(config: ml_collections.ConfigDict, workdir: str, job: Setup,
+                evidence: im.Evidence, sample_ids: np.ndarray,
+                held_out: np.ndarray) -> list[dict]:
+  """Every variant's AUC at config.power_samples and at num_samples, and power.png; [] when no
+  power_samples were asked for."""
+  kept = power.counts(config.power_samples, config.num_samples, job.chunk_size)
+  if not kept:
+    return []
+  rows = power.curve(os.path.join(workdir, "state"), kept, evidence, config.num_samples,
+                     job.people.refs, sample_ids, held_out,
+                     num_resamples=config.bootstrap_resamples, seed=config.seed)
+  power.save_figure(workdir, rows, config.title or f"identity membership: {job.source.spec}")
+  return rows
 
 
 def nearest_samples(view: im.SampleView, evidence: im.Evidence, person: int,

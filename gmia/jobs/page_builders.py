@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from gmia import files
+from gmia.attacks import power
 from gmia.jobs import pages
 from gmia.jobs.page_parts import (ATTACK_NAMES, GALLERY_LIMIT, MATCHES_FILE, PAGE_FILE,
                                    P_VALUE_MEANING, SET_TEST_CAVEAT, above, auc_number,
@@ -92,6 +93,8 @@ def membership_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
                      f"panel the grey band marks the rates {result['num_negatives']} non-members "
                      "cannot resolve.")
     items.append(tpr_table(f"metrics.{primary}", result, primary))
+    items += figure(workdir, power.FIGURE_FILE, "Every variant's AUC against the number of "
+                    "generated samples it had seen (the first samples of this run)")
     sections.append(pages.Section("Members against people the generator never saw", items))
   ranking = [
       pages.Text("Each person's p-value is the share of the {people.population} people known "
