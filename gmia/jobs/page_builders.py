@@ -222,59 +222,6 @@ def release_filter_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
                     [pages.Section("Samples kept and held back", items)])
 
 
-# ---------------------------------------------------------------------------------- sweep
-
-def sweep_extras(report: Mapping[str, Any]) -> dict[str, Any]:
-  """The sweep's verdict: how far the first variant's AUC moves over the points, against the
-  control generator's."""
-  report = files.strict_json(report)  # NaN as null, as report.json holds it.
-  variant, points = report["variants"][0], report["points"]
-  aucs = [(point["metrics"][variant]["auc"], point["name"]) for point in points
-          if point["metrics"][variant]["auc"] is not None]
-  if not aucs:
-    return {"verdict": f"No point has a defined {variant} AUC."}
-  low, high = min(aucs), max(aucs)
-  text = (f"Over {len(points)} target generators the {variant} attack's AUC runs from "
-          f"{fmt(low[0])} ({low[1]}) to {fmt(high[0])} ({high[1]}).")
-  controls = [(point, point["control"][variant]) for point in points
-              if point["control"].get(variant, {}).get("auc") is not None]
-  if controls:
-    beyond = sum(above(point["metrics"][variant]["auc_interval"][0], control["auc_interval"][1])
-                 for point, control in controls)
-    control_aucs = [control["auc"] for _, control in controls]
-    text += (f" The control generator, which saw none of their people, gives "
-             f"{fmt(min(control_aucs))} to {fmt(max(control_aucs))}; {beyond} of {len(controls)} "
-             "targets' intervals lie above the control's.")
-  return {"verdict": text}
-
-
-def sweep_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
-  points = report["points"]
-  columns = {"point": "name", "family": "family", "members": "members",
-             "photos / member": "photos", "training photos": "training_photos", "steps": "steps"}
-  for variant in report["variants"]:
-    columns[f"AUC {variant}"] = f"metrics.{variant}.auc"
-    columns[f"interval {variant}"] = f"metrics.{variant}.auc_interval"
-    if all(variant in point["control"] for point in points):
-      columns[f"control {variant}"] = f"control.{variant}.auc"
-  links = []
-  for point in points:
-    links.append(pages.Link(f"{point['name']}: the attack on its target generator",
-                            f"points/{point['name']}/attack/{PAGE_FILE}"))
-  for name, point in {point["control_name"]: point for point in points}.items():
-    links.append(pages.Link(f"the {point['family']} control generator attacked with the "
-                            f"{point['members']}-member points' people",
-                            f"control/{name}/{PAGE_FILE}"))
-  return pages.Page("Leakage against the size of the training set", report, ["verdict"], [
-      pages.Section("AUC by point", [
-          *figure(workdir, "sweep.png", "AUC (with its interval) against training photos per "
-                   "member, one line per member count; bands: the control generator's interval"),
-          pages.Table("points", columns, caption="Every point of the grid")]),
-      pages.Section("Each point's attack", links),
-      pages.Section("Time", [pages.Number("seconds in all", "total_seconds",
-                                          note="training and attacks of every stage")])])
-
-
 # ---------------------------------------------------------------------------------- calibration
 
 def calibration_extras(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -494,7 +441,7 @@ def main_job_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
     key = f"attacks.{name}.metrics"
     items: list[pages.Item] = [auc_number(key, entry["primary"]),
                                tpr_table(key, entry["metrics"], entry["primary"])]
-    items.append(pages.Link(f"The whole attack: ROC, every variant, the people ranked, the "
+    items.append(pages.Link("The whole attack: ROC, every variant, the people ranked, the "
                             "matches", f"{name}/{PAGE_FILE}"))
     sections.append(pages.Section(entry["title"], items))
   sections.append(pages.Section("The data", figure(

@@ -34,6 +34,8 @@ import copy
 import dataclasses
 import itertools
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import matplotlib.pyplot as plt
 import ml_collections
@@ -41,7 +43,7 @@ import numpy as np
 
 from gmia import files, fingerprint, viz
 from gmia.attacks import calibration, exposure
-from gmia.jobs import generators, membership, page_builders, page_parts, shadows as shadows_lib
+from gmia.jobs import generators, membership, page_parts, pages, shadows as shadows_lib
 from gmia.jobs.stages import run_stage
 from gmia.runs import load_run
 from gmia.data import run_data
@@ -233,7 +235,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "total_seconds": sum(seconds.values()) + sum(
                  sum(r["seconds"].values()) for r in results),
              "config": config.to_dict()}
-  summary.update(page_builders.sweep_extras(summary))
+  summary.update(sweep_extras(summary))
   # The files also say where the result came from, and when: a cached rerun returns the same
   # summary but not the same date.
   inputs = {"split": fingerprint.tree_digest(base.to_json())}
@@ -242,7 +244,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   files.write_json(os.path.join(workdir, SWEEP_FILE), report)
   files.write_atomic(os.path.join(workdir, "sweep.md"), markdown_table(summary))
   save_sweep_figure(os.path.join(workdir, "sweep.png"), summary)
-  page_parts.write_page(workdir, page_builders.sweep_page, report,
+  page_parts.write_page(workdir, sweep_page, report,
                            config.attack.report_photos)
   return summary
 
@@ -273,6 +275,58 @@ def _analyse(config, point: Point, split: IdentitySplit, directory: str, attack_
           "metrics": calibration.variant_reports(target_scores, target.is_member, **options),
           "control": calibration.variant_reports(control_scores, control.is_member, **options),
           "exposure": exposure.group_summary(table, **options), "seconds": seconds}
+
+
+def sweep_extras(report: Mapping[str, Any]) -> dict[str, Any]:
+  """The sweep's verdict: how far the first variant's AUC moves over the points, against the
+  control generator's."""
+  report = files.strict_json(report)  # NaN as null, as report.json holds it.
+  variant, points = report["variants"][0], report["points"]
+  aucs = [(point["metrics"][variant]["auc"], point["name"]) for point in points
+          if point["metrics"][variant]["auc"] is not None]
+  if not aucs:
+    return {"verdict": f"No point has a defined {variant} AUC."}
+  low, high = min(aucs), max(aucs)
+  text = (f"Over {len(points)} target generators the {variant} attack's AUC runs from "
+          f"{page_parts.fmt(low[0])} ({low[1]}) to {page_parts.fmt(high[0])} ({high[1]}).")
+  controls = [(point, point["control"][variant]) for point in points
+              if point["control"].get(variant, {}).get("auc") is not None]
+  if controls:
+    beyond = sum(page_parts.above(point["metrics"][variant]["auc_interval"][0], control["auc_interval"][1])
+                 for point, control in controls)
+    control_aucs = [control["auc"] for _, control in controls]
+    text += (f" The control generator, which saw none of their people, gives "
+             f"{page_parts.fmt(min(control_aucs))} to {page_parts.fmt(max(control_aucs))}; {beyond} of {len(controls)} "
+             "targets' intervals lie above the control's.")
+  return {"verdict": text}
+
+
+def sweep_page(report: Mapping[str, Any], workdir: str) -> pages.Page:
+  points = report["points"]
+  columns = {"point": "name", "family": "family", "members": "members",
+             "photos / member": "photos", "training photos": "training_photos", "steps": "steps"}
+  for variant in report["variants"]:
+    columns[f"AUC {variant}"] = f"metrics.{variant}.auc"
+    columns[f"interval {variant}"] = f"metrics.{variant}.auc_interval"
+    if all(variant in point["control"] for point in points):
+      columns[f"control {variant}"] = f"control.{variant}.auc"
+  links = []
+  for point in points:
+    links.append(pages.Link(f"{point['name']}: the attack on its target generator",
+                            f"points/{point['name']}/attack/{page_parts.PAGE_FILE}"))
+  for name, point in {point["control_name"]: point for point in points}.items():
+    links.append(pages.Link(f"the {point['family']} control generator attacked with the "
+                            f"{point['members']}-member points' people",
+                            f"control/{name}/{page_parts.PAGE_FILE}"))
+  return pages.Page("Leakage against the size of the training set", report, ["verdict"], [
+      pages.Section("AUC by point", [
+          *page_parts.figure(workdir, "sweep.png", "AUC (with its interval) against training "
+                             "photos per member, one line per member count; bands: the control "
+                             "generator's interval"),
+          pages.Table("points", columns, caption="Every point of the grid")]),
+      pages.Section("Each point's attack", links),
+      pages.Section("Time", [pages.Number("seconds in all", "total_seconds",
+                                          note="training and attacks of every stage")])])
 
 
 def markdown_table(summary: dict) -> str:
