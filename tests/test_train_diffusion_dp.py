@@ -5,19 +5,17 @@ budgets refused).
 """
 
 import concurrent.futures
-import shutil
 
-import jax
 import numpy as np
 import pytest
 
 from gmia import parallel
-from gmia.checkpoint import Checkpointer
 from gmia.diffusion import trainer
 from gmia.models import unet as unet_lib
 from gmia.privacy import accounting
 from tests.multidevice import run_with_devices
-from tests.resume_check import check_resume, final_checkpoint
+from tests.dp_checks import check_budgets_refused, check_recorded_guarantee, check_same_run
+from tests.resume_check import check_resume
 from train.configs import diffusion_dp_cpu_demo, diffusion_dp_tiny
 
 STEPS = 8
@@ -139,20 +137,8 @@ def test_tiny_dp_run_trains_and_records_its_guarantee(tiny_run):
   assert int(state["step"]) == STEPS
   assert set(metrics) == {"ema_decay", "noisy_grad_norm"}
   assert all(np.isfinite(v) for v in metrics.values())
-  checkpointer = Checkpointer(workdir)
-  half, meta = checkpointer.restore_replicated(STEPS // 2, kind="diffusion")
-  for group in ("params", "ema"):
-    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), half[group], state[group])
-    assert all(jax.tree.leaves(changed)), group
-  privacy = meta["privacy"]
-  config = _config("")
-  assert privacy["steps"] == STEPS and privacy["r1_steps"] == 0
-  assert privacy["people"] == 6 and privacy["sampling_rate"] == 0.5
-  assert privacy["clip_norm"] == config.privacy.clip_norm
-  assert privacy["delta"] == config.privacy.delta and privacy["accountant"] == "rdp"
-  assert 0.9 * config.privacy.target_epsilon < privacy["epsilon"] <= config.privacy.target_epsilon
-  assert accounting.epsilon_from_metadata(privacy) == pytest.approx(privacy["epsilon"], rel=1e-12)
-  assert checkpointer.restore_meta(STEPS)["privacy"] == privacy
+  check_recorded_guarantee(workdir, state, "diffusion", ("params", "ema"), _config(""),
+                           steps=STEPS, noisy_steps=STEPS, r1_steps=0, people=6, rate=0.5)
 
 
 def test_dp_resume_runs_only_the_remaining_steps(tiny_run, data_dir, tmp_path):
@@ -161,27 +147,12 @@ def test_dp_resume_runs_only_the_remaining_steps(tiny_run, data_dir, tmp_path):
 
 
 def test_dp_one_device_equals_four_devices(tiny_run, four_devices):
-  workdir, _, _ = tiny_run
-  result = four_devices.result()
-  assert int(result.pop("num_devices")) == 4
-  want = final_checkpoint(workdir)
-  assert want.keys() == result.keys()
-  for name in want:
-    np.testing.assert_allclose(result[name], want[name], rtol=1e-4, atol=1e-4, err_msg=name)
+  check_same_run(tiny_run[0], four_devices.result(), 4)
 
 
 def test_over_budget_runs_are_refused_before_training(tiny_run, data_dir, tmp_path):
-  workdir, _, _ = tiny_run
-  longer = str(tmp_path / "longer")
-  shutil.copytree(workdir, longer)
-  with pytest.raises(ValueError, match="which a resumed run keeps.*budget exceeded"):
-    trainer.train_and_evaluate(_config(data_dir, num_steps=4 * STEPS), longer)
-  assert Checkpointer(longer).all_steps() == [STEPS // 2, STEPS]
-  too_little_noise = _config(data_dir)
-  too_little_noise.privacy.noise_multiplier = 0.1
-  with pytest.raises(ValueError, match="budget exceeded"):
-    trainer.train_and_evaluate(too_little_noise, str(tmp_path / "noise"))
-  assert not (tmp_path / "noise" / "checkpoints").exists()
+  check_budgets_refused(trainer.train_and_evaluate, lambda **fields: _config(data_dir, **fields),
+                        tiny_run[0], tmp_path, steps=STEPS, longer_steps=4 * STEPS)
 
 
 def test_demo_config_is_valid_for_the_main_jobs_members():

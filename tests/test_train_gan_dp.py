@@ -4,20 +4,18 @@ metadata, nothing private in its metrics, resume bit for bit, 1 vs 8 devices, bu
 """
 
 import concurrent.futures
-import os
-import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from gmia import parallel
-from gmia.checkpoint import Checkpointer
 from gmia.gan import train_step, trainer
 from gmia.privacy import accounting
 from gmia.privacy.sampling import PersonBatches
+from tests.dp_checks import check_budgets_refused, check_recorded_guarantee, check_same_run
 from tests.multidevice import run_with_devices
-from tests.resume_check import check_resume, final_checkpoint
+from tests.resume_check import check_resume
 from train.configs import gan_dp_cpu_demo, gan_dp_tiny
 
 STEPS = 8
@@ -250,23 +248,12 @@ def test_tiny_dp_run_trains_and_records_its_guarantee(tiny_run):
                           "pl_mean", "pl_penalty"}
   assert all(np.isfinite(v) for v in metrics.values())
   assert float(state["r1_penalty"]) == 0
-  checkpointer = Checkpointer(workdir)
-  half, meta = checkpointer.restore_replicated(STEPS // 2, kind="gan")
-  for group in ("g_params", "d_params", "g_ema"):
-    moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), half[group], state[group])
-    assert all(jax.tree.leaves(moved)), group
-  privacy = meta["privacy"]
   config = _config("")
   # R1 updates at steps 0 and 4 of 0..7 release a second time from their step's people.
-  assert privacy["steps"] == STEPS + 2 and privacy["r1_steps"] == 2
-  assert privacy["people"] == 6 and privacy["sampling_rate"] == 0.5
-  assert privacy["clip_norm"] == config.privacy.clip_norm
+  privacy = check_recorded_guarantee(workdir, state, "gan", ("g_params", "d_params", "g_ema"),
+                                     config, steps=STEPS, noisy_steps=STEPS + 2, r1_steps=2,
+                                     people=6, rate=0.5)
   assert privacy["r1_clip_norm"] == config.privacy.r1_clip_norm
-  assert privacy["delta"] == config.privacy.delta and privacy["accountant"] == "rdp"
-  assert 0.9 * config.privacy.target_epsilon < privacy["epsilon"] <= config.privacy.target_epsilon
-  assert accounting.epsilon_from_metadata(privacy) == pytest.approx(privacy["epsilon"], rel=1e-12)
-  # Every checkpoint records the same plan.
-  assert checkpointer.restore_meta(STEPS)["privacy"] == privacy
 
 
 def test_dp_resume_runs_only_the_remaining_steps(tiny_run, data_dir, tmp_path):
@@ -275,28 +262,13 @@ def test_dp_resume_runs_only_the_remaining_steps(tiny_run, data_dir, tmp_path):
 
 
 def test_dp_one_device_equals_eight_devices(tiny_run, eight_devices):
-  workdir, _, _ = tiny_run
-  result = eight_devices.result()
-  assert int(result.pop("num_devices")) == 8
-  want = final_checkpoint(workdir)
-  assert want.keys() == result.keys()
-  for name in want:
-    np.testing.assert_allclose(result[name], want[name], rtol=1e-4, atol=1e-4, err_msg=name)
+  check_same_run(tiny_run[0], eight_devices.result(), 8)
 
 
 def test_over_budget_runs_are_refused_before_training(tiny_run, data_dir, tmp_path):
-  workdir, _, _ = tiny_run
   # Resumed with twice the steps at the noise the run started with (calibrated for STEPS).
-  longer = str(tmp_path / "longer")
-  shutil.copytree(workdir, longer)
-  with pytest.raises(ValueError, match="which a resumed run keeps.*budget exceeded"):
-    trainer.train_and_evaluate(_config(data_dir, num_steps=2 * STEPS), longer)
-  assert Checkpointer(longer).all_steps() == [STEPS // 2, STEPS]
-  too_little_noise = _config(data_dir)
-  too_little_noise.privacy.noise_multiplier = 0.1
-  with pytest.raises(ValueError, match="budget exceeded"):
-    trainer.train_and_evaluate(too_little_noise, str(tmp_path / "noise"))
-  assert not os.path.exists(tmp_path / "noise" / "checkpoints")
+  check_budgets_refused(trainer.train_and_evaluate, lambda **fields: _config(data_dir, **fields),
+                        tiny_run[0], tmp_path, steps=STEPS, longer_steps=2 * STEPS)
   mixing = _config(data_dir)
   mixing.model.mbstd_num_channels = 1
   with pytest.raises(ValueError, match="minibatch-std"):
