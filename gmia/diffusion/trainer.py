@@ -154,11 +154,11 @@ def make_train_step(config: ml_collections.ConfigDict, unet: UNet, mesh: jax.sha
     return (jax.lax.with_sharding_constraint(t, data),
             jax.lax.with_sharding_constraint(noise, data))
 
-  def photo_losses(params, x0, t, noise, dropout_key):
-    """The simple loss of each photo: mean squared error of the predicted noise, f32[N]."""
+  def squared_errors(params, x0, t, noise, dropout_key):
+    """The simple loss's terms: the squared error of the predicted noise, [N, R, R, 3]."""
     predicted = unet.apply({"params": params}, diffuse(abar, x0, t, noise), t, train=True,
                            rngs={"dropout": dropout_key})
-    return jnp.mean(jnp.square(predicted - noise), axis=(1, 2, 3))
+    return jnp.square(predicted - noise)
 
   def update(state: State, grads) -> tuple[State, jax.Array]:
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -174,15 +174,15 @@ def make_train_step(config: ml_collections.ConfigDict, unet: UNet, mesh: jax.sha
     x0 = images.astype(unet.dtype)
     t, noise = draws(k_t, k_noise, x0.shape, x0.dtype)
     loss, grads = jax.value_and_grad(
-        lambda p: jnp.mean(photo_losses(p, x0, t, noise, k_dropout)))(state["params"])
+        lambda p: jnp.mean(squared_errors(p, x0, t, noise, k_dropout)))(state["params"])
     new_state, decay = update(state, grads)
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "ema_decay": decay}
 
   def person_loss(params, images, mask, t, noise, dropout_key_data):
     """One person's part of the loss: their photos' (mask [K] of the real ones) summed, / K.
     Summed over P people of K photos and divided by P, it is the mean over P * K photos."""
-    losses = photo_losses(params, images, t, noise, jax.random.wrap_key_data(dropout_key_data))
-    return jnp.sum(mask * losses) / max_photos
+    errors = squared_errors(params, images, t, noise, jax.random.wrap_key_data(dropout_key_data))
+    return jnp.sum(mask * jnp.mean(errors, axis=(1, 2, 3))) / max_photos
 
   def private_train_step(state: State, people: dict) -> tuple[State, dict[str, jax.Array]]:
     key = jax.random.fold_in(jax.random.key(config.seed), state["step"])
