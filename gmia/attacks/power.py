@@ -32,17 +32,15 @@ def counts(asked: Sequence[int], num_samples: int, chunk_size: int) -> tuple[int
   return tuple(sorted({int(n) for n in asked if n < num_samples}))
 
 
-def curve(state_dir: str, kept: Sequence[int], final: im.Evidence, num_samples: int,
-          refs: im.References, held_out_ids: np.ndarray, held_out: np.ndarray, *,
-          num_resamples: int, seed: int) -> list[dict]:
+def curve(state_dir: str, kept: Sequence[int], refs: im.References, held_out_ids: np.ndarray,
+          held_out: np.ndarray, *, num_resamples: int, seed: int) -> list[dict]:
   """[{"num_samples": n, "usable_samples", "metrics": {variant: membership report}}] at each
-  kept count and at num_samples (the final evidence), over the members and the population of
-  `refs`; held_out f32[M, D]: the embeddings of the samples held_out_ids i64[M] (the attack's
-  first samples)."""
+  kept count, over the members and the population of `refs`; held_out f32[M, D]: the
+  embeddings of the samples held_out_ids i64[M] (the attack's first samples)."""
   tested = refs.is_member | refs.in_population
   rows = []
-  for n, evidence in [*((n, im.kept_evidence(state_dir, n)) for n in kept),
-                      (num_samples, final)]:
+  for n in kept:
+    evidence = im.kept_evidence(state_dir, n)
     density = im.density(evidence, refs, held_out[held_out_ids < n])
     rows.append({"num_samples": int(n), "usable_samples": int(evidence.num_samples),
                  "metrics": {v: metrics.membership_report(

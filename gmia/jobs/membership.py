@@ -310,22 +310,24 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, job: Setup,
       "ranking": ranked,
       "population_scores": primary[refs.in_population].tolist(),
       "metrics": variant_reports,
-      "power": (power_curve(config, workdir, job, evidence, sample_ids, embeddings)
-                if with_roc else []),
+      "power": (power_curve(config, workdir, job, evidence, variant_reports, sample_ids,
+                            embeddings) if with_roc else []),
   }
 
 
 def power_curve(config: ml_collections.ConfigDict, workdir: str, job: Setup,
-                evidence: im.Evidence, sample_ids: np.ndarray,
+                evidence: im.Evidence, final: dict[str, dict], sample_ids: np.ndarray,
                 held_out: np.ndarray) -> list[dict]:
-  """Every variant's AUC at config.power_samples and at num_samples, and power.png; [] when no
-  power_samples were asked for."""
+  """Every variant's AUC at config.power_samples and at num_samples (`final`, the attack's own
+  reports), and power.png; [] when no power_samples were asked for."""
   kept = power.counts(config.power_samples, config.num_samples, job.chunk_size)
   if not kept:
     return []
-  rows = power.curve(os.path.join(workdir, "state"), kept, evidence, config.num_samples,
-                     job.people.refs, sample_ids, held_out,
-                     num_resamples=config.bootstrap_resamples, seed=config.seed)
+  rows = power.curve(os.path.join(workdir, "state"), kept, job.people.refs, sample_ids,
+                     held_out, num_resamples=config.bootstrap_resamples, seed=config.seed)
+  rows.append({"num_samples": int(config.num_samples),
+               "usable_samples": int(evidence.num_samples),
+               "metrics": {v: final[v] for v in im.VARIANTS}})
   power.save_figure(workdir, rows, config.title or f"identity membership: {job.source.spec}")
   return rows
 
