@@ -5,9 +5,10 @@ empty slots holding zeros) into sum_p clip(g_p, C), and `add_noise` adds N(0, (s
 it. The sum's L2 sensitivity to adding or removing one person is C whatever their photos, so the
 two make a Gaussian mechanism of noise multiplier sigma, which `gmia.privacy.accounting`
 composes. A sum over people sharded across devices is the psum of each device's clipped sum
-(clipping is per person): `noisy_mean_gradient` runs the whole mechanism for a trainer's step. Non-finite entries of a person's
-gradient are replaced before the norm is taken (as the optimiser replaces them in an ordinary
-step), so no person escapes the bound through a NaN or inf. Clipping and summing are optax's
+(clipping is per person): `noisy_mean_gradient` runs the whole mechanism for a trainer's step.
+Non-finite entries of a person's gradient are replaced before the norm is taken (as the
+optimiser replaces them in an ordinary step), so no person escapes the bound through a NaN or
+inf. Clipping and summing are optax's
 `per_example_global_norm_clip`; the noise is one draw over the raveled tree, the same values on
 any mesh for a given key.
 """
