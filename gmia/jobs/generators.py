@@ -1,4 +1,4 @@
-"""The generator families a job trains as targets: a StyleGAN2 (gmia.gan) or a DDPM (gmia.diffusion).
+"""The generator families a job trains as targets: StyleGAN2 (gmia.gan), DDPM (gmia.diffusion).
 
 A job that trains target generators (the sweep, the privacy sweep) holds one trainer config per
 family (`config.gan`, `config.diffusion`) and names the family of each generator it trains; the

@@ -292,11 +292,13 @@ def sweep_extras(report: Mapping[str, Any]) -> dict[str, Any]:
   controls = [(point, point["control"][variant]) for point in points
               if point["control"].get(variant, {}).get("auc") is not None]
   if controls:
-    beyond = sum(page_parts.above(point["metrics"][variant]["auc_interval"][0], control["auc_interval"][1])
+    beyond = sum(page_parts.above(point["metrics"][variant]["auc_interval"][0],
+                                  control["auc_interval"][1])
                  for point, control in controls)
     control_aucs = [control["auc"] for _, control in controls]
     text += (f" The control generator, which saw none of their people, gives "
-             f"{page_parts.fmt(min(control_aucs))} to {page_parts.fmt(max(control_aucs))}; {beyond} of {len(controls)} "
+             f"{page_parts.fmt(min(control_aucs))} to {page_parts.fmt(max(control_aucs))}; "
+             f"{beyond} of {len(controls)} "
              "targets' intervals lie above the control's.")
   return {"verdict": text}
 
