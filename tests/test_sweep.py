@@ -101,7 +101,12 @@ def test_sweep_over_generator_families(toy_main_job, tmp_path, counted):
   config.data.data_dir = str(data_dir)
   config.face_encoder_workdir = str(main / "face_encoder")
   config.grid.update(families=("gan", "diffusion"), photos=(3,), overrepresented=0)
-  config.variants = ("best",)
+  # The gray-box score ranks no GAN's people, so it cannot come first.
+  config.variants = ("denoising", "best")
+  with pytest.raises(ValueError, match="'denoising' ranks every point's people, but gan gener"):
+    sweep.run(config, str(tmp_path / "refused"))
+  assert not (tmp_path / "refused").exists()
+  config.variants = ("best", "denoising")
   workdir = tmp_path / "sweep"
   summary = sweep.run(config, str(workdir))
   assert [p["name"] for p in summary["points"]] == ["m3_p3_s2", "m3_p3_s2_diffusion"]
@@ -116,6 +121,13 @@ def test_sweep_over_generator_families(toy_main_job, tmp_path, counted):
     best = np.array([float(r["score_best"]) for r in scores])
     assert point["metrics"]["best"]["auc"] == pytest.approx(_mann_whitney(best[member],
                                                                           best[~member]))
+    if point["family"] == "diffusion":
+      denoised = np.array([float(r["score_denoising"]) for r in scores])
+      assert point["metrics"]["denoising"]["auc"] == pytest.approx(
+          _mann_whitney(denoised[member], denoised[~member]))
+    else:
+      assert "score_denoising" not in scores[0]
+      assert point["metrics"]["denoising"]["auc"] is None
     control = _rows(workdir / "control" / point["control_name"] / "scores.csv")
     best = np.array([float(r["score_best"]) for r in control])
     member = np.array([r["group"] == "member" for r in control])
@@ -124,8 +136,11 @@ def test_sweep_over_generator_families(toy_main_job, tmp_path, counted):
   assert summary["points"][1]["control_name"] == "members_3_diffusion"
   table = (workdir / "sweep.md").read_text()
   assert "| family |" in table and "\n| diffusion | 3 |" in table
+  gan_row = next(line for line in table.splitlines() if line.startswith("| gan |"))
+  assert gan_row.split(" | ")[7:9] == ["-", "-"]  # No gray-box AUC for the GAN, nor its control.
   # A control of a family the grid does not hold is refused.
   config.grid.families = ("gan",)
+  config.variants = ("best",)
   config.control_workdir = str(workdir / "diffusion_control")
   with pytest.raises(ValueError, match="holds a diffusion run; the grid's families are"):
     sweep.run(config, str(tmp_path / "other"))

@@ -34,7 +34,7 @@ import numpy as np
 
 from gmia import metrics, parallel
 from gmia.attacks import identity_membership as im
-from gmia.attacks import likelihood_ratio
+from gmia.attacks import denoising, likelihood_ratio
 from gmia.data.split import IdentitySplit
 from gmia.face_encoder import evaluation
 from gmia.runs import load_run
@@ -43,7 +43,7 @@ SCORES_FILE = "scores.csv"
 SIMILARITY_VARIANTS = ("best", "topk_mean")
 # How each attack variant is mapped to the real line before the shadows' Gaussians are fitted.
 LIRA_TRANSFORMS = {"best": "arctanh", "topk_mean": "arctanh", "count": "log1p", "density": "none",
-                   "denoising": "none"}
+                   denoising.VARIANT: "none"}
 NEGATIVE_GROUPS = ("non_member", "population")  # scores.csv's name of people known not to be in.
 
 

@@ -31,6 +31,7 @@ from gmia import parallel
 from gmia.diffusion.sampling import x0_and_noise
 from gmia.models.noise_schedule import Schedule
 
+VARIANT = "denoising"  # The name of this score among the membership attack's variants.
 KINDS = ("noise_error", "predicted_norm")
 
 

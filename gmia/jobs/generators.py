@@ -13,11 +13,17 @@ from types import ModuleType
 import ml_collections
 
 from gmia import training
+from gmia.attacks import denoising, identity_membership as im
 from gmia.diffusion import trainer as diffusion_trainer
 from gmia.gan import trainer as gan_trainer
 
 FAMILIES: dict[str, ModuleType] = {gan_trainer.KIND: gan_trainer,
                                    diffusion_trainer.KIND: diffusion_trainer}
+# The membership attack's scores of a trained generator of each family: the black-box variants
+# from samples, and for a diffusion model the gray-box one from its denoiser.
+ATTACK_VARIANTS: dict[str, tuple[str, ...]] = {gan_trainer.KIND: im.VARIANTS,
+                                               diffusion_trainer.KIND: (*im.VARIANTS,
+                                                                        denoising.VARIANT)}
 
 
 def check(family: str) -> str:

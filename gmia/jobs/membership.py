@@ -251,7 +251,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, job: Setup,
   density = im.density(evidence, refs, embeddings)
   variant_scores = {v: im.scores(evidence, v, density) for v in im.VARIANTS}
   if DENOISER in job.source.supports:
-    variant_scores["denoising"] = denoising_scores(config, job)
+    variant_scores[denoising.VARIANT] = denoising_scores(config, job)
   primary = variant_scores[config.score]
   loo = im.leave_one_out_p_values(primary, refs.in_population)
   set_p_values = set_test_p_values(evidence, refs)

@@ -5,7 +5,8 @@ steps, optionally with a few over-represented members) trains its own target gen
 StyleGAN2, `config.gan`, or a DDPM, `config.diffusion`: gmia.jobs.generators) on its members'
 photos; the
 identity membership attack (gmia.attacks.membership) scores every one with the same encoder,
-sample budget and seed. A control generator of each family, trained on people who are no target
+sample budget and seed (a DDPM also with the gray-box `denoising` score; a variant a family has
+no score for reads "-" at its points). A control generator of each family, trained on people who are no target
 of any point, is attacked with the references of every member count: its AUC is the band chance
 spans there.
 
@@ -52,6 +53,8 @@ from gmia.data.split import IdentitySplit
 from gmia.face_encoder import trainer as encoder_trainer
 
 SWEEP_FILE = "sweep.json"
+# A variant's report for a point whose family has no such score (the gray box of a GAN).
+NOT_SCORED = {"auc": None, "auc_interval": [None, None], "tpr_at_fpr": []}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,15 +161,30 @@ def _attack(config, generator_workdir: str, encoder_workdir: str, split_path: st
   return run_stage(workdir, lambda: membership.run(attack, workdir))
 
 
+def _check_variants(config: ml_collections.ConfigDict, points: list[Point]) -> None:
+  """ValueError unless config.variants name scores the attack gives for some point's family,
+  the first (which ranks the people and states the verdict) for every family."""
+  families = list(dict.fromkeys(point.family for point in points))
+  shadows = bool(config.shadows.num_shadows)
+  known = {family: calibration.variant_names(generators.ATTACK_VARIANTS[family], shadows=shadows)
+           for family in families}
+  every = list(dict.fromkeys(v for names in known.values() for v in names))
+  unknown = sorted(set(config.variants) - set(every))
+  if not config.variants or unknown:
+    raise ValueError(f"config.variants must name known variants, got {unknown or '()'}; "
+                     f"known: {every}")
+  lacking = [family for family in families if config.variants[0] not in known[family]]
+  if lacking:
+    raise ValueError(f"config.variants[0]={config.variants[0]!r} ranks every point's people, but "
+                     f"{' and '.join(lacking)} generators have no such score; name first a "
+                     "variant every family has")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the sweep in `workdir`; returns the contents of sweep.json but their
   provenance."""
   points = grid_points(config)
-  known = calibration.variant_names(shadows=bool(config.shadows.num_shadows))
-  unknown = sorted(set(config.variants) - set(known))
-  if not config.variants or unknown:
-    raise ValueError(f"config.variants must name known variants, got {unknown or '()'}; "
-                     f"known: {known}")
+  _check_variants(config, points)
   os.makedirs(workdir, exist_ok=True)
   base_data = copy.deepcopy(config.data)
   base_data.split.members = max(p.members for p in points)
@@ -269,11 +287,15 @@ def _analyse(config, point: Point, split: IdentitySplit, directory: str, attack_
       k: (np.round(v, 6) if v.dtype.kind == "f" else v).tolist() for k, v in table.items()})
   exposure.save_exposure_figure(os.path.join(directory, "exposure.png"), table,
                                 f"{point.name}: {config.variants[0]} score by photos in training")
+  def reports(scores: dict, is_member: np.ndarray) -> dict:
+    found = calibration.variant_reports(scores, is_member, **options)
+    return {**found, **{v: NOT_SCORED for v in config.variants if v not in found}}
+
   return {**dataclasses.asdict(point), "name": point.name, "control_name": point.control_name,
           "overrepresented_text": point.overrepresented_text,
           "training_photos": int(split.train_photos("members").size),
-          "metrics": calibration.variant_reports(target_scores, target.is_member, **options),
-          "control": calibration.variant_reports(control_scores, control.is_member, **options),
+          "metrics": reports(target_scores, target.is_member),
+          "control": reports(control_scores, control.is_member),
           "exposure": exposure.group_summary(table, **options), "seconds": seconds}
 
 
@@ -347,9 +369,9 @@ def markdown_table(summary: dict) -> str:
     cells = [point["family"]] * families + [members, str(point["photos"]),
                                             str(point["training_photos"]), str(point["steps"])]
     for variant in variants:
-      cells.append(calibration.auc_text(point["metrics"][variant]).removeprefix("AUC "))
-      control = point["control"].get(variant)
-      cells.append(calibration.auc_text(control).removeprefix("AUC ") if control else "-")
+      for result in (point["metrics"][variant], point["control"].get(variant)):
+        scored = result is not None and result["auc"] is not None
+        cells.append(calibration.auc_text(result).removeprefix("AUC ") if scored else "-")
     tpr = next(r for r in point["metrics"][variants[0]]["tpr_at_fpr"] if r["fpr"] == 1e-2)
     cells += [f"{tpr['tpr']:.2f}" + ("" if tpr["resolved"] else "*"),
               f"{sum(point['seconds'].values()) / 60:.1f}"]
@@ -374,8 +396,11 @@ def save_sweep_figure(path: str, summary: dict) -> None:
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for axes, variant in zip(panels[0], variants):
     for colour, key in zip(itertools.cycle(colours), lines):
-      points = sorted((p for p in summary["points"] if line_of(p) == key),
+      points = sorted((p for p in summary["points"]
+                       if line_of(p) == key and p["metrics"][variant]["auc"] is not None),
                       key=lambda p: p["photos"])
+      if not points:
+        continue
       x = np.array([p["photos"] for p in points], np.float64)
       auc = np.array([p["metrics"][variant]["auc"] for p in points])
       interval = np.array([p["metrics"][variant]["auc_interval"] for p in points])
@@ -386,7 +411,7 @@ def save_sweep_figure(path: str, summary: dict) -> None:
       axes.errorbar(x, auc, yerr=[auc - interval[:, 0], interval[:, 1] - auc], color=colour,
                     marker="o", capsize=3, label=label)
       control = points[0]["control"].get(variant)
-      if control:
+      if control and control["auc"] is not None:
         low, high = control["auc_interval"]
         span = [x.min() / 1.15, x.max() * 1.15]
         axes.fill_between(span, [low] * 2, [high] * 2, color=colour, alpha=0.12, lw=0)
