@@ -3,7 +3,9 @@ generator sources, the attack's gray-box score recomputed from the denoiser, the
 samples (Frechet distance, near-copies), and the near-copy criterion against brute force."""
 
 import csv
+import dataclasses
 import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -51,13 +53,37 @@ def test_a_diffusion_workdir_is_a_source_drawn_by_index(diffusion_run):
 
 
 def test_the_attack_on_a_ddpm_adds_the_gray_box_score_and_sample_quality(models, diffusion_run,
-                                                                          tmp_path):
+                                                                          tmp_path, monkeypatch):
+  drawn, embedded = [], []  # The sample indices drawn with their images, and without.
+  make = membership.make_sample_embedder
+
+  def counting(*args):
+    samples = make(*args)
+    def with_images(indices):
+      drawn.extend(np.asarray(indices).tolist())
+      return samples.with_images(indices)
+    def embed(indices):
+      embedded.extend(np.asarray(indices).tolist())
+      return samples.embed(indices)
+    return dataclasses.replace(samples, with_images=with_images, embed=embed)
+
+  monkeypatch.setattr(membership, "make_sample_embedder", counting)
   config = membership.default_config()
   config.generator = f"gmia:{diffusion_run}"
   config.matcher.path = models[1]
-  config.update(num_samples=16, chunk_size=16, topk=3, bootstrap_resamples=20,
+  config.update(num_samples=32, chunk_size=16, topk=3, bootstrap_resamples=20,
                 diffusion_steps=3, quality_samples=16, denoising_timesteps=(50, 300))
   summary = membership.run(config, str(tmp_path))
+  # The quality block's samples are those the stream kept: each drawn once, in a rerun never.
+  assert drawn == list(range(16)) and embedded == list(range(16, 32))
+  assert membership.run(config, str(tmp_path))["sample_quality"] == summary["sample_quality"]
+  assert drawn == list(range(16))
+  # A state that kept none (one written before the attack kept them) draws them again, the same.
+  shutil.rmtree(tmp_path / "state" / "first")
+  again = membership.run(config, str(tmp_path))
+  assert drawn == list(range(16)) * 2
+  for key in ("sample_quality", "density_bandwidth", "metrics"):
+    assert again[key] == summary[key], key
   assert "denoising" in summary["metrics"]
   with open(tmp_path / "scores.csv") as handle:
     rows = list(csv.DictReader(handle))

@@ -134,14 +134,32 @@ def attack_inputs(config: ml_collections.ConfigDict, setup: Setup) -> dict[str, 
           "false_accept_rate": config.false_accept_rate}
 
 
+def _first_path(state_dir: str, begin: int) -> str:
+  return os.path.join(state_dir, "first", f"from_{begin:010d}.npz")
+
+
 def stream_evidence(config: ml_collections.ConfigDict, setup: Setup, refs: im.References,
                     threshold: float, state_dir: str) -> tuple[im.Evidence, im.SampleView]:
   """Streams the generator's samples against `refs` with progress; resumable in `state_dir`,
-  keeping the evidence at config.power_samples."""
+  keeping the evidence at config.power_samples, and the first config.quality_samples samples'
+  embeddings (and images, where sample_quality compares them with training photos) for
+  `first_samples`, so that they are not drawn twice (a diffusion model's samples are dear)."""
+  first = min(config.quality_samples, config.num_samples)
+  with_images = _knows_training_photos(setup.source)
+
+  def embed(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if indices[0] >= first:
+      return setup.samples.embed(indices)
+    ids, embeddings, images = setup.samples.with_images(indices)
+    files.save_npz(_first_path(state_dir, int(indices[0])), {
+        "sample": ids, "embedding": embeddings,
+        "image": images if with_images else images[:0]})
+    return ids, embeddings
+
   progress = Progress(config.num_samples, every_steps=max(1, config.num_samples // 20),
                       items_name="samples")
   try:
-    return im.stream(setup.samples.embed, config.num_samples, setup.chunk_size, refs,
+    return im.stream(embed, config.num_samples, setup.chunk_size, refs,
                      threshold=threshold, k=config.topk, state_dir=state_dir,
                      fingerprint={"refs": refs.photo_id.tolist(), "state": STATE_VERSION},
                      on_chunk=lambda done, _: progress.update(done, {}),
@@ -193,12 +211,24 @@ def ranking(scores: np.ndarray, refs: im.References,
           for rank, i in enumerate(order)]
 
 
-def first_samples(job: Setup, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(sample ids i64[M], unit embeddings f32[M, D], images u8[M, R, R, 3]) of the usable faces
-  among samples 0 .. count-1, drawn again in the attack's chunks."""
-  parts = [job.samples.with_images(np.arange(begin, min(begin + job.chunk_size, count)))
-           for begin in range(0, count, job.chunk_size)]
-  return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+def first_samples(job: Setup, count: int, state_dir: str
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(sample ids i64[M], unit embeddings f32[M, D], images u8[M, R, R, 3], or u8[0, ...] where
+  sample_quality needs none) of the usable faces among samples 0 .. count-1, as
+  `stream_evidence` kept them in `state_dir`; a chunk it did not keep (a state written before it
+  kept any) is drawn again in the attack's chunks."""
+  parts = []
+  for begin in range(0, count, job.chunk_size):
+    path = _first_path(state_dir, begin)
+    if not os.path.exists(path):
+      parts.append(job.samples.with_images(np.arange(begin, min(begin + job.chunk_size, count))))
+      continue
+    with np.load(path) as kept:
+      ids, embeddings, images = kept["sample"], kept["embedding"], kept["image"]
+    below = ids < count
+    parts.append((ids[below], embeddings[below], images[below[:len(images)]]))
+  ids, embeddings, images = (np.concatenate([p[i] for p in parts]) for i in range(3))
+  return ids, embeddings, images if len(images) == len(ids) else images[:0]
 
 
 def denoising_scores(config: ml_collections.ConfigDict, job: Setup) -> np.ndarray:
@@ -216,12 +246,17 @@ def denoising_scores(config: ml_collections.ConfigDict, job: Setup) -> np.ndarra
   return denoising.person_scores(errors, refs.identity, refs.num_identities)
 
 
+def _knows_training_photos(source: Source) -> bool:
+  """Whether `source` is a gmia run whose training photos sample_quality can load."""
+  return bool(source.split_path and source.data is not None and source.train_group)
+
+
 def sample_quality(job: Setup, embeddings: np.ndarray, images: np.ndarray) -> dict | None:
   """How the first samples compare with the generator's training photos (a gmia run's): the
   Frechet distance of their embeddings, and how many are near-copies of a training photo
   (gmia.attacks.copies). None for a generator whose training photos gmia does not know."""
   source = job.source
-  if not (source.split_path and source.data is not None and source.train_group):
+  if not _knows_training_photos(source):
     return None
   split = IdentitySplit.load(source.split_path)
   training = run_data.load_dataset(source.data).select(split.train_photos(source.train_group))
@@ -247,7 +282,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, job: Setup,
   """scores.csv, samples.csv, skipped.csv, roc.png, matches.png; returns the summary."""
   refs = job.people.refs
   sample_ids, embeddings, images = first_samples(
-      job, min(config.quality_samples, config.num_samples))
+      job, min(config.quality_samples, config.num_samples), os.path.join(workdir, "state"))
   density = im.density(evidence, refs, embeddings)
   variant_scores = {v: im.scores(evidence, v, density) for v in im.VARIANTS}
   if DENOISER in job.source.supports:
