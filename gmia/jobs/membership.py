@@ -226,7 +226,7 @@ def first_samples(job: Setup, count: int, state_dir: str
     with np.load(path) as kept:
       ids, embeddings, images = kept["sample"], kept["embedding"], kept["image"]
     below = ids < count
-    parts.append((ids[below], embeddings[below], images[below[:len(images)]]))
+    parts.append((ids[below], embeddings[below], images[below] if len(images) else images))
   ids, embeddings, images = (np.concatenate([p[i] for p in parts]) for i in range(3))
   return ids, embeddings, images if len(images) == len(ids) else images[:0]
 

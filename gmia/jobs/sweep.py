@@ -6,9 +6,9 @@ StyleGAN2, `config.gan`, or a DDPM, `config.diffusion`: gmia.jobs.generators) on
 photos; the
 identity membership attack (gmia.attacks.membership) scores every one with the same encoder,
 sample budget and seed (a DDPM also with the gray-box `denoising` score; a variant a family has
-no score for reads "-" at its points). A control generator of each family, trained on people who are no target
-of any point, is attacked with the references of every member count: its AUC is the band chance
-spans there.
+no score for reads "-" at its points). A control generator of each family, trained on people who
+are no target of any point, is attacked with the references of every member count: its AUC is
+the band chance spans there.
 
 Points come from the data config's own split fields: a point with M members and P photos is
 `data.split.members = M`, `data.split.max_train_photos = P`. The split's random order of
