@@ -147,8 +147,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          variant, seconds))
     samples.append(draw(open_source(attack), np.arange(SAMPLES_PER_ROW), parallel.make_mesh(),
                         SAMPLES_PER_ROW))
-    print(f"[{point_name(epsilon)}] {variant} {calibration.auc_text(points[-1]['metrics'][variant])}"
-          f", one-run epsilon >= {points[-1]['audit']['one_run']['epsilon']:.2f}", flush=True)
+    found = points[-1]
+    print(f"[{point_name(epsilon)}] {variant} {calibration.auc_text(found['metrics'][variant])}"
+          f", one-run epsilon >= {found['audit']['one_run']['epsilon']:.2f}", flush=True)
   curve = _filter_curve(config, workdir, attack_config, os.path.join(
       workdir, "points", point_name(0.0), family), trained_split) if 0.0 in config.epsilons else []
   summary = {"points": points, "filter": curve, "variants": list(config.variants),
@@ -346,8 +347,8 @@ def save_figures(workdir: str, summary: dict, samples: np.ndarray, names: list[s
   leak.legend()
   figure.tight_layout()
   viz.save_figure(os.path.join(workdir, "privacy.png"), figure)
-  viz.save_grid(os.path.join(workdir, "privacy_samples.png"), samples.reshape(-1, *samples.shape[2:]),
-                ncols=samples.shape[1], labels=[n for n in names for _ in range(samples.shape[1])],
+  viz.save_grid(os.path.join(workdir, "privacy_samples.png"),
+                samples.reshape(-1, *samples.shape[2:]), ncols=samples.shape[1], labels=[n for n in names for _ in range(samples.shape[1])],
                 upscale=max(1, 64 // samples.shape[2]))
   if summary["filter"]:
     figure, axes = plt.subplots(figsize=(5, 4))

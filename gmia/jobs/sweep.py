@@ -17,8 +17,8 @@ grid's most members), the non-members the next people in that order, and every p
 are people of the base split; the encoder trains on the base split's other identities and the
 control on its shadow identities, so neither ever saw a target of any point.
 
-Workdir (every stage runs behind gmia.jobs.stages' marker recording its wall time: a killed sweep resumes
-at the stage it was in, and a finished one only redraws its tables):
+Workdir (every stage runs behind gmia.jobs.stages' marker recording its wall time: a killed sweep
+resumes at the stage it was in, and a finished one only redraws its tables):
   split.json                the base split;
   face_encoder/, <family>_control/  trained here unless config.face_encoder_workdir /
                             control_workdir (a control of its own family, reused for it);
