@@ -45,6 +45,7 @@ def usable_cpus() -> int:
   return count
 
 
+@pytest.hookimpl(optionalhook=True)  # A hook of pytest-xdist, there when it is.
 def pytest_xdist_auto_num_workers(config) -> int:
   """`-n auto` (pyproject's addopts): one worker per usable CPU, at most MAX_WORKERS."""
   return min(usable_cpus(), MAX_WORKERS)
